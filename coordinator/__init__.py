@@ -1,0 +1,1 @@
+"""The central service: dispatches jobs, keeps the catalog, answers operators."""

@@ -1,0 +1,335 @@
+"""PostgreSQL catalog: the production backend, shared by active and standby coordinators.
+
+psycopg 3 async with a connection pool, so the event loop never blocks on the database.
+Migrations run under ``pg_advisory_xact_lock``: coordinators that start together then
+apply each version once, one after the other. A failed connection becomes a
+:class:`CatalogError` whose one-line message names user, host, port and database. The
+password is removed from it, because these messages go to logs and alert events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from shared.errors import CatalogError
+from shared.messages import BackupRecord, JobRecord
+
+_T = TypeVar("_T")
+
+_JOB_STATUSES = frozenset({"dispatched", "running", "completed", "failed"})
+# Any constant works; it only has to be the same in every coordinator ("mosaic" in ASCII).
+_MIGRATION_LOCK = 0x6D6F73616963
+
+# Each entry is one schema version (index + 1); never edit a released entry, append one.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE jobs (
+            job_id text PRIMARY KEY, job_kind text NOT NULL, dataset text NOT NULL,
+            agent text NOT NULL, target text NOT NULL, status text NOT NULL
+                CHECK (status IN ('dispatched', 'running', 'completed', 'failed')),
+            requested_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+            backup_id text, error_code text, error_message text)""",
+        """CREATE INDEX jobs_failed_by_updated
+            ON jobs (updated_at DESC, job_id DESC) WHERE status = 'failed'""",
+        """CREATE INDEX jobs_failed_by_dataset_updated
+            ON jobs (dataset, updated_at DESC, job_id DESC) WHERE status = 'failed'""",
+        """CREATE TABLE backups (
+            backup_id text PRIMARY KEY, dataset text NOT NULL, agent text NOT NULL,
+            target text NOT NULL, repository_id text NOT NULL, backup_type text NOT NULL
+                CHECK (backup_type IN ('full', 'incremental')),
+            started_at timestamptz NOT NULL, finished_at timestamptz NOT NULL,
+            files bigint NOT NULL, bytes_read bigint NOT NULL, bytes_new bigint NOT NULL,
+            bytes_stored bigint NOT NULL, duration_s double precision NOT NULL)""",
+        "CREATE INDEX backups_by_finished ON backups (finished_at DESC, backup_id DESC)",
+        """CREATE INDEX backups_by_dataset_finished
+            ON backups (dataset, finished_at DESC, backup_id DESC)""",
+    ),
+)
+
+# Explicit, not derived from the Structs: a field added to a record (with a default)
+# keeps decoding until a migration adds its column.
+_JOB_COLUMNS = (
+    *("job_id", "job_kind", "dataset", "agent", "target", "status", "requested_at"),
+    *("updated_at", "backup_id", "error_code", "error_message"),
+)
+_BACKUP_COLUMNS = (
+    *("backup_id", "dataset", "agent", "target", "backup_type", "repository_id"),
+    *("started_at", "finished_at", "files", "bytes_read", "bytes_new", "bytes_stored"),
+    "duration_s",
+)
+_JOBS = ", ".join(_JOB_COLUMNS)
+_BACKUPS = ", ".join(_BACKUP_COLUMNS)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"catalog times must be timezone-aware, got naive {value.isoformat()}")
+    return value
+
+
+def _decode(row: dict[str, Any], kind: type[_T]) -> _T:
+    for name, value in row.items():
+        if isinstance(value, datetime):
+            row[name] = value.astimezone(UTC)
+    return msgspec.convert(row, kind)
+
+
+async def _use_utc(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Loading timestamptz in UTC keeps datetime.max-like values from overflowing on load.
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+class PostgresCatalog:
+    """The catalog in a PostgreSQL database (see :class:`coordinator.catalog.base.Catalog`).
+
+    ``conninfo`` is a libpq URL or key/value string. The pool opens on first use.
+    ``open_timeout`` limits how long the first connection may take.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        open_timeout: float = 10.0,
+    ) -> None:
+        self._conninfo = conninfo
+        self._min_size = min_size
+        self._max_size = max_size
+        self._open_timeout = open_timeout
+        self._where, self._password = self._describe(conninfo)
+        self._pool: AsyncConnectionPool | None = None
+        self._open_lock = anyio.Lock()
+        self._closed = False
+
+    async def __aenter__(self) -> PostgresCatalog:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- plumbing --------------------------------------------------------------------
+
+    @staticmethod
+    def _describe(conninfo: str) -> tuple[str, str | None]:
+        """``user@host:port/db`` for messages, and the password to scrub from them."""
+        try:
+            params = conninfo_to_dict(conninfo)
+        except psycopg.Error:
+            # The parser's message may quote the conninfo, password included, so the cause
+            # is deliberately dropped here (the only place that does so).
+            raise CatalogError(
+                "invalid PostgreSQL conninfo for the catalog (expected postgresql://user@host:port/db)",
+                retryable=False,
+            ) from None
+        user, db = params.get("user") or "(default user)", params.get("dbname") or "(default db)"
+        host = params.get("host") or params.get("hostaddr") or "(default socket)"
+        password = params.get("password")
+        where = f"{user}@{host}:{params.get('port') or 5432}/{db}"
+        return where, str(password) if password else None
+
+    def _error(self, what: str, exc: BaseException, *, retryable: bool = True) -> CatalogError:
+        reason = " ".join((str(exc) or type(exc).__name__).split())  # one line
+        if self._password:
+            reason = reason.replace(self._password, "***")
+        return CatalogError(
+            f"postgres catalog {self._where}: {what}: {reason}", retryable=retryable
+        )
+
+    async def _ready(self) -> AsyncConnectionPool:
+        async with self._open_lock:
+            if self._closed:
+                raise CatalogError(
+                    f"postgres catalog {self._where}: already closed", retryable=False
+                )
+            if self._pool is None:
+                self._pool = await self._open_pool()
+            return self._pool
+
+    async def _open_pool(self) -> AsyncConnectionPool:
+        # One direct connection first: the pool only retries until its timeout and
+        # reports no reason, while libpq says "connection refused" at once.
+        try:
+            with anyio.fail_after(self._open_timeout):
+                probe = await psycopg.AsyncConnection.connect(
+                    self._conninfo, connect_timeout=max(1, int(self._open_timeout))
+                )
+                await probe.close()
+        except TimeoutError as exc:
+            raise CatalogError(
+                f"postgres catalog {self._where}: cannot connect: "
+                f"no answer within {self._open_timeout:g} s"
+            ) from exc
+        except psycopg.Error as exc:
+            raise self._error("cannot connect", exc) from exc
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            self._conninfo,
+            open=False,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            kwargs={"autocommit": True},
+            configure=_use_utc,
+            check=AsyncConnectionPool.check_connection,
+            name="mosaic-catalog",
+            timeout=self._open_timeout,
+        )
+        try:
+            await pool.open(wait=True, timeout=self._open_timeout)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise self._error("cannot open connection pool", exc) from exc
+        return pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool = await self._ready()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            retryable = isinstance(exc, psycopg.OperationalError)
+            raise self._error("query failed", exc, retryable=retryable) from exc
+
+    async def _execute(self, sql: str, params: Sequence[object]) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql, params)
+
+    async def _fetch(self, sql: str, params: Sequence[object]) -> list[dict[str, Any]]:
+        async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
+    async def _insert(
+        self, table: str, columns: tuple[str, ...], record: JobRecord | BackupRecord
+    ) -> None:
+        """Insert ``record`` unless its primary key (the first column) exists: idempotent."""
+        values = [getattr(record, name) for name in columns]
+        params = [_aware(v) if isinstance(v, datetime) else v for v in values]
+        await self._execute(
+            f"INSERT INTO {table} ({', '.join(columns)})"
+            f" VALUES ({', '.join(['%s'] * len(columns))}) ON CONFLICT ({columns[0]}) DO NOTHING",
+            params,
+        )
+
+    # --- the contract ----------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            row = await cur.fetchone()
+            current = int(row[0]) if row else 0
+            if current > len(_MIGRATIONS):
+                raise CatalogError(
+                    f"postgres catalog {self._where}: schema version {current} is newer than "
+                    f"this program knows ({len(_MIGRATIONS)}); upgrade mosaic-backup",
+                    retryable=False,
+                )
+            for version in range(current + 1, len(_MIGRATIONS) + 1):
+                for statement in _MIGRATIONS[version - 1]:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+
+    async def record_job(self, job: JobRecord) -> None:
+        await self._insert("jobs", _JOB_COLUMNS, job)
+
+    async def update_job(
+        self,
+        job_id: str,
+        status: str,
+        at: datetime,
+        *,
+        backup_id: str | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        if status not in _JOB_STATUSES:
+            raise ValueError(f"job status must be one of {sorted(_JOB_STATUSES)}, got {status!r}")
+        # A completed job may not fall back to running/dispatched (late redelivery).
+        may_leave_completed = status not in ("running", "dispatched")
+        await self._execute(
+            "UPDATE jobs SET status = %s, updated_at = %s, backup_id = COALESCE(%s, backup_id),"
+            " error_code = %s, error_message = %s"
+            " WHERE job_id = %s AND (status <> 'completed' OR %s)",
+            (status, _aware(at), backup_id, error_code, error_message, job_id, may_leave_completed),
+        )
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        rows = await self._fetch(f"SELECT {_JOBS} FROM jobs WHERE job_id = %s", (job_id,))
+        return _decode(rows[0], JobRecord) if rows else None
+
+    async def record_backup(self, backup: BackupRecord) -> None:
+        await self._insert("backups", _BACKUP_COLUMNS, backup)
+
+    async def get_backup(self, backup_id: str) -> BackupRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_BACKUPS} FROM backups WHERE backup_id = %s", (backup_id,)
+        )
+        return _decode(rows[0], BackupRecord) if rows else None
+
+    async def list_backups(
+        self, *, since: datetime | None = None, dataset: str | None = None, limit: int = 1000
+    ) -> list[BackupRecord]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if since is not None:
+            clauses.append("finished_at >= %s")
+            params.append(_aware(since))
+        if dataset is not None:
+            clauses.append("dataset = %s")
+            params.append(dataset)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._fetch(
+            f"SELECT {_BACKUPS} FROM backups {where}"
+            " ORDER BY finished_at DESC, backup_id DESC LIMIT %s",
+            (*params, max(limit, 0)),
+        )
+        return [_decode(row, BackupRecord) for row in rows]
+
+    async def last_backup(self, dataset: str) -> BackupRecord | None:
+        found = await self.list_backups(dataset=dataset, limit=1)
+        return found[0] if found else None
+
+    async def recent_failures(self, *, limit: int = 20) -> list[JobRecord]:
+        return await self._failures(None, limit)
+
+    async def last_failure(self, dataset: str) -> JobRecord | None:
+        found = await self._failures(dataset, 1)
+        return found[0] if found else None
+
+    async def _failures(self, dataset: str | None, limit: int) -> list[JobRecord]:
+        where, params = ("AND dataset = %s", [dataset]) if dataset is not None else ("", [])
+        rows = await self._fetch(
+            f"SELECT {_JOBS} FROM jobs WHERE status = 'failed' {where}"
+            " ORDER BY updated_at DESC, job_id DESC LIMIT %s",
+            (*params, max(limit, 0)),
+        )
+        return [_decode(row, JobRecord) for row in rows]
+
+    async def count_backups(self) -> int:
+        rows = await self._fetch("SELECT count(*) AS n FROM backups", ())
+        return int(rows[0]["n"])
+
+    async def aclose(self) -> None:
+        async with self._open_lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()

@@ -1,0 +1,282 @@
+"""SQLite catalog: the embedded default for a single coordinator and for ``quickstart``.
+
+sqlite3 blocks, so every call runs in a worker thread. One connection behind a lock is
+enough for one coordinator, and WAL mode lets other processes (the CLI, a backup of the
+file) read while the coordinator writes. Times are stored as integer microseconds since
+the Unix epoch (UTC): they sort numerically, keep indexes small, and round-trip exactly.
+ISO text with mixed offsets would not sort correctly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import msgspec
+
+from shared.errors import CatalogError
+from shared.messages import BackupRecord, JobRecord
+
+_T = TypeVar("_T")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_JOB_STATUSES = frozenset({"dispatched", "running", "completed", "failed"})
+_TIME_COLUMNS = ("requested_at", "updated_at", "started_at", "finished_at")
+
+# Each entry is one schema version (index + 1); never edit a released entry, append one.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE jobs (
+            job_id text PRIMARY KEY, job_kind text NOT NULL, dataset text NOT NULL,
+            agent text NOT NULL, target text NOT NULL, status text NOT NULL
+                CHECK (status IN ('dispatched', 'running', 'completed', 'failed')),
+            requested_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+            backup_id text, error_code text, error_message text)""",
+        """CREATE INDEX jobs_failed_by_updated
+            ON jobs (updated_at DESC, job_id DESC) WHERE status = 'failed'""",
+        """CREATE INDEX jobs_failed_by_dataset_updated
+            ON jobs (dataset, updated_at DESC, job_id DESC) WHERE status = 'failed'""",
+        """CREATE TABLE backups (
+            backup_id text PRIMARY KEY, dataset text NOT NULL, agent text NOT NULL,
+            target text NOT NULL, repository_id text NOT NULL, backup_type text NOT NULL
+                CHECK (backup_type IN ('full', 'incremental')),
+            started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,
+            files INTEGER NOT NULL, bytes_read INTEGER NOT NULL, bytes_new INTEGER NOT NULL,
+            bytes_stored INTEGER NOT NULL, duration_s REAL NOT NULL)""",
+        "CREATE INDEX backups_by_finished ON backups (finished_at DESC, backup_id DESC)",
+        """CREATE INDEX backups_by_dataset_finished
+            ON backups (dataset, finished_at DESC, backup_id DESC)""",
+    ),
+)
+
+# Explicit, not derived from the Structs: a field added to a record (with a default)
+# keeps decoding until a migration adds its column.
+_JOB_COLUMNS = (
+    *("job_id", "job_kind", "dataset", "agent", "target", "status", "requested_at"),
+    *("updated_at", "backup_id", "error_code", "error_message"),
+)
+_BACKUP_COLUMNS = (
+    *("backup_id", "dataset", "agent", "target", "backup_type", "repository_id"),
+    *("started_at", "finished_at", "files", "bytes_read", "bytes_new", "bytes_stored"),
+    "duration_s",
+)
+_JOBS = ", ".join(_JOB_COLUMNS)
+_BACKUPS = ", ".join(_BACKUP_COLUMNS)
+
+
+def _to_us(value: datetime) -> int:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"catalog times must be timezone-aware, got naive {value.isoformat()}")
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _decode(row: sqlite3.Row, kind: type[_T]) -> _T:
+    fields: dict[str, Any] = dict(zip(row.keys(), row, strict=True))
+    for name in _TIME_COLUMNS:
+        if name in fields:
+            fields[name] = _from_us(fields[name])
+    return msgspec.convert(fields, kind)
+
+
+class SqliteCatalog:
+    """The catalog in one SQLite file (see :class:`coordinator.catalog.base.Catalog`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> SqliteCatalog:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: autocommit; the few multi-statement writes BEGIN explicitly.
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            if self._closed:
+                raise CatalogError(f"sqlite catalog {self._path}: already closed", retryable=False)
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                return fn(self._conn)
+            except sqlite3.OperationalError as exc:  # locked, disk full, I/O: may pass
+                raise CatalogError(f"sqlite catalog {self._path}: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                raise CatalogError(f"sqlite catalog {self._path}: {exc}", retryable=False) from exc
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await anyio.to_thread.run_sync(self._call, fn)
+
+    async def _execute(self, sql: str, params: Sequence[object]) -> None:
+        await self._run(lambda conn: conn.execute(sql, params).close())
+
+    async def _fetch(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
+        return await self._run(lambda conn: conn.execute(sql, params).fetchall())
+
+    async def _insert(
+        self, table: str, columns: tuple[str, ...], record: JobRecord | BackupRecord
+    ) -> None:
+        """Insert ``record`` unless its primary key (the first column) exists: idempotent."""
+        values = [getattr(record, name) for name in columns]
+        params = [_to_us(v) if isinstance(v, datetime) else v for v in values]
+        await self._execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            f" ON CONFLICT ({columns[0]}) DO NOTHING",
+            params,
+        )
+
+    # --- the contract ----------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        await self._run(self._migrate)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock first, so two processes cannot both see
+        # version N and both apply N+1.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+            )
+            (current,) = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+            ).fetchone()
+            if current > len(_MIGRATIONS):
+                raise CatalogError(
+                    f"sqlite catalog {self._path}: schema version {current} is newer than this "
+                    f"program knows ({len(_MIGRATIONS)}); upgrade mosaic-backup",
+                    retryable=False,
+                )
+            for version in range(current + 1, len(_MIGRATIONS) + 1):
+                for statement in _MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, _to_us(datetime.now(UTC))),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # SQLite may have rolled back by itself (disk full, I/O)
+                conn.execute("ROLLBACK")
+            raise
+
+    async def record_job(self, job: JobRecord) -> None:
+        await self._insert("jobs", _JOB_COLUMNS, job)
+
+    async def update_job(
+        self,
+        job_id: str,
+        status: str,
+        at: datetime,
+        *,
+        backup_id: str | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        if status not in _JOB_STATUSES:
+            raise ValueError(f"job status must be one of {sorted(_JOB_STATUSES)}, got {status!r}")
+        # A completed job may not fall back to running/dispatched (late redelivery).
+        may_leave_completed = status not in ("running", "dispatched")
+        await self._execute(
+            "UPDATE jobs SET status = ?, updated_at = ?, backup_id = COALESCE(?, backup_id),"
+            " error_code = ?, error_message = ?"
+            " WHERE job_id = ? AND (status <> 'completed' OR ?)",
+            (status, _to_us(at), backup_id, error_code, error_message, job_id, may_leave_completed),
+        )
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        rows = await self._fetch(f"SELECT {_JOBS} FROM jobs WHERE job_id = ?", (job_id,))
+        return _decode(rows[0], JobRecord) if rows else None
+
+    async def record_backup(self, backup: BackupRecord) -> None:
+        await self._insert("backups", _BACKUP_COLUMNS, backup)
+
+    async def get_backup(self, backup_id: str) -> BackupRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_BACKUPS} FROM backups WHERE backup_id = ?", (backup_id,)
+        )
+        return _decode(rows[0], BackupRecord) if rows else None
+
+    async def list_backups(
+        self, *, since: datetime | None = None, dataset: str | None = None, limit: int = 1000
+    ) -> list[BackupRecord]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if since is not None:
+            clauses.append("finished_at >= ?")
+            params.append(_to_us(since))
+        if dataset is not None:
+            clauses.append("dataset = ?")
+            params.append(dataset)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._fetch(
+            f"SELECT {_BACKUPS} FROM backups {where}"
+            " ORDER BY finished_at DESC, backup_id DESC LIMIT ?",
+            (*params, max(limit, 0)),
+        )
+        return [_decode(row, BackupRecord) for row in rows]
+
+    async def last_backup(self, dataset: str) -> BackupRecord | None:
+        found = await self.list_backups(dataset=dataset, limit=1)
+        return found[0] if found else None
+
+    async def recent_failures(self, *, limit: int = 20) -> list[JobRecord]:
+        return await self._failures(None, limit)
+
+    async def last_failure(self, dataset: str) -> JobRecord | None:
+        found = await self._failures(dataset, 1)
+        return found[0] if found else None
+
+    async def _failures(self, dataset: str | None, limit: int) -> list[JobRecord]:
+        where, params = ("AND dataset = ?", [dataset]) if dataset is not None else ("", [])
+        rows = await self._fetch(
+            f"SELECT {_JOBS} FROM jobs WHERE status = 'failed' {where}"
+            " ORDER BY updated_at DESC, job_id DESC LIMIT ?",
+            (*params, max(limit, 0)),
+        )
+        return [_decode(row, JobRecord) for row in rows]
+
+    async def count_backups(self) -> int:
+        rows = await self._fetch("SELECT COUNT(*) FROM backups", ())
+        return int(rows[0][0])
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await anyio.to_thread.run_sync(self._close_connection)
+
+    def _close_connection(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

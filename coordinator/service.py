@@ -1,0 +1,238 @@
+"""The coordinator service: answers operators, dispatches jobs, records what happened.
+
+It never touches backup data: it publishes jobs on NATS and folds the agents' events
+into the catalog. Events are acked only after the catalog write, so a coordinator crash
+replays them (catalog writes are idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import msgspec
+
+from coordinator.catalog.base import Catalog
+from shared import subjects
+from shared.bus import Bus
+from shared.config import CoordinatorConfig
+from shared.messages import (
+    ApiError,
+    ApiReply,
+    ApiRequest,
+    BackupCompleted,
+    BackupJob,
+    BackupList,
+    BackupRecord,
+    BackupRequest,
+    DatasetStatus,
+    Event,
+    JobAccepted,
+    JobFailed,
+    JobRecord,
+    JobStarted,
+    ListRequest,
+    RestoreCompleted,
+    RestoreJob,
+    RestoreRequest,
+    StatusReply,
+    StatusRequest,
+    event_decoder,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+API_VERBS = ("backup", "restore", "list", "status")
+
+
+def new_job_id(kind: str, dataset: str) -> str:
+    return f"{kind}-{dataset}-{utcnow():%Y%m%dT%H%M%SZ}-{os.urandom(3).hex()}"
+
+
+class Coordinator:
+    def __init__(self, cfg: CoordinatorConfig, catalog: Catalog) -> None:
+        self.cfg = cfg
+        self.catalog = catalog
+        self.bus: Bus | None = None
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        bus = self.bus = await Bus.connect(
+            self.cfg.nats_url, name=self.cfg.name, timeout=self.cfg.connect_timeout_s
+        )
+        try:
+            await bus.ensure_streams()
+            for verb in API_VERBS:
+                await bus.serve(verb, self.handle)
+            sub = await bus.events_consumer(subjects.COORDINATOR_EVENTS_CONSUMER)
+            log.info("coordinator %s ready on %s", self.cfg.name, bus.url)
+            task_status.started()
+            while True:
+                try:
+                    msgs = await sub.fetch(50, timeout=2.0)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    try:
+                        ev = event_decoder.decode(msg.data)
+                    except msgspec.DecodeError as exc:
+                        log.error("dropping undecodable event on %s: %s", msg.subject, exc)
+                        await msg.term()
+                        continue
+                    await self.record(ev)
+                    await msg.ack()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await bus.aclose()
+
+    # --- events → catalog -------------------------------------------------------------
+
+    async def record(self, ev: Event) -> None:
+        cat = self.catalog
+        if isinstance(ev, JobStarted):
+            await cat.update_job(ev.job_id, "running", ev.at)
+        elif isinstance(ev, BackupCompleted):
+            s = ev.summary
+            await cat.record_backup(
+                BackupRecord(
+                    backup_id=ev.backup_id,
+                    dataset=ev.dataset,
+                    agent=ev.agent,
+                    target=ev.target,
+                    backup_type=ev.backup_type,
+                    repository_id=ev.repository_id,
+                    started_at=ev.started_at,
+                    finished_at=ev.finished_at,
+                    files=s.files,
+                    bytes_read=s.bytes_read,
+                    bytes_new=s.bytes_new,
+                    bytes_stored=s.bytes_stored,
+                    duration_s=s.duration_s,
+                )
+            )
+            await cat.update_job(ev.job_id, "completed", ev.finished_at, backup_id=ev.backup_id)
+        elif isinstance(ev, RestoreCompleted):
+            await cat.update_job(ev.job_id, "completed", ev.at, backup_id=ev.backup_id)
+        elif isinstance(ev, JobFailed):
+            log.warning("job %s failed: %s", ev.job_id, ev.message)
+            await cat.update_job(
+                ev.job_id, "failed", ev.at, error_code=ev.code, error_message=ev.message
+            )
+
+    # --- operator API -----------------------------------------------------------------
+
+    async def handle(self, req: ApiRequest) -> ApiReply:
+        if isinstance(req, BackupRequest):
+            return await self.start_backup(req)
+        if isinstance(req, RestoreRequest):
+            return await self.start_restore(req)
+        if isinstance(req, ListRequest):
+            since = utcnow() - timedelta(days=req.days) if req.days is not None else None
+            rows = await self.catalog.list_backups(
+                since=since, dataset=req.dataset, limit=req.limit
+            )
+            return BackupList(backups=rows)
+        if isinstance(req, StatusRequest):
+            return await self.status()
+        return ApiError(code="bad_request", message=f"unknown request {type(req).__name__}")
+
+    async def _dispatch(self, job: BackupJob | RestoreJob, kind: str) -> JobAccepted:
+        assert self.bus is not None
+        await self.catalog.record_job(
+            JobRecord(
+                job_id=job.job_id,
+                job_kind=kind,
+                dataset=job.dataset,
+                agent=job.agent,
+                target=job.target,
+                status="dispatched",
+                requested_at=job.requested_at,
+                updated_at=job.requested_at,
+                backup_id=job.backup_id,
+            )
+        )
+        duplicate = await self.bus.publish_job(job)
+        return JobAccepted(job_id=job.job_id, agent=job.agent, duplicate=duplicate)
+
+    async def start_backup(self, req: BackupRequest) -> ApiReply:
+        ds = self.cfg.datasets.get(req.dataset)
+        if ds is None:
+            known = ", ".join(sorted(self.cfg.datasets)) or "none configured"
+            return ApiError(
+                code="unknown_dataset", message=f"unknown dataset '{req.dataset}' (known: {known})"
+            )
+        parent = await self.catalog.last_backup(req.dataset)
+        job_id = new_job_id("backup", req.dataset)
+        job = BackupJob(
+            job_id=job_id,
+            backup_id=job_id,
+            dataset=req.dataset,
+            agent=ds.agent,
+            target=ds.target,
+            source=ds.source,
+            backup_type=req.backup_type,
+            parent_backup_id=parent.backup_id if parent and parent.target == ds.target else None,
+            requested_at=utcnow(),
+            requested_by=req.requested_by,
+        )
+        return await self._dispatch(job, "backup")
+
+    async def start_restore(self, req: RestoreRequest) -> ApiReply:
+        b = await self.catalog.get_backup(req.backup_id)
+        if b is None:
+            return ApiError(
+                code="unknown_backup",
+                message=f"unknown backup '{req.backup_id}' (see: mosaic-backup list)",
+            )
+        if not os.path.isabs(req.destination):
+            return ApiError(
+                code="bad_request",
+                message=f"restore destination {req.destination!r} must be absolute",
+            )
+        job = RestoreJob(
+            job_id=new_job_id("restore", b.dataset),
+            backup_id=b.backup_id,
+            dataset=b.dataset,
+            agent=b.agent,
+            target=b.target,
+            destination=req.destination,
+            requested_at=utcnow(),
+            requested_by=req.requested_by,
+        )
+        return await self._dispatch(job, "restore")
+
+    async def status(self) -> StatusReply:
+        rows = []
+        for name, ds in sorted(self.cfg.datasets.items()):
+            last = await self.catalog.last_backup(name)
+            fail = await self.catalog.last_failure(name)
+            rows.append(
+                DatasetStatus(
+                    dataset=name,
+                    agent=ds.agent,
+                    target=ds.target,
+                    last_backup=last,
+                    last_failure=fail,
+                )
+            )
+        failing = [
+            r
+            for r in rows
+            if r.last_failure
+            and (r.last_backup is None or r.last_failure.updated_at > r.last_backup.finished_at)
+        ]
+        status = (
+            "failing"
+            if failing and len(failing) == len(rows)
+            else ("degraded" if failing or any(r.last_backup is None for r in rows) else "healthy")
+        )
+        return StatusReply(
+            status=status,
+            coordinator=self.cfg.name,
+            datasets=rows,
+            recent_failures=await self.catalog.recent_failures(limit=10),
+            backups_total=await self.catalog.count_backups(),
+        )

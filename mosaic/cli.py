@@ -1,0 +1,206 @@
+"""``mosaic-backup``: one command for every role.
+
+Errors that a user can fix end the command with one line on stderr and exit code 1
+(2 for usage errors, from argparse); tracebacks are only for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from rich.console import Console
+
+from shared.errors import MosaicError
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def _nats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nats",
+        default=os.environ.get("MOSAIC_NATS_URL", DEFAULT_NATS),
+        help=f"NATS URL of the coordinator's bus (default: $MOSAIC_NATS_URL or {DEFAULT_NATS})",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="give up connecting to NATS after S seconds (default 10)",
+    )
+
+
+def _wait_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-wait", action="store_true", help="return once the coordinator accepted the job"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="give up waiting when no event arrives for S seconds (default 600)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mosaic-backup",
+        description="Distributed, encrypted, deduplicating backups over NATS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    coord = sub.add_parser("coordinator", help="the central service")
+    coord_sub = coord.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = coord_sub.add_parser("run", help="run the coordinator until stopped")
+    p.add_argument("--config", required=True, help="path to coordinator.toml")
+
+    agent = sub.add_parser("agent", help="the per-host daemon")
+    agent_sub = agent.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = agent_sub.add_parser("run", help="run the agent until stopped")
+    p.add_argument("--config", required=True, help="path to agent.toml")
+
+    p = sub.add_parser("backup", help="back up one dataset now")
+    p.add_argument("--dataset", required=True, help="dataset name from coordinator.toml")
+    p.add_argument(
+        "--type",
+        choices=["full", "incremental"],
+        default="incremental",
+        dest="backup_type",
+        help="incremental skips files unchanged since the last backup (default); "
+        "full reads everything again",
+    )
+    _nats_args(p)
+    _wait_args(p)
+
+    p = sub.add_parser("list", help="list backups in the catalog")
+    p.add_argument("--days", type=int, default=None, help="only the last N days")
+    p.add_argument("--dataset", default=None, help="only this dataset")
+    _nats_args(p)
+
+    p = sub.add_parser("restore", help="restore a backup on the agent that made it")
+    p.add_argument("backup_id", metavar="BACKUP_ID")
+    p.add_argument(
+        "--to",
+        required=True,
+        dest="destination",
+        help="absolute path of a new or empty folder on the agent's host",
+    )
+    _nats_args(p)
+    _wait_args(p)
+
+    p = sub.add_parser("status", help="health of every dataset")
+    _nats_args(p)
+
+    p = sub.add_parser(
+        "quickstart", help="run NATS, a coordinator and an agent locally; back up, restore, compare"
+    )
+    p.add_argument("--path", default=None, help="folder to back up (default: generated sample)")
+    p.add_argument("--workdir", default=None, help="keep everything in this folder")
+    return parser
+
+
+async def _with_bus(args: argparse.Namespace, fn: Callable[[Any], Awaitable[object]]) -> None:
+    from shared.bus import Bus
+
+    bus = await Bus.connect(args.nats, name="mosaic-cli", timeout=args.connect_timeout)
+    try:
+        await fn(bus)
+    finally:
+        await bus.aclose()
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    out, err = Console(), Console(stderr=True)
+    cmd = args.command
+    if cmd == "coordinator":
+        from mosaic.services import run_coordinator
+
+        await run_coordinator(args.config)
+    elif cmd == "agent":
+        from mosaic.services import run_agent
+
+        await run_agent(args.config, err)
+    elif cmd == "backup":
+        from mosaic import operator
+
+        await _with_bus(
+            args,
+            lambda bus: operator.backup(
+                bus,
+                args.dataset,
+                args.backup_type,
+                out,
+                err,
+                wait=not args.no_wait,
+                timeout=args.timeout,
+            ),
+        )
+    elif cmd == "restore":
+        from mosaic import operator
+
+        dest = os.path.abspath(args.destination)
+        await _with_bus(
+            args,
+            lambda bus: operator.restore(
+                bus, args.backup_id, dest, out, err, wait=not args.no_wait, timeout=args.timeout
+            ),
+        )
+    elif cmd == "list":
+        from mosaic import operator
+
+        await _with_bus(
+            args, lambda bus: operator.list_backups(bus, out, days=args.days, dataset=args.dataset)
+        )
+    elif cmd == "status":
+        from mosaic import operator
+
+        await _with_bus(args, lambda bus: operator.status(bus, out))
+    elif cmd == "quickstart":
+        from mosaic.quickstart import quickstart
+
+        return await quickstart(args.path, args.workdir, out, err)
+    return 0
+
+
+def _user_error(exc: BaseException) -> MosaicError | None:
+    """The MosaicError inside (nested) task-group exception groups, if that is all."""
+    if isinstance(exc, MosaicError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_user_error(e) for e in exc.exceptions]
+        if found and all(found):
+            return found[0]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    default_level = "INFO" if getattr(args, "action", None) == "run" else "WARNING"
+    logging.basicConfig(
+        level=os.environ.get("MOSAIC_LOG_LEVEL", default_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    try:
+        return anyio.run(_dispatch, args)
+    except (MosaicError, BaseExceptionGroup) as exc:
+        err = _user_error(exc)
+        if err is None:
+            raise
+        print(f"mosaic-backup: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mosaic-backup: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

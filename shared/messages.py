@@ -1,0 +1,264 @@
+"""Wire messages of mosaic-backup: msgspec Structs, JSON on the wire.
+
+Every message carries ``schema`` (the wire schema version). Evolution rule (msgspec's
+schema-evolution guide): a new field always has a default, fields are never renamed or
+retyped, and a breaking change bumps :data:`SCHEMA_VERSION`. One tagged union per
+subject family; decoders are built once at import.
+
+Families:
+- jobs (``mosaic.job.<agent>``): :data:`Job` = BackupJob | RestoreJob
+- events (``mosaic.event.<agent>.<job>.<kind>``): :data:`Event`
+- operator API (``mosaic.api.<verb>``): requests and :data:`ApiReply`
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+BackupType = Literal["full", "incremental"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    schema: int = SCHEMA_VERSION
+
+
+# --- sources -------------------------------------------------------------------------
+
+
+class FilesSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="files"):
+    """A directory tree on the agent's host."""
+
+    path: str
+    exclude: list[str] = []
+
+
+Source = FilesSource
+
+
+# --- jobs ----------------------------------------------------------------------------
+
+
+class BackupJob(_Msg, frozen=True, kw_only=True, tag="backup"):
+    job_id: str
+    backup_id: str
+    dataset: str
+    agent: str
+    target: str
+    source: Source
+    backup_type: BackupType = "full"
+    parent_backup_id: str | None = None
+    requested_at: datetime
+    requested_by: str = "operator"
+
+
+class RestoreJob(_Msg, frozen=True, kw_only=True, tag="restore"):
+    job_id: str
+    backup_id: str
+    dataset: str
+    agent: str
+    target: str
+    destination: str
+    requested_at: datetime
+    requested_by: str = "operator"
+
+
+Job = BackupJob | RestoreJob
+
+
+# --- events --------------------------------------------------------------------------
+
+
+class BackupSummary(msgspec.Struct, frozen=True, kw_only=True):
+    files: int
+    dirs: int
+    symlinks: int
+    bytes_read: int
+    bytes_new: int
+    bytes_stored: int
+    chunks_total: int
+    chunks_new: int
+    packs_written: int
+    duration_s: float
+
+
+class JobStarted(_Msg, frozen=True, kw_only=True, tag="started"):
+    job_id: str
+    agent: str
+    job_kind: str
+    delivery: int = 1
+    at: datetime
+
+
+class JobProgress(_Msg, frozen=True, kw_only=True, tag="progress"):
+    job_id: str
+    agent: str
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    at: datetime
+
+
+class BackupCompleted(_Msg, frozen=True, kw_only=True, tag="backup_completed"):
+    job_id: str
+    agent: str
+    backup_id: str
+    dataset: str
+    target: str
+    backup_type: BackupType
+    repository_id: str
+    started_at: datetime
+    finished_at: datetime
+    summary: BackupSummary
+
+
+class RestoreCompleted(_Msg, frozen=True, kw_only=True, tag="restore_completed"):
+    job_id: str
+    agent: str
+    backup_id: str
+    destination: str
+    files: int
+    bytes_written: int
+    duration_s: float
+    at: datetime
+
+
+class JobFailed(_Msg, frozen=True, kw_only=True, tag="failed"):
+    job_id: str
+    agent: str
+    job_kind: str
+    code: str
+    message: str
+    retryable: bool = False
+    at: datetime
+
+
+Event = JobStarted | JobProgress | BackupCompleted | RestoreCompleted | JobFailed
+
+
+def event_kind(ev: Event) -> str:
+    """The subject token of an event (its tag)."""
+    return str(type(ev).__struct_config__.tag)
+
+
+# --- operator API (request/reply) ----------------------------------------------------
+
+
+class BackupRequest(_Msg, frozen=True, kw_only=True, tag="backup_request"):
+    dataset: str
+    backup_type: BackupType = "full"
+    requested_by: str = "operator"
+
+
+class RestoreRequest(_Msg, frozen=True, kw_only=True, tag="restore_request"):
+    backup_id: str
+    destination: str
+    requested_by: str = "operator"
+
+
+class ListRequest(_Msg, frozen=True, kw_only=True, tag="list_request"):
+    days: int | None = None
+    dataset: str | None = None
+    limit: int = 1000
+
+
+class StatusRequest(_Msg, frozen=True, kw_only=True, tag="status_request"):
+    pass
+
+
+class BackupRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One backup as the catalog knows it (also the ``list`` reply row)."""
+
+    backup_id: str
+    dataset: str
+    agent: str
+    target: str
+    backup_type: BackupType
+    repository_id: str
+    started_at: datetime
+    finished_at: datetime
+    files: int
+    bytes_read: int
+    bytes_new: int
+    bytes_stored: int
+    duration_s: float
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One job as the catalog knows it."""
+
+    job_id: str
+    job_kind: str
+    dataset: str
+    agent: str
+    target: str
+    status: Literal["dispatched", "running", "completed", "failed"]
+    requested_at: datetime
+    updated_at: datetime
+    backup_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class JobAccepted(_Msg, frozen=True, kw_only=True, tag="job_accepted"):
+    job_id: str
+    agent: str
+    duplicate: bool = False
+
+
+class BackupList(_Msg, frozen=True, kw_only=True, tag="backup_list"):
+    backups: list[BackupRecord]
+
+
+class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    agent: str
+    target: str
+    last_backup: BackupRecord | None = None
+    last_failure: JobRecord | None = None
+
+
+class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
+    status: Literal["healthy", "degraded", "failing"]
+    coordinator: str
+    datasets: list[DatasetStatus]
+    recent_failures: list[JobRecord]
+    backups_total: int
+
+
+class ApiError(_Msg, frozen=True, kw_only=True, tag="error"):
+    code: str
+    message: str
+
+
+ApiRequest = BackupRequest | RestoreRequest | ListRequest | StatusRequest
+ApiReply = JobAccepted | BackupList | StatusReply | ApiError
+
+_enc = msgspec.json.Encoder()
+job_decoder = msgspec.json.Decoder(Job)
+event_decoder = msgspec.json.Decoder(Event)
+request_decoder = msgspec.json.Decoder(ApiRequest)
+reply_decoder = msgspec.json.Decoder(ApiReply)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _enc.encode(msg)
+
+
+def json_schemas() -> dict[str, object]:
+    """JSON Schema of every wire family, for other systems that consume the events."""
+    return {
+        "job": msgspec.json.schema(Job),
+        "event": msgspec.json.schema(Event),
+        "api_request": msgspec.json.schema(ApiRequest),
+        "api_reply": msgspec.json.schema(ApiReply),
+    }

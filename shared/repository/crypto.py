@@ -1,0 +1,111 @@
+"""Sealing and opening objects: compression, AES-256-GCM, the versioned header.
+
+See format.py for the byte layout. A :class:`Keyring` holds the unwrapped data keys of
+one repository (by key id), the id of the key new objects are sealed with, and the
+chunk-id key.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared.errors import IntegrityError, RepositoryError
+from shared.repository import format as fmt
+
+
+class Keyring:
+    def __init__(self, data_keys: dict[bytes, bytes], current: bytes, id_key: bytes) -> None:
+        self._aead = {kid: AESGCM(k) for kid, k in data_keys.items()}
+        self.current = current
+        self.id_key = id_key
+
+    def add(self, kid: bytes, key: bytes) -> None:
+        self._aead[kid] = AESGCM(key)
+
+    def aead(self, kid: bytes, where: str) -> AESGCM:
+        try:
+            return self._aead[kid]
+        except KeyError:
+            raise RepositoryError(
+                f"{where}: sealed with data key {kid.hex()}, which this repository does not hold"
+            ) from None
+
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data, key=self.id_key).digest()
+
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """ZstdCompressor is not thread-safe: keep one per thread and level."""
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level)
+    return c
+
+
+def seal(
+    keys: Keyring,
+    otype: int,
+    object_id: bytes,
+    payload: bytes | memoryview,
+    *,
+    zstd_level: int | None = 3,
+) -> bytes:
+    """Compress (when it pays) and encrypt ``payload`` into one sealed object."""
+    comp = fmt.COMP_NONE
+    body: bytes | memoryview = payload
+    if zstd_level is not None and len(payload) >= 64:
+        packed = _compressor(zstd_level).compress(payload)
+        if len(packed) < len(payload) - len(payload) // 64:
+            comp, body = fmt.COMP_ZSTD, packed
+    nonce = os.urandom(12)
+    header = fmt.HEADER.pack(fmt.MAGIC, fmt.FORMAT_VERSION, otype, comp, keys.current, nonce)
+    aead = keys.aead(keys.current, "seal")
+    return header + aead.encrypt(nonce, bytes(body), header + object_id)
+
+
+def open_sealed(
+    keys: Keyring, object_id: bytes, data: bytes | memoryview, where: str
+) -> tuple[int, bytes]:
+    """Authenticate, decrypt and decompress one sealed object; return (type, payload).
+
+    ``where`` names the object in error messages (pack key and offset, manifest key…).
+    """
+    if len(data) < fmt.OVERHEAD:
+        raise IntegrityError(f"{where}: truncated object ({len(data)} bytes)")
+    magic, version, otype, comp, kid, nonce = fmt.HEADER.unpack_from(data)
+    if magic != fmt.MAGIC:
+        raise IntegrityError(f"{where}: bad magic {bytes(magic)!r}, not a mosaic object")
+    if version != fmt.FORMAT_VERSION:
+        raise RepositoryError(
+            f"{where}: format version {version}; this program reads version "
+            f"{fmt.FORMAT_VERSION} (upgrade mosaic-backup)"
+        )
+    header = bytes(data[: fmt.HEADER_SIZE])
+    try:
+        plain = keys.aead(kid, where).decrypt(
+            nonce, bytes(data[fmt.HEADER_SIZE :]), header + object_id
+        )
+    except InvalidTag:
+        raise IntegrityError(
+            f"{where}: authentication failed — the object was modified or damaged"
+        ) from None
+    if comp == fmt.COMP_ZSTD:
+        try:
+            plain = zstandard.ZstdDecompressor().decompress(plain)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{where}: zstd payload is damaged ({exc})") from exc
+    elif comp != fmt.COMP_NONE:
+        raise IntegrityError(f"{where}: unknown compression {comp}")
+    return otype, plain

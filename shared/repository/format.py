@@ -1,0 +1,89 @@
+"""Repository format v1 — the one place it is written down.
+
+Objects on a target (keys are relative to the repository root)::
+
+    config                   sealed CONFIG object: repository id, chunker parameters,
+                             the chunk-id key
+    keys/<kid hex>           a data key wrapped by the master key (JSON, see keys.py)
+    data/<xx>/<pack id hex>  pack files (pack id = BLAKE3 of the whole pack; xx = first
+                             two hex digits)
+    index/<hex>              sealed INDEX objects: pack → blobs it holds
+    manifests/<backup id>    sealed MANIFEST object, one per backup
+
+Sealed object (every blob, index, manifest, config and pack header)::
+
+    offset size  field
+    0      3     magic b"MSB"
+    3      1     format version (1)
+    4      1     object type (OT_*)
+    5      1     compression (COMP_NONE or COMP_ZSTD)
+    6      8     key id of the data key
+    14     12    AES-GCM nonce (random)
+    26     n+16  AES-256-GCM(ciphertext of the (compressed) payload) + tag
+
+    associated data = the 26 header bytes + the object id (chunk id for blobs, the key
+    name for other objects), so a blob moved, swapped or relabelled fails to open.
+
+Pack file::
+
+    blob 0 | blob 1 | … | sealed PACK_HEADER | u32 LE length of the sealed header | b"MSBP"
+
+    PACK_HEADER payload = msgpack list of [object type, id (32 bytes), offset, length,
+    plaintext length]; object id for the header's AAD = b"pack-header".
+
+Chunk id = keyed BLAKE3-256 of the plaintext, with the repository's chunk-id key (in
+the sealed config), so ids reveal nothing about content to someone without the key.
+
+Trees: a backup's file tree is a stream of records (u32 LE length + msgpack ``Node``),
+cut into chunks like any data and stored as TREE blobs; the manifest lists the tree's
+chunk ids. So a manifest stays small however many files a backup has, and unchanged
+parts of trees deduplicate.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAGIC = b"MSB"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<3sBBB8s12s")
+HEADER_SIZE = HEADER.size  # 26
+TAG_SIZE = 16
+OVERHEAD = HEADER_SIZE + TAG_SIZE
+
+OT_DATA = 1
+OT_TREE = 2
+OT_PACK_HEADER = 3
+OT_INDEX = 4
+OT_MANIFEST = 5
+OT_CONFIG = 6
+OBJECT_TYPES = {
+    OT_DATA: "data",
+    OT_TREE: "tree",
+    OT_PACK_HEADER: "pack-header",
+    OT_INDEX: "index",
+    OT_MANIFEST: "manifest",
+    OT_CONFIG: "config",
+}
+
+COMP_NONE = 0
+COMP_ZSTD = 1
+
+PACK_TRAILER = struct.Struct("<I4s")
+PACK_MAGIC = b"MSBP"
+PACK_HEADER_ID = b"pack-header"
+
+CONFIG_KEY = "config"
+KEYS_PREFIX = "keys/"
+DATA_PREFIX = "data/"
+INDEX_PREFIX = "index/"
+MANIFESTS_PREFIX = "manifests/"
+
+
+def pack_key(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"{DATA_PREFIX}{h[:2]}/{h}"
+
+
+def manifest_key(backup_id: str) -> str:
+    return f"{MANIFESTS_PREFIX}{backup_id}"

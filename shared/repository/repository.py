@@ -1,0 +1,283 @@
+"""A repository on one target: chunk ids, packs, the index, manifests.
+
+Layering: target (bytes at keys) → this module (chunks, packs, index, crypto) → the
+agent's pipeline (streams → chunks). The in-memory index maps a chunk id to the pack,
+offset and length of its sealed blob; it is rebuilt at open from the ``index/`` objects.
+
+Write path: ``prepare_blob`` (pure CPU, safe in a worker thread) → ``add_sealed``
+(appends to the open pack and uploads it when full) → ``commit_manifest`` (uploads the
+last pack, one index segment for this run's packs, then the manifest — the manifest is
+written last, so a backup exists only once everything it references is stored).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import msgspec
+from pyfastcdc import FastCDC
+
+from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, WrongKeyError
+from shared.repository import format as fmt
+from shared.repository.crypto import Keyring, open_sealed, seal
+from shared.repository.keys import KEY_SIZE, unwrap_data_key, wrap_data_key
+from shared.repository.manifest import (
+    Manifest,
+    Node,
+    decode_tree,
+    manifest_decoder,
+    manifest_encoder,
+)
+from shared.repository.pack import PackEntry, PackWriter
+from shared.targets.base import Target
+
+
+class RepoConfig(msgspec.Struct, frozen=True, kw_only=True):
+    version: int = fmt.FORMAT_VERSION
+    repository_id: str
+    created: datetime
+    chunk_id_key: bytes
+    chunker_min: int = 256 << 10
+    chunker_avg: int = 768 << 10
+    chunker_max: int = 4 << 20
+    chunker_seed: int = 0
+
+
+class IndexEntry(NamedTuple):
+    pack_id: bytes
+    offset: int
+    length: int
+    otype: int
+
+
+class _PackIndex(msgspec.Struct, array_like=True):
+    pack_id: bytes
+    entries: list[PackEntry]
+
+
+_cfg_enc = msgspec.msgpack.Encoder()
+_cfg_dec = msgspec.msgpack.Decoder(RepoConfig)
+_idx_dec = msgspec.msgpack.Decoder(list[_PackIndex])
+
+
+class Repository:
+    def __init__(
+        self,
+        target: Target,
+        keys: Keyring,
+        config: RepoConfig,
+        *,
+        pack_size: int = 8 << 20,
+        zstd_level: int = 3,
+    ) -> None:
+        self.target = target
+        self.keys = keys
+        self.config = config
+        self.pack_size = pack_size
+        self.zstd_level = zstd_level
+        self.index: dict[bytes, IndexEntry] = {}
+        self._pending: set[bytes] = set()
+        self._writer = PackWriter()
+        self._unindexed: list[_PackIndex] = []
+        self.bytes_uploaded = 0
+        self.packs_written = 0
+
+    # --- opening ---------------------------------------------------------------------
+
+    @staticmethod
+    async def exists(target: Target) -> bool:
+        return await target.exists(fmt.CONFIG_KEY)
+
+    @classmethod
+    async def open(
+        cls,
+        target: Target,
+        master_key: bytes,
+        *,
+        create: bool = False,
+        pack_size: int = 8 << 20,
+        zstd_level: int = 3,
+    ) -> Repository:
+        """Open the repository on ``target``; with ``create``, initialise an empty one.
+
+        Nothing is written unless the target holds no repository and ``create`` is set;
+        a wrong key is detected before any write.
+        """
+        where = target.describe()
+        try:
+            sealed_cfg = await target.get(fmt.CONFIG_KEY)
+        except ObjectNotFound:
+            if not create:
+                raise RepositoryError(
+                    f"{where}: no repository here (nothing backed up yet)"
+                ) from None
+            return await cls._init(target, master_key, pack_size=pack_size, zstd_level=zstd_level)
+        data_keys: dict[bytes, bytes] = {}
+        wrong: WrongKeyError | None = None
+        async for obj in target.list(fmt.KEYS_PREFIX):
+            try:
+                kid, key = unwrap_data_key(
+                    master_key, await target.get(obj.key), f"{where}/{obj.key}"
+                )
+            except WrongKeyError as exc:
+                wrong = exc
+                continue
+            data_keys[kid] = key
+        if not data_keys:
+            raise wrong or RepositoryError(f"{where}: repository has no keys/ (damaged)")
+        keys = Keyring(data_keys, max(data_keys), b"")
+        cfg_where = f"{where}/{fmt.CONFIG_KEY}"
+        _, payload = open_sealed(keys, fmt.CONFIG_KEY.encode(), sealed_cfg, cfg_where)
+        config = _cfg_dec.decode(payload)
+        if config.version != fmt.FORMAT_VERSION:
+            raise RepositoryError(
+                f"{cfg_where}: repository format {config.version} is not supported"
+            )
+        # New objects are sealed with the key the config was sealed with.
+        current = bytes(sealed_cfg[6:14])
+        keys = Keyring(data_keys, current, config.chunk_id_key)
+        repo = cls(target, keys, config, pack_size=pack_size, zstd_level=zstd_level)
+        await repo._load_index()
+        return repo
+
+    @classmethod
+    async def _init(
+        cls, target: Target, master_key: bytes, *, pack_size: int, zstd_level: int
+    ) -> Repository:
+        kid, data_key = os.urandom(8), os.urandom(KEY_SIZE)
+        config = RepoConfig(
+            repository_id=uuid.uuid4().hex,
+            created=datetime.now(UTC),
+            chunk_id_key=os.urandom(32),
+            chunker_seed=int.from_bytes(os.urandom(4), "little"),
+        )
+        keys = Keyring({kid: data_key}, kid, config.chunk_id_key)
+        await target.put(f"{fmt.KEYS_PREFIX}{kid.hex()}", wrap_data_key(master_key, kid, data_key))
+        sealed = seal(keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), _cfg_enc.encode(config))
+        await target.put(fmt.CONFIG_KEY, sealed)  # written last: it marks the repo as ready
+        return cls(target, keys, config, pack_size=pack_size, zstd_level=zstd_level)
+
+    async def _load_index(self) -> None:
+        async for obj in self.target.list(fmt.INDEX_PREFIX):
+            where = f"{self.target.describe()}/{obj.key}"
+            _, payload = open_sealed(
+                self.keys, obj.key.encode(), await self.target.get(obj.key), where
+            )
+            for pack in _idx_dec.decode(payload):
+                for e in pack.entries:
+                    self.index[e.id] = IndexEntry(pack.pack_id, e.offset, e.length, e.otype)
+
+    def chunker(self) -> FastCDC:
+        c = self.config
+        return FastCDC(
+            avg_size=c.chunker_avg,
+            min_size=c.chunker_min,
+            max_size=c.chunker_max,
+            seed=c.chunker_seed,
+        )
+
+    # --- writing ---------------------------------------------------------------------
+
+    def known(self, blob_id: bytes) -> bool:
+        return blob_id in self.index or blob_id in self._pending
+
+    def prepare_blob(self, otype: int, data: bytes | memoryview) -> tuple[bytes, bytes | None]:
+        """Return (chunk id, sealed blob or None when the repository has it already).
+
+        Pure CPU work; call from a worker thread. The id is only reserved by
+        :meth:`add_sealed`, so two identical new chunks in one batch both seal (harmless).
+        """
+        blob_id = self.keys.chunk_id(data)
+        if self.known(blob_id):
+            return blob_id, None
+        return blob_id, seal(self.keys, otype, blob_id, data, zstd_level=self.zstd_level)
+
+    async def add_sealed(self, otype: int, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
+        """Queue a sealed blob into the open pack; False if it was a duplicate."""
+        if self.known(blob_id):
+            return False
+        self._pending.add(blob_id)
+        self._writer.add(otype, blob_id, sealed, raw_length)
+        if self._writer.size >= self.pack_size:
+            await self.flush_pack()
+        return True
+
+    async def flush_pack(self) -> None:
+        if not len(self._writer):
+            return
+        writer, self._writer = self._writer, PackWriter()
+        pack_id, data, entries = writer.finish(self.keys)
+        await self.target.put(fmt.pack_key(pack_id), data)
+        self.bytes_uploaded += len(data)
+        self.packs_written += 1
+        self._unindexed.append(_PackIndex(pack_id, entries))
+        for e in entries:
+            self.index[e.id] = IndexEntry(pack_id, e.offset, e.length, e.otype)
+            self._pending.discard(e.id)
+
+    async def write_index(self) -> None:
+        await self.flush_pack()
+        if not self._unindexed:
+            return
+        key = f"{fmt.INDEX_PREFIX}{uuid.uuid4().hex}"
+        sealed = seal(self.keys, fmt.OT_INDEX, key.encode(), _cfg_enc.encode(self._unindexed))
+        await self.target.put(key, sealed)
+        self.bytes_uploaded += len(sealed)
+        self._unindexed = []
+
+    async def commit_manifest(self, manifest: Manifest) -> None:
+        await self.write_index()
+        key = fmt.manifest_key(manifest.backup_id)
+        sealed = seal(self.keys, fmt.OT_MANIFEST, key.encode(), manifest_encoder.encode(manifest))
+        await self.target.put(key, sealed)
+        self.bytes_uploaded += len(sealed)
+
+    # --- reading ---------------------------------------------------------------------
+
+    async def read_blob(self, blob_id: bytes) -> bytes:
+        """Fetch, authenticate and decompress one blob; check its id."""
+        entry = self.index.get(blob_id)
+        if entry is None:
+            raise IntegrityError(f"chunk {blob_id.hex()}: not in the repository index (missing)")
+        key = fmt.pack_key(entry.pack_id)
+        where = f"{self.target.describe()}/{key} at offset {entry.offset}"
+        try:
+            data = await self.target.get_range(key, entry.offset, entry.length)
+        except ObjectNotFound:
+            raise IntegrityError(f"pack {key}: missing from {self.target.describe()}") from None
+        if len(data) != entry.length:
+            raise IntegrityError(
+                f"{where}: expected {entry.length} bytes, got {len(data)} (truncated)"
+            )
+        _, plain = open_sealed(self.keys, blob_id, data, where)
+        if self.keys.chunk_id(plain) != blob_id:
+            raise IntegrityError(f"{where}: content does not match chunk id {blob_id.hex()[:16]}…")
+        return plain
+
+    async def load_manifest(self, backup_id: str) -> Manifest:
+        key = fmt.manifest_key(backup_id)
+        where = f"{self.target.describe()}/{key}"
+        try:
+            sealed = await self.target.get(key)
+        except ObjectNotFound:
+            raise RepositoryError(f"backup {backup_id}: no manifest at {where}") from None
+        _, payload = open_sealed(self.keys, key.encode(), sealed, where)
+        try:
+            return manifest_decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise IntegrityError(f"{where}: manifest is invalid ({exc})") from exc
+
+    async def has_manifest(self, backup_id: str) -> bool:
+        return await self.target.exists(fmt.manifest_key(backup_id))
+
+    async def list_manifests(self) -> list[str]:
+        return [
+            o.key[len(fmt.MANIFESTS_PREFIX) :] async for o in self.target.list(fmt.MANIFESTS_PREFIX)
+        ]
+
+    async def read_tree(self, manifest: Manifest) -> list[Node]:
+        stream = b"".join([await self.read_blob(i) for i in manifest.tree])
+        return list(decode_tree(stream, f"backup {manifest.backup_id} tree"))

@@ -1,0 +1,73 @@
+"""The storage-target interface: bytes at keys.
+
+A target knows nothing about chunks, packs or encryption; the repository layer above
+it does. Keys are '/'-separated relative names (``data/3f/3f2a…``); a target maps them
+to files, S3 objects or SFTP paths under its own root or prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+
+class ObjectInfo(msgspec.Struct, frozen=True):
+    key: str
+    size: int
+
+
+class SpaceInfo(msgspec.Struct, frozen=True):
+    total: int
+    free: int
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Contract every target implements (tested by tests/test_target_contract.py).
+
+    - ``put`` stores the whole value atomically: a reader sees the old object, no object,
+      or the complete new one, never a prefix. Overwriting an existing key is allowed
+      (the repository only does it for idempotent content-addressed writes). Retry-safe.
+    - ``get`` / ``get_range`` raise :class:`shared.errors.ObjectNotFound` for a missing
+      key. ``get_range`` returns exactly ``length`` bytes from ``offset``, or fewer only
+      when the object ends first. Retry-safe.
+    - ``exists`` / ``stat`` never raise for a missing key (False / None).
+    - ``list`` yields every key under ``prefix`` (a key prefix, not only a folder) in
+      ascending key order, with sizes. Retry-safe.
+    - ``delete`` removes a key; deleting a missing key is not an error. Retry-safe.
+    - ``space`` returns total and free bytes where the medium knows them, else None.
+    - ``describe`` is a human name without credentials, for messages.
+    - ``aclose`` releases connections; it is idempotent.
+    """
+
+    name: str
+
+    async def put(self, key: str, data: bytes) -> None: ...
+
+    async def get(self, key: str) -> bytes: ...
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def space(self) -> SpaceInfo | None: ...
+
+    def describe(self) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape a target's root (``..``, absolute, empty parts)."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key {key!r}")
+    return key

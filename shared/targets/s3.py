@@ -1,0 +1,333 @@
+"""S3-compatible target: one object per key under a prefix of a bucket.
+
+S3 already gives the contract's atomicity: an object appears only when PutObject or
+CompleteMultipartUpload succeeds, so readers never see a prefix. Large values go through
+multipart upload so one slow or failed request does not resend the whole value, and a
+failed upload is aborted so no orphan parts stay billed in the bucket.
+
+boto3 is blocking, so every call runs in a worker thread behind a per-target
+:class:`anyio.CapacityLimiter` sized like the HTTP connection pool. botocore retries
+throttling and transient faults (adaptive mode); what still fails is translated here, at
+the boundary, into :mod:`shared.errors` with messages that name the bucket and key and
+never carry credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import anyio.to_thread
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from shared.config import S3TargetConfig
+from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
+from shared.targets.base import ObjectInfo, SpaceInfo, check_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ListObjectsV2OutputTypeDef
+
+T = TypeVar("T")
+
+MiB = 1 << 20
+_MAX_PARTS = 10_000  # S3's limit per multipart upload
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
+_REFUSED = frozenset(
+    "AccessDenied 403 Forbidden InvalidAccessKeyId SignatureDoesNotMatch AllAccessDisabled "
+    "ExpiredToken InvalidToken AccountProblem".split()
+)
+_TRANSIENT = frozenset("SlowDown RequestTimeout ServiceUnavailable InternalError".split())
+
+
+def _strip_userinfo(url: str) -> str:
+    """Drop ``user:password@`` from a URL so it is safe for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class S3Target:
+    def __init__(
+        self,
+        name: str,
+        cfg: S3TargetConfig,
+        *,
+        multipart_threshold: int = 64 * MiB,
+        part_size: int = 8 * MiB,
+        max_connections: int = 10,
+        max_attempts: int = 8,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        list_page_size: int = 1000,
+    ) -> None:
+        # S3 itself rejects parts below 5 MiB (except the last) with EntityTooSmall; the
+        # value is not clamped here so that the message comes from the store.
+        if part_size < 1 or multipart_threshold < 1 or max_connections < 1:
+            raise ValueError("part_size, multipart_threshold and max_connections must be ≥ 1")
+        self.name = name
+        self.cfg = cfg
+        prefix = cfg.prefix.strip("/")
+        self._prefix = f"{prefix}/" if prefix else ""
+        self._multipart_threshold = multipart_threshold
+        self._part_size = part_size
+        self._page_size = list_page_size
+        sc = cfg.storage_class
+        self._extra: dict[str, Any] = {"StorageClass": sc} if sc else {}
+        self._limiter = anyio.CapacityLimiter(max_connections)
+        self._bucket_ok = False
+        self._closed = False
+        config = Config(
+            retries={"max_attempts": max_attempts, "mode": "adaptive"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max_connections,
+            # S3-compatible stores (MinIO, Ceph, moto) expect path-style addressing.
+            s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
+        )
+        # A private session: the default one is shared and not safe to build clients from
+        # several threads at once. The client itself is thread-safe.
+        session = boto3.session.Session()
+        self._client: S3Client = session.client(
+            "s3",
+            endpoint_url=cfg.endpoint_url,
+            region_name=cfg.region,
+            aws_access_key_id=cfg.access_key_id,
+            aws_secret_access_key=cfg.secret_access_key,
+            config=config,
+        )
+        self._endpoint = _strip_userinfo(self._client.meta.endpoint_url)
+
+    def describe(self) -> str:
+        where = f"{self.cfg.bucket}/{self._prefix.rstrip('/')}" if self._prefix else self.cfg.bucket
+        return f"s3:{where} at {self._endpoint}"
+
+    def _key(self, key: str) -> str:
+        return self._prefix + check_key(key)
+
+    def _bucket_missing(self) -> TargetUnavailable:
+        return TargetUnavailable(
+            f"s3 bucket {self.cfg.bucket!r} does not exist at {self._endpoint}: "
+            f"create it or fix targets.{self.name}.bucket",
+            retryable=False,
+        )
+
+    def _scrub(self, text: str) -> str:
+        secret = self.cfg.secret_access_key
+        return text.replace(secret, "***") if secret else text
+
+    def _translate(self, exc: Exception, op: str, key: str | None) -> TargetError:
+        """Map a botocore error to the shared tree; the caller chains it with ``from``."""
+        what = f"{op} {key!r}" if key is not None else op
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", "Unknown"))
+            detail = self._scrub(str(err.get("Message", "")))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code == "NoSuchBucket" or (key is None and code in _NOT_FOUND):
+                return self._bucket_missing()
+            if code in _NOT_FOUND:
+                return ObjectNotFound(f"{self.describe()}: object {key!r} not found")
+            if code in _REFUSED:
+                return TargetUnavailable(
+                    f"{self.describe()}: {what} refused ({code}): check the credentials "
+                    f"and permissions of targets.{self.name}",
+                    retryable=False,
+                )
+            if code == "InvalidObjectState":
+                return TargetError(
+                    f"{self.describe()}: {what}: object is in an archive storage class "
+                    "and must be restored before it can be read",
+                    retryable=False,
+                )
+            retry = code in _TRANSIENT or status >= 500
+            return TargetError(
+                f"{self.describe()}: {what} failed: {code} {detail}", retryable=retry
+            )
+        if isinstance(exc, NoCredentialsError):
+            return TargetUnavailable(
+                f"{self.describe()}: no credentials: set targets.{self.name}.access_key_id "
+                "and secret_access_key",
+                retryable=False,
+            )
+        if isinstance(exc, BotoConnectionError | HTTPClientError):
+            return TargetUnavailable(
+                f"{self.describe()}: {what}: cannot reach {self._endpoint}: "
+                f"{self._scrub(str(exc))}",
+                retryable=True,
+            )
+        return TargetError(
+            f"{self.describe()}: {what} failed: {self._scrub(str(exc))}",
+            retryable=not isinstance(exc, ParamValidationError),
+        )
+
+    async def _call(self, op: str, key: str | None, fn: Callable[[], T]) -> T:
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, op, key) from exc
+
+    async def check(self) -> None:
+        """Fail fast (at agent start) if the bucket is missing or the credentials refused."""
+        await self._call("check", None, lambda: self._client.head_bucket(Bucket=self.cfg.bucket))
+        self._bucket_ok = True
+
+    async def put(self, key: str, data: bytes) -> None:
+        k = self._key(key)
+        if len(data) <= self._multipart_threshold:
+            await self._call(
+                "put",
+                key,
+                lambda: self._client.put_object(
+                    Bucket=self.cfg.bucket, Key=k, Body=data, **self._extra
+                ),
+            )
+        else:
+            await self._put_multipart(key, k, data)
+
+    async def _put_multipart(self, key: str, k: str, data: bytes) -> None:
+        bucket = self.cfg.bucket
+        size = max(self._part_size, -(-len(data) // _MAX_PARTS))
+        created = await self._call(
+            "put",
+            key,
+            lambda: self._client.create_multipart_upload(Bucket=bucket, Key=k, **self._extra),
+        )
+        upload_id = created["UploadId"]
+        try:
+            parts: list[CompletedPartTypeDef] = []
+            for number, start in enumerate(range(0, len(data), size), start=1):
+                upload = partial(
+                    self._client.upload_part,
+                    Bucket=bucket,
+                    Key=k,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data[start : start + size],
+                )
+                resp = await self._call("put", key, upload)
+                parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+            await self._call(
+                "put",
+                key,
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=bucket, Key=k, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                ),
+            )
+        except BaseException as exc:
+            # Also on cancellation: an upload left open keeps its parts stored and billed.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._call(
+                        "abort upload of",
+                        key,
+                        lambda: self._client.abort_multipart_upload(
+                            Bucket=bucket, Key=k, UploadId=upload_id
+                        ),
+                    )
+                except TargetError as abort_exc:
+                    exc.add_note(f"aborting multipart upload {upload_id} failed: {abort_exc}")
+            raise
+
+    def _fetch(self, k: str, byte_range: str | None) -> bytes:
+        try:
+            if byte_range is None:
+                resp = self._client.get_object(Bucket=self.cfg.bucket, Key=k)
+            else:
+                resp = self._client.get_object(Bucket=self.cfg.bucket, Key=k, Range=byte_range)
+        except ClientError as exc:
+            # 416: the object exists but the range starts at or after its end.
+            if (
+                byte_range is not None
+                and exc.response.get("Error", {}).get("Code") == "InvalidRange"
+            ):
+                return b""
+            raise
+        body = resp["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+    async def get(self, key: str) -> bytes:
+        k = self._key(key)
+        return await self._call("get", key, lambda: self._fetch(k, None))
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        k = self._key(key)
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range offset={offset} length={length} for {key!r}")
+        if length == 0:
+            if await self.stat(key) is None:
+                raise ObjectNotFound(f"{self.describe()}: object {key!r} not found")
+            return b""
+        byte_range = f"bytes={offset}-{offset + length - 1}"
+        return await self._call("get", key, lambda: self._fetch(k, byte_range))
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        k = self._key(key)
+        try:
+            resp = await self._call(
+                "stat", key, lambda: self._client.head_object(Bucket=self.cfg.bucket, Key=k)
+            )
+        except ObjectNotFound:
+            # HEAD answers a bare 404 for a missing bucket too: tell the two apart once.
+            if not self._bucket_ok:
+                await self.check()
+            return None
+        return ObjectInfo(key, resp["ContentLength"])
+
+    async def exists(self, key: str) -> bool:
+        return await self.stat(key) is not None
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        # Building the paginator reads botocore's model files and each page is a request:
+        # both stay off the event loop.
+        def first() -> Iterator[ListObjectsV2OutputTypeDef]:
+            return iter(
+                self._client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.cfg.bucket,
+                    Prefix=self._prefix + prefix,
+                    PaginationConfig={"PageSize": self._page_size},
+                )
+            )
+
+        pages = await self._call("list", prefix, first)
+        skip = len(self._prefix)
+        while True:
+            page = await self._call("list", prefix, lambda: next(pages, None))
+            if page is None:
+                return
+            for obj in page.get("Contents", []):
+                name = obj["Key"]
+                if name.endswith("/"):  # folder markers made by consoles are not objects
+                    continue
+                yield ObjectInfo(name[skip:], obj["Size"])
+
+    async def delete(self, key: str) -> None:
+        k = self._key(key)
+        await self._call(
+            "delete", key, lambda: self._client.delete_object(Bucket=self.cfg.bucket, Key=k)
+        )
+
+    async def space(self) -> SpaceInfo | None:
+        return None  # a bucket has no fixed size
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await anyio.to_thread.run_sync(self._client.close, limiter=self._limiter)

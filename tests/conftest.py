@@ -1,0 +1,7 @@
+"""Shared test harness: real servers on free loopback ports, started once per session."""
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.postgres",
+    "tests.fixtures.s3",
+]

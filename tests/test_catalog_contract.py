@@ -1,0 +1,275 @@
+"""The catalog contract (coordinator/catalog/base.py), run on every backend.
+
+One suite, parametrised over SQLite and a real PostgreSQL. A behaviour that differs
+between the backends is a bug in one of them, not something the suite tolerates.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import anyio
+import pytest
+
+from coordinator.catalog import Catalog, open_catalog
+from shared.errors import CatalogError
+from shared.messages import BackupRecord, JobRecord
+from tests.fixtures.postgres import free_port
+
+T0 = datetime(2024, 3, 10, 2, 15, 30, 123456, tzinfo=UTC)
+
+
+def job(job_id: str = "job-1", **changes: Any) -> JobRecord:
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "job_kind": "backup",
+        "dataset": "gitea-db",
+        "agent": "host-a",
+        "target": "local",
+        "status": "dispatched",
+        "requested_at": T0,
+        "updated_at": T0,
+    }
+    return JobRecord(**(fields | changes))
+
+
+def backup(backup_id: str, finished_at: datetime, **changes: Any) -> BackupRecord:
+    fields: dict[str, Any] = {
+        "backup_id": backup_id,
+        "dataset": "gitea-db",
+        "agent": "host-a",
+        "target": "local",
+        "backup_type": "full",
+        "repository_id": "repo-1",
+        "started_at": finished_at - timedelta(minutes=3),
+        "finished_at": finished_at,
+        "files": 12,
+        "bytes_read": 10_000_000_000,
+        "bytes_new": 4_000_000,
+        "bytes_stored": 1_500_000,
+        "duration_s": 180.25,
+    }
+    return BackupRecord(**(fields | changes))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A URL to an empty catalog of each backend (fresh file or fresh database)."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/not/yet/there/catalog.db"
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
+@pytest.fixture
+async def catalog(catalog_url: str) -> AsyncIterator[Catalog]:
+    opened = await open_catalog(catalog_url)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+async def test_record_and_get_job(catalog: Catalog) -> None:
+    assert await catalog.get_job("job-1") is None
+    await catalog.record_job(job())
+    assert await catalog.get_job("job-1") == job()
+
+
+async def test_record_job_twice_keeps_the_first(catalog: Catalog) -> None:
+    await catalog.record_job(job())
+    await catalog.record_job(job(status="running", updated_at=T0 + timedelta(seconds=5)))
+    assert await catalog.get_job("job-1") == job()
+
+
+async def test_update_job_moves_through_states(catalog: Catalog) -> None:
+    await catalog.record_job(job())
+    t1, t2, t3 = (T0 + timedelta(seconds=s) for s in (1, 60, 90))
+    await catalog.update_job("job-1", "running", t1)
+    assert await catalog.get_job("job-1") == job(status="running", updated_at=t1)
+    await catalog.update_job("job-1", "completed", t2, backup_id="bk-1")
+    done = job(status="completed", updated_at=t2, backup_id="bk-1")
+    assert await catalog.get_job("job-1") == done
+    # A redelivered "started" event arrives late: a completed job stays completed.
+    await catalog.update_job("job-1", "running", t3)
+    await catalog.update_job("job-1", "dispatched", t3)
+    assert await catalog.get_job("job-1") == done
+
+
+async def test_failed_job_keeps_error_and_may_be_retried(catalog: Catalog) -> None:
+    await catalog.record_job(job())
+    t1, t2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+    await catalog.update_job("job-1", "failed", t1, error_code="source", error_message="boom")
+    await catalog.update_job("job-1", "failed", t1, error_code="source", error_message="boom")
+    failed = job(status="failed", updated_at=t1, error_code="source", error_message="boom")
+    assert await catalog.get_job("job-1") == failed
+    await catalog.update_job("job-1", "running", t2)  # redelivered to another agent
+    assert await catalog.get_job("job-1") == job(status="running", updated_at=t2)
+
+
+async def test_update_of_unknown_job_is_ignored(catalog: Catalog) -> None:
+    await catalog.update_job("nope", "completed", T0, backup_id="bk-1")
+    assert await catalog.get_job("nope") is None
+
+
+async def test_record_backup_twice_replaces_nothing(catalog: Catalog) -> None:
+    first = backup("bk-1", T0)
+    await catalog.record_backup(first)
+    await catalog.record_backup(backup("bk-1", T0 + timedelta(hours=1), bytes_stored=1))
+    assert await catalog.get_backup("bk-1") == first
+    assert await catalog.get_backup("bk-2") is None
+    assert await catalog.count_backups() == 1
+
+
+async def test_list_backups_newest_first_with_filters(catalog: Catalog) -> None:
+    made = [
+        backup(f"bk-{i}", T0 + timedelta(hours=i), dataset="redis" if i % 2 else "gitea-db")
+        for i in range(8)
+    ]
+    for record in random.Random(7).sample(made, len(made)):
+        await catalog.record_backup(record)
+    newest_first = made[::-1]
+    assert await catalog.list_backups() == newest_first
+    assert await catalog.list_backups(limit=3) == newest_first[:3]
+    since = made[4].finished_at  # inclusive
+    assert await catalog.list_backups(since=since) == newest_first[:4]
+    redis = [b for b in newest_first if b.dataset == "redis"]
+    assert await catalog.list_backups(dataset="redis") == redis
+    assert await catalog.list_backups(dataset="redis", since=since, limit=1) == redis[:1]
+    assert await catalog.list_backups(dataset="nothing") == []
+    assert await catalog.list_backups(limit=0) == []
+
+
+async def test_last_backup_per_dataset(catalog: Catalog) -> None:
+    assert await catalog.last_backup("gitea-db") is None
+    older, newer = backup("bk-1", T0), backup("bk-2", T0 + timedelta(days=1))
+    other = backup("bk-3", T0 + timedelta(days=2), dataset="redis")
+    for record in (newer, other, older):
+        await catalog.record_backup(record)
+    assert await catalog.last_backup("gitea-db") == newer
+    assert await catalog.last_backup("redis") == other
+
+
+async def test_recent_failures_newest_first(catalog: Catalog) -> None:
+    for i in range(5):
+        await catalog.record_job(job(f"job-{i}", dataset=f"ds-{i % 2}"))
+    # Fail them out of order; job-4 completes instead.
+    for i in (2, 0, 3, 1):
+        at = T0 + timedelta(minutes=10 * i)
+        await catalog.update_job(f"job-{i}", "failed", at, error_code="x", error_message="y")
+    await catalog.update_job("job-4", "completed", T0 + timedelta(hours=5), backup_id="bk")
+    failures = await catalog.recent_failures()
+    assert [f.job_id for f in failures] == ["job-3", "job-2", "job-1", "job-0"]
+    assert all(f.status == "failed" and f.error_code == "x" for f in failures)
+    assert [f.job_id for f in await catalog.recent_failures(limit=2)] == ["job-3", "job-2"]
+
+
+async def test_last_failure_per_dataset(catalog: Catalog) -> None:
+    assert await catalog.last_failure("gitea-db") is None
+    for name in ("job-1", "job-2", "job-3"):
+        await catalog.record_job(job(name))
+    await catalog.update_job("job-1", "failed", T0 + timedelta(hours=1), error_code="a")
+    await catalog.update_job("job-2", "failed", T0 + timedelta(hours=2), error_code="b")
+    await catalog.update_job("job-3", "completed", T0 + timedelta(hours=3))
+    last = await catalog.last_failure("gitea-db")
+    assert last is not None and (last.job_id, last.error_code) == ("job-2", "b")
+    # Once the newest failure is retried and completes, the previous one is the last.
+    await catalog.update_job("job-2", "completed", T0 + timedelta(hours=4), backup_id="bk")
+    last = await catalog.last_failure("gitea-db")
+    assert last is not None and last.job_id == "job-1"
+    assert await catalog.last_failure("redis") is None
+
+
+async def test_count_backups(catalog: Catalog) -> None:
+    assert await catalog.count_backups() == 0
+    for i in range(3):
+        await catalog.record_backup(backup(f"bk-{i}", T0 + timedelta(minutes=i)))
+    assert await catalog.count_backups() == 3
+
+
+async def test_migrate_again_and_concurrently_is_harmless(
+    catalog: Catalog, catalog_url: str
+) -> None:
+    await catalog.record_backup(backup("bk-1", T0))
+    await catalog.migrate()
+    await catalog.migrate()
+    # Two more coordinators starting at the same moment on the same catalog.
+    opened: list[Catalog] = []
+
+    async def start() -> None:
+        opened.append(await open_catalog(catalog_url))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(start)
+        tg.start_soon(start)
+    for other in opened:
+        assert await other.get_backup("bk-1") == backup("bk-1", T0)
+        await other.aclose()
+    assert await catalog.count_backups() == 1
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        T0,
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # just before the epoch
+        datetime(2030, 1, 1, 0, 0, 0, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2024, 7, 1, 12, 0, 0, 999999, tzinfo=timezone(timedelta(hours=-7))),
+    ],
+    ids=["utc", "pre-epoch", "plus-0530", "minus-07"],
+)
+async def test_datetimes_round_trip_exactly(catalog: Catalog, moment: datetime) -> None:
+    record = backup("bk-1", moment)
+    await catalog.record_backup(record)
+    await catalog.record_job(job(requested_at=moment, updated_at=moment))
+    got = await catalog.get_backup("bk-1")
+    got_job = await catalog.get_job("job-1")
+    assert got is not None and got_job is not None
+    for value in (got.started_at, got.finished_at, got_job.requested_at, got_job.updated_at):
+        assert value.utcoffset() == timedelta(0)
+    assert (got.finished_at, got.started_at) == (moment, record.started_at)
+    assert got.finished_at.microsecond == moment.astimezone(UTC).microsecond
+    assert (got_job.requested_at, got_job.updated_at) == (moment, moment)
+    assert await catalog.list_backups(since=moment) == [got]
+    assert await catalog.list_backups(since=moment + timedelta(microseconds=1)) == []
+
+
+async def test_naive_datetimes_are_refused(catalog: Catalog) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await catalog.record_job(job(requested_at=datetime(2024, 1, 1)))
+    assert await catalog.get_job("job-1") is None
+
+
+async def test_aclose_is_idempotent(catalog_url: str) -> None:
+    opened = await open_catalog(catalog_url)
+    await opened.record_backup(backup("bk-1", T0))
+    await opened.aclose()
+    await opened.aclose()
+    with pytest.raises(CatalogError, match="closed"):
+        await opened.count_backups()
+    async with anyio.create_task_group() as tg:  # concurrent closes too
+        tg.start_soon(opened.aclose)
+        tg.start_soon(opened.aclose)
+
+
+async def test_postgres_scheme_alias(fresh_postgres_url: str) -> None:
+    alias = fresh_postgres_url.replace("postgresql://", "postgres://", 1)
+    opened = await open_catalog(alias)
+    try:
+        assert await opened.count_backups() == 0
+    finally:
+        await opened.aclose()
+
+
+async def test_postgres_unreachable_fails_fast_without_password() -> None:
+    port = free_port()  # nothing listens there
+    secret = "s3cr3t-Pa55"
+    # A refused connection must be reported at once, not after the pool's retry timeout.
+    with anyio.fail_after(10), pytest.raises(CatalogError) as caught:
+        await open_catalog(f"postgresql://mosaic:{secret}@127.0.0.1:{port}/catalog")
+    message = str(caught.value)
+    assert secret not in message and "\n" not in message
+    assert f"127.0.0.1:{port}/catalog" in message and "mosaic@" in message
+    assert caught.value.retryable

@@ -1,0 +1,326 @@
+"""The storage-target contract (shared/targets/base.py), run against every target.
+
+One suite, parametrised like restic's backend test suite: each clause of the docstring
+contract has a test here, and every target module must pass all of them. Target-specific
+behaviour (S3 multipart, storage class, bucket errors; local temp files) follows below.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from msgspec.structs import replace
+
+from shared.config import LocalTargetConfig, S3TargetConfig
+from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
+from shared.targets import ObjectInfo, Target, open_target
+from shared.targets.local import LocalTarget
+from shared.targets.s3 import S3Target
+from tests.fixtures.s3 import s3_client
+
+MiB = 1 << 20
+INVALID_KEYS = ["../x", "/abs", "a//b", "", "a/./b", "a/", "a/../b"]
+
+
+@pytest.fixture(params=["local", "s3"])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    if request.param == "local":
+        t = open_target("disk", LocalTargetConfig(path=str(tmp_path / "repo")))
+        assert isinstance(t, LocalTarget)
+    else:
+        t = open_target("cloud", request.getfixturevalue("s3_bucket"))
+        assert isinstance(t, S3Target)
+    yield t
+    await t.aclose()
+
+
+async def keys_of(t: Target, prefix: str = "") -> list[str]:
+    return [info.key async for info in t.list(prefix)]
+
+
+# --- the contract, for every target -------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 5 * MiB + 3])
+async def test_put_get_round_trip(target: Target, size: int) -> None:
+    data = os.urandom(size)
+    await target.put("data/ab/object", data)
+    assert await target.get("data/ab/object") == data
+    assert await target.stat("data/ab/object") == ObjectInfo("data/ab/object", size)
+
+
+async def test_overwrite_replaces_whole_value(target: Target) -> None:
+    await target.put("k", b"a much longer first value")
+    await target.put("k", b"short")
+    assert await target.get("k") == b"short"
+    assert await target.stat("k") == ObjectInfo("k", 5)
+
+
+async def test_get_missing_raises_object_not_found(target: Target) -> None:
+    with pytest.raises(ObjectNotFound, match="data/missing") as info:
+        await target.get("data/missing")
+    assert not info.value.retryable
+    with pytest.raises(ObjectNotFound):
+        await target.get_range("data/missing", 0, 10)
+    with pytest.raises(ObjectNotFound):
+        await target.get_range("data/missing", 0, 0)
+
+
+async def test_get_range(target: Target) -> None:
+    data = bytes(range(256)) * 4  # 1024 bytes
+    await target.put("r", data)
+    assert await target.get_range("r", 0, 1024) == data
+    assert await target.get_range("r", 100, 50) == data[100:150]
+    assert await target.get_range("r", 1000, 100) == data[1000:]  # object ends first
+    assert await target.get_range("r", 1023, 1) == data[1023:]
+    assert await target.get_range("r", 1024, 10) == b""  # starts at the end
+    assert await target.get_range("r", 5000, 10) == b""  # starts after the end
+    assert await target.get_range("r", 10, 0) == b""
+
+
+async def test_get_range_of_empty_object(target: Target) -> None:
+    await target.put("empty", b"")
+    assert await target.get_range("empty", 0, 10) == b""
+
+
+async def test_exists_and_stat_never_raise_for_missing(target: Target) -> None:
+    assert await target.exists("nope/x") is False
+    assert await target.stat("nope/x") is None
+    await target.put("nope/x", b"123")
+    assert await target.exists("nope/x") is True
+    assert await target.stat("nope/x") == ObjectInfo("nope/x", 3)
+
+
+async def test_list_empty_target(target: Target) -> None:
+    assert await keys_of(target) == []
+
+
+async def test_list_is_ascending_with_sizes(target: Target) -> None:
+    # '-' < '/' < '0': folder boundaries must not change the order of keys.
+    keys = ["x/a0", "x/a/b", "x/a-b", "index/0002", "index/0001", "keys/main", "z"]
+    for i, key in enumerate(keys):
+        await target.put(key, b"v" * i)
+    listed = [info async for info in target.list()]
+    assert [i.key for i in listed] == sorted(keys)
+    assert {i.key: i.size for i in listed} == {k: i for i, k in enumerate(keys)}
+
+
+async def test_list_prefix_is_a_key_prefix(target: Target) -> None:
+    keys = ["data/00/aa", "data/00/ab", "data/01/aa", "data/0a", "data2/x", "index/1"]
+    for key in keys:
+        await target.put(key, b"x")
+    assert await keys_of(target, "data/") == ["data/00/aa", "data/00/ab", "data/01/aa", "data/0a"]
+    assert await keys_of(target, "data/00/") == ["data/00/aa", "data/00/ab"]
+    assert await keys_of(target, "data/00/a") == ["data/00/aa", "data/00/ab"]  # partial name
+    assert await keys_of(target, "data/0") == ["data/00/aa", "data/00/ab", "data/01/aa", "data/0a"]
+    assert await keys_of(target, "data") == [*keys[:5]]
+    assert await keys_of(target, "ind") == ["index/1"]
+    assert await keys_of(target, "data/00/aa") == ["data/00/aa"]
+    assert await keys_of(target, "nothing") == []
+
+
+async def test_delete(target: Target) -> None:
+    await target.put("d/1", b"x")
+    await target.put("d/2", b"y")
+    await target.delete("d/1")
+    assert await target.exists("d/1") is False
+    assert await keys_of(target) == ["d/2"]
+    with pytest.raises(ObjectNotFound):
+        await target.get("d/1")
+
+
+async def test_delete_missing_is_fine(target: Target) -> None:
+    await target.delete("never/was")
+    await target.put("once", b"x")
+    await target.delete("once")
+    await target.delete("once")
+
+
+@pytest.mark.parametrize("key", INVALID_KEYS)
+async def test_invalid_keys_rejected(target: Target, key: str) -> None:
+    with pytest.raises(ValueError):
+        await target.put(key, b"x")
+    with pytest.raises(ValueError):
+        await target.get(key)
+    with pytest.raises(ValueError):
+        await target.get_range(key, 0, 1)
+    with pytest.raises(ValueError):
+        await target.exists(key)
+    with pytest.raises(ValueError):
+        await target.stat(key)
+    with pytest.raises(ValueError):
+        await target.delete(key)
+
+
+async def test_concurrent_puts(target: Target) -> None:
+    async with anyio.create_task_group() as tg:
+        for i in range(24):
+            tg.start_soon(target.put, f"c/{i:02d}", os.urandom(1000 + i))
+    listed = [info async for info in target.list("c/")]
+    assert [i.key for i in listed] == [f"c/{i:02d}" for i in range(24)]
+    assert [i.size for i in listed] == [1000 + i for i in range(24)]
+
+
+async def test_space(target: Target) -> None:
+    space = await target.space()
+    if isinstance(target, LocalTarget):
+        assert space is not None
+    if space is not None:
+        assert space.total >= space.free >= 0
+
+
+async def test_protocol_describe_and_idempotent_aclose(target: Target) -> None:
+    assert isinstance(target, Target)
+    text = target.describe()
+    assert text and "\n" not in text
+    await target.aclose()
+    await target.aclose()
+
+
+# --- local disk ------------------------------------------------------------------------
+
+
+async def test_local_put_leaves_no_temp_files_and_list_hides_them(tmp_path: Path) -> None:
+    t = LocalTarget("disk", tmp_path)
+    for i in range(5):
+        await t.put(f"a/{i}", os.urandom(100))
+        await t.put("a/b", os.urandom(100))
+    assert [p.name async for p in anyio.Path(tmp_path).rglob(".tmp-*")] == []
+    # Leftovers of a crash mid-put are never listed as objects.
+    (tmp_path / ".tmp-half").write_bytes(b"torn")
+    (tmp_path / "a" / ".tmp-abc123").write_bytes(b"torn")
+    assert await keys_of(t) == [*(f"a/{i}" for i in range(5)), "a/b"]
+    assert await keys_of(t, "a/.tmp") == []
+
+
+# --- S3 --------------------------------------------------------------------------------
+
+
+async def test_s3_keys_live_under_normalised_prefix(s3_bucket: S3TargetConfig) -> None:
+    raw = s3_client(s3_bucket.endpoint_url or "")
+    raw.put_object(Bucket=s3_bucket.bucket, Key="repository/not-ours", Body=b"x")
+    raw.put_object(Bucket=s3_bucket.bucket, Key="repo-other", Body=b"x")
+    cfg = replace(s3_bucket, prefix="/repo/")
+    t = S3Target("cloud", cfg)
+    await t.put("data/k", b"v")
+    listing = raw.list_objects_v2(Bucket=s3_bucket.bucket)
+    assert sorted(o["Key"] for o in listing["Contents"]) == [
+        "repo-other",
+        "repo/data/k",
+        "repository/not-ours",
+    ]
+    assert await keys_of(t) == ["data/k"]
+    assert t.describe() == f"s3:{s3_bucket.bucket}/repo at {s3_bucket.endpoint_url}"
+    await t.aclose()
+
+
+async def test_s3_list_pages(s3_bucket: S3TargetConfig) -> None:
+    t = S3Target("cloud", s3_bucket, list_page_size=2)
+    keys = [f"p/{i}" for i in range(7)]
+    for key in keys:
+        await t.put(key, b"x")
+    assert await keys_of(t) == keys
+    await t.aclose()
+
+
+@pytest.mark.parametrize("storage_class", [None, "STANDARD_IA"])
+async def test_s3_multipart_round_trip(
+    s3_bucket: S3TargetConfig, storage_class: str | None
+) -> None:
+    cfg = replace(s3_bucket, storage_class=storage_class)
+    t = S3Target("cloud", cfg, multipart_threshold=5 * MiB, part_size=5 * MiB)
+    data = os.urandom(12 * MiB)
+    await t.put("packs/big", data)
+    assert await t.get("packs/big") == data
+    assert await t.get_range("packs/big", 5 * MiB - 3, 6) == data[5 * MiB - 3 : 5 * MiB + 3]
+    head = s3_client(s3_bucket.endpoint_url or "").head_object(
+        Bucket=s3_bucket.bucket, Key="repo/packs/big"
+    )
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: 5 + 5 + 2 MiB
+    assert head.get("StorageClass", "STANDARD") == (storage_class or "STANDARD")
+    await t.aclose()
+
+
+async def test_s3_failed_multipart_is_aborted(s3_bucket: S3TargetConfig) -> None:
+    # Parts below 5 MiB make S3 refuse the completion: nothing may remain afterwards.
+    t = S3Target("cloud", s3_bucket, multipart_threshold=1 * MiB, part_size=1 * MiB)
+    with pytest.raises(TargetError, match="EntityTooSmall"):
+        await t.put("packs/bad", os.urandom(3 * MiB))
+    assert await t.exists("packs/bad") is False
+    raw = s3_client(s3_bucket.endpoint_url or "")
+    assert raw.list_multipart_uploads(Bucket=s3_bucket.bucket).get("Uploads", []) == []
+    await t.aclose()
+
+
+async def test_s3_storage_class_applied(s3_bucket: S3TargetConfig) -> None:
+    cfg = replace(s3_bucket, storage_class="STANDARD_IA")
+    t = S3Target("cloud", cfg)
+    await t.put("k", b"cold")
+    raw = s3_client(s3_bucket.endpoint_url or "")
+    head = raw.head_object(Bucket=s3_bucket.bucket, Key="repo/k")
+    assert head["StorageClass"] == "STANDARD_IA"
+    assert await t.get("k") == b"cold"
+    await t.aclose()
+
+
+async def test_s3_archived_object_needs_restore(s3_bucket: S3TargetConfig) -> None:
+    t = S3Target("cloud", replace(s3_bucket, storage_class="GLACIER"))
+    await t.put("k", b"frozen")
+    with pytest.raises(TargetError, match="restored") as info:
+        await t.get("k")
+    assert not info.value.retryable
+    await t.aclose()
+
+
+async def test_s3_missing_bucket_is_unavailable(s3_server: str) -> None:
+    secret = "very-secret-key-5f3a"
+    cfg = S3TargetConfig(
+        bucket="no-such-bucket-here",
+        endpoint_url=s3_server,
+        access_key_id="testing",
+        secret_access_key=secret,
+    )
+    t = S3Target("offsite", cfg)
+    assert secret not in t.describe()
+    calls: list[Callable[[], Awaitable[object]]] = [
+        t.check,
+        lambda: t.put("k", b"x"),
+        lambda: t.get("k"),
+        lambda: t.get_range("k", 0, 1),
+        lambda: t.stat("k"),
+        lambda: t.exists("k"),
+        lambda: t.delete("k"),
+        lambda: keys_of(t),
+    ]
+    for call in calls:
+        with pytest.raises(TargetUnavailable) as info:
+            await call()
+        message = str(info.value)
+        assert "'no-such-bucket-here' does not exist" in message
+        assert "targets.offsite.bucket" in message
+        assert secret not in message
+        assert not info.value.retryable
+    await t.aclose()
+
+
+async def test_s3_unreachable_endpoint_is_retryable() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = S3TargetConfig(
+        bucket="some-bucket",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        access_key_id="testing",
+        secret_access_key="hush-hush-secret",
+    )
+    t = S3Target("offsite", cfg, max_attempts=1, connect_timeout=2)
+    with pytest.raises(TargetUnavailable) as info:
+        await t.get("k")
+    assert info.value.retryable
+    assert "hush-hush-secret" not in str(info.value)
+    await t.aclose()
