@@ -74,7 +74,7 @@ async def _backup_file(
 ) -> tuple[list[bytes], int]:
     """Chunk and store one file; return its chunk ids and the bytes actually read."""
     try:
-        f = open(entry.abspath, "rb")  # noqa: SIM115 - closed below, used across threads
+        f = await anyio.to_thread.run_sync(open, entry.abspath, "rb")
     except OSError as exc:
         raise SourceError(f"cannot read {os.fsdecode(entry.abspath)}: {exc.strerror}") from exc
     ids: list[bytes] = []

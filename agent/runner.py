@@ -54,9 +54,7 @@ async def prepare_key(cfg: AgentConfig, targets: dict[str, Target]) -> tuple[byt
     try:
         return load_key_file(cfg.key_file), False
     except KeyFileError:
-        from pathlib import Path
-
-        if Path(cfg.key_file).exists():
+        if await anyio.Path(cfg.key_file).exists():
             raise
         for name, target in targets.items():
             if await Repository.exists(target):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -224,11 +224,11 @@ class Coordinator:
             if r.last_failure
             and (r.last_backup is None or r.last_failure.updated_at > r.last_backup.finished_at)
         ]
-        status = (
-            "failing"
-            if failing and len(failing) == len(rows)
-            else ("degraded" if failing or any(r.last_backup is None for r in rows) else "healthy")
-        )
+        status: Literal["healthy", "degraded", "failing"] = "healthy"
+        if failing and len(failing) == len(rows):
+            status = "failing"
+        elif failing or any(r.last_backup is None for r in rows):
+            status = "degraded"
         return StatusReply(
             status=status,
             coordinator=self.cfg.name,

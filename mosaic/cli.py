@@ -145,7 +145,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     elif cmd == "restore":
         from mosaic import operator
 
-        dest = os.path.abspath(args.destination)
+        dest = args.destination
         await _with_bus(
             args,
             lambda bus: operator.restore(
@@ -182,6 +182,8 @@ def _user_error(exc: BaseException) -> MosaicError | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "destination", None):
+        args.destination = os.path.abspath(args.destination)
     default_level = "INFO" if getattr(args, "action", None) == "run" else "WARNING"
     logging.basicConfig(
         level=os.environ.get("MOSAIC_LOG_LEVEL", default_level),

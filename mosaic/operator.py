@@ -218,7 +218,11 @@ async def list_backups(bus: Bus, out: Console, *, days: int | None, dataset: str
         "read",
         "stored",
     ):
-        t.add_column(col, justify="right" if col in ("files", "read", "stored") else "left")
+        t.add_column(
+            col,
+            justify="right" if col in ("files", "read", "stored") else "left",
+            no_wrap=col in ("backup id", "finished"),
+        )
     for b in rows:
         t.add_row(
             b.backup_id,

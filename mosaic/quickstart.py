@@ -46,7 +46,7 @@ async def quickstart(path: str | None, workdir: str | None, out: Console, err: C
             source = make_sample(work / "sample")
             err.print(f"generated a sample tree in {source}")
         else:
-            source = Path(path).resolve()
+            source = Path(await anyio.Path(path).resolve())
         with NatsServer(work / "nats") as nats:
             err.print(f"nats-server with JetStream on {nats.url}")
             return await _run(nats.url, source, work, out, err, t0)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import msgspec
-import nats
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import (
     ConnectionClosedError,
@@ -66,7 +66,7 @@ async def _quiet(_: Exception) -> None:
 
 
 class Bus:
-    def __init__(self, nc: nats.NATS, url: str) -> None:
+    def __init__(self, nc: NATS, url: str) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.url = strip_credentials(url)
@@ -79,7 +79,7 @@ class Bus:
         After the first connection, nats-py reconnects forever (daemons ride out NATS
         restarts); only the initial wait is bounded.
         """
-        nc = nats.NATS()
+        nc = NATS()
         with anyio.move_on_after(timeout):
             try:
                 await nc.connect(
@@ -88,7 +88,7 @@ class Bus:
                     connect_timeout=2,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=1,
                     error_cb=_quiet,
                 )
                 return cls(nc, url)
@@ -177,7 +177,7 @@ class Bus:
         subject = subjects.event(ev.agent, ev.job_id, event_kind(ev))
         await self.js.publish(subject, encode(ev), stream=subjects.EVENTS_STREAM)
 
-    async def watch_job(self, job_id: str, timeout: float) -> AsyncIterator[Event]:
+    async def watch_job(self, job_id: str, timeout: float) -> AsyncGenerator[Event, None]:
         """Every event of one job from the start (stored ones first), until ``timeout``
         passes with no new event."""
         sub = await self.js.subscribe(
@@ -205,7 +205,8 @@ class Bus:
             raise BusError(f"no coordinator is answering on NATS at {self.url}") from None
         except NatsTimeout:
             raise BusError(f"the coordinator did not answer within {timeout:.0f}s") from None
-        return reply_decoder.decode(msg.data)
+        reply: ApiReply = reply_decoder.decode(msg.data)
+        return reply
 
     async def serve(self, verb: str, handler: Callable[[ApiRequest], Awaitable[ApiReply]]) -> Any:
         async def on_msg(msg: Msg) -> None:

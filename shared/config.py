@@ -23,7 +23,14 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 T = TypeVar("T")
 
 
-class LocalTargetConfig(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="local"):
+class LocalTargetConfig(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="type",
+    tag="local",
+):
     """A repository in a folder on a local or mounted disk."""
 
     path: str
@@ -32,7 +39,14 @@ class LocalTargetConfig(msgspec.Struct, frozen=True, kw_only=True, tag_field="ty
     tier: Literal["local", "remote", "archive"] = "local"
 
 
-class S3TargetConfig(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="s3"):
+class S3TargetConfig(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="type",
+    tag="s3",
+):
     """A repository under a prefix of an S3-compatible bucket."""
 
     bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=63)]
@@ -47,7 +61,31 @@ class S3TargetConfig(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     tier: Literal["local", "remote", "archive"] = "remote"
 
 
-TargetConfig = LocalTargetConfig | S3TargetConfig
+class SftpTargetConfig(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="sftp"):
+    """A repository in a folder on an SSH server, reached over SFTP with a key.
+
+    - ``host``, ``port``, ``user``: where to log in; only public-key login is used.
+    - ``path``: the repository folder on the server (absolute, or relative to the user's
+      home); created with its parents on the first write.
+    - ``key_file``: the private key (unencrypted, readable by the agent).
+    - ``known_hosts``: an OpenSSH known_hosts file holding the server's host key. ``None``
+      means the defaults of the agent's user (``~/.ssh/known_hosts``, then
+      ``/etc/ssh/ssh_known_hosts``); a host key is always verified. Tests pass an
+      explicit file.
+    """
+
+    host: Annotated[str, msgspec.Meta(min_length=1)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 22
+    user: Annotated[str, msgspec.Meta(min_length=1)]
+    path: Annotated[str, msgspec.Meta(min_length=1)]
+    key_file: Annotated[str, msgspec.Meta(min_length=1)]
+    known_hosts: str | None = None
+    media: str = "disk"
+    location: Literal["onsite", "offsite"] = "offsite"
+    tier: Literal["local", "remote", "archive"] = "remote"
+
+
+TargetConfig = LocalTargetConfig | S3TargetConfig | SftpTargetConfig
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -46,7 +46,7 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115
+        log = open(self.store_dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),

@@ -68,3 +68,20 @@ async def test_incremental_reads_only_changed_files(nats_url: str, tmp_path: Pat
         await operator.restore(st.bus, first.backup_id, str(dest1), QUIET, QUIET, timeout=60)
         assert (dest1 / "a" / "hello.txt").read_text() == "hello world\n" * 100
         assert not (dest1 / "new.txt").exists()
+
+
+async def test_stack_with_postgres_catalog(
+    nats_url: str, tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    src = make_tree(tmp_path / "src", big_mib=1)
+    target = LocalTargetConfig(path=str(tmp_path / "repo"))
+    async with running_stack(nats_url, tmp_path, target, src, catalog_url=fresh_postgres_url) as st:
+        done = await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
+        assert isinstance(done, BackupCompleted)
+        status = await operator.status(st.bus, QUIET)
+        assert status.status == "healthy" and status.backups_total == 1
+        row = status.datasets[0]
+        assert row.last_backup is not None and row.last_backup.backup_id == done.backup_id
+        dest = tmp_path / "restored"
+        await operator.restore(st.bus, done.backup_id, str(dest), QUIET, QUIET, timeout=60)
+        assert tree_differences(src, dest) == []
