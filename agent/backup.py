@@ -10,6 +10,7 @@ unchanged reuse the parent's chunk list without being read (restic's rule; see R
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -20,9 +21,9 @@ import anyio.to_thread
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.sources.files import Entry, WalkStats, walk
 from shared.errors import SourceError
-from shared.messages import FilesSource
+from shared.messages import BackupSummary, BackupType, FilesSource, utcnow
 from shared.repository import format as fmt
-from shared.repository.manifest import Node, encode_tree
+from shared.repository.manifest import Manifest, Node, encode_tree
 from shared.repository.repository import Repository
 
 BATCH_BYTES = 32 << 20
@@ -178,5 +179,59 @@ async def backup_tree(
     tree_chunks = iter(repo.chunker().cut_buf(tree_stream))
     tree_ids: list[bytes] = []
     while batch := await anyio.to_thread.run_sync(_next_batch, repo, tree_chunks, fmt.OT_TREE):
-        tree_ids += await _store(repo, batch, fmt.OT_TREE, counters)
+        tree_ids += await _store(repo, batch, fmt.OT_TREE, BackupCounters())
     return tree_ids, counters, walk_stats
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSpec:
+    backup_id: str
+    dataset: str
+    agent: str
+    source: FilesSource
+    backup_type: BackupType = "full"
+    parent_backup_id: str | None = None
+
+
+async def backup_dataset(
+    repo: Repository, spec: BackupSpec, *, report: ProgressFn = no_progress
+) -> Manifest:
+    """One whole backup: the parent's file cache, the tree, then the manifest (last)."""
+    started = utcnow()
+    t0 = time.monotonic()
+    parent = None
+    if spec.backup_type == "incremental" and spec.parent_backup_id:
+        if await repo.has_manifest(spec.parent_backup_id):
+            pm = await repo.load_manifest(spec.parent_backup_id)
+            parent = {n.path: n for n in await repo.read_tree(pm)}
+    uploaded_before = repo.bytes_uploaded
+    packs_before = repo.packs_written
+    tree, c, _ = await backup_tree(repo, spec.source, parent=parent, report=report)
+    await repo.write_index()
+    summary = BackupSummary(
+        files=c.files,
+        dirs=c.dirs,
+        symlinks=c.symlinks,
+        bytes_read=c.bytes_read,
+        bytes_new=c.bytes_new,
+        bytes_stored=repo.bytes_uploaded - uploaded_before,
+        chunks_total=c.chunks_total,
+        chunks_new=c.chunks_new,
+        packs_written=repo.packs_written - packs_before,
+        duration_s=time.monotonic() - t0,
+    )
+    manifest = Manifest(
+        backup_id=spec.backup_id,
+        dataset=spec.dataset,
+        agent=spec.agent,
+        backup_type=spec.backup_type,
+        parent=spec.parent_backup_id if parent is not None else None,
+        source=spec.source,
+        started_at=started,
+        finished_at=utcnow(),
+        tree=tree,
+        summary=summary,
+        hostname=socket.gethostname(),
+    )
+    await repo.commit_manifest(manifest)
+    return manifest

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from agent.backup import backup_tree
+from agent.backup import BackupSpec, backup_dataset
 from agent.progress import Progress
 from agent.restore import restore_tree
 from shared.bus import Bus, fetch_one
@@ -26,7 +26,6 @@ from shared.errors import ConfigError, KeyFileError, MosaicError, WrongKeyError
 from shared.messages import (
     BackupCompleted,
     BackupJob,
-    BackupSummary,
     Event,
     Job,
     JobFailed,
@@ -213,46 +212,21 @@ class AgentRunner:
             ) from None
 
     async def run_backup(self, bus: Bus, job: BackupJob) -> BackupCompleted:
-        started = utcnow()
-        t0 = time.monotonic()
         repo = await self._open(self._target(job.target), create=True)
         if await repo.has_manifest(job.backup_id):
             return self._completed(job, await repo.load_manifest(job.backup_id), repo)
-        parent = None
-        if job.backup_type == "incremental" and job.parent_backup_id:
-            if await repo.has_manifest(job.parent_backup_id):
-                pm = await repo.load_manifest(job.parent_backup_id)
-                parent = {n.path: n for n in await repo.read_tree(pm)}
-        tree, c, _ = await backup_tree(
-            repo, job.source, parent=parent, report=self._reporter(bus, job.job_id)
+        manifest = await backup_dataset(
+            repo,
+            BackupSpec(
+                backup_id=job.backup_id,
+                dataset=job.dataset,
+                agent=self.cfg.name,
+                source=job.source,
+                backup_type=job.backup_type,
+                parent_backup_id=job.parent_backup_id,
+            ),
+            report=self._reporter(bus, job.job_id),
         )
-        await repo.write_index()
-        summary = BackupSummary(
-            files=c.files,
-            dirs=c.dirs,
-            symlinks=c.symlinks,
-            bytes_read=c.bytes_read,
-            bytes_new=c.bytes_new,
-            bytes_stored=repo.bytes_uploaded,
-            chunks_total=c.chunks_total,
-            chunks_new=c.chunks_new,
-            packs_written=repo.packs_written,
-            duration_s=0.0,
-        )
-        manifest = Manifest(
-            backup_id=job.backup_id,
-            dataset=job.dataset,
-            agent=self.cfg.name,
-            backup_type=job.backup_type,
-            parent=job.parent_backup_id if parent is not None else None,
-            source=job.source,
-            started_at=started,
-            finished_at=utcnow(),
-            tree=tree,
-            summary=msgspec.structs.replace(summary, duration_s=time.monotonic() - t0),
-            hostname=self.hostname,
-        )
-        await repo.commit_manifest(manifest)
         return self._completed(job, manifest, repo)
 
     def _completed(self, job: BackupJob, m: Manifest, repo: Repository) -> BackupCompleted:

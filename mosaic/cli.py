@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="health of every dataset")
     _nats_args(p)
 
+    from mosaic import repo_cli
+
+    repo_cli.register(sub)
+
     p = sub.add_parser(
         "quickstart", help="run NATS, a coordinator and an agent locally; back up, restore, compare"
     )
@@ -162,6 +166,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from mosaic import operator
 
         await _with_bus(args, lambda bus: operator.status(bus, out))
+    elif cmd == "repo":
+        code: int = await args.func(args, out, err)
+        return code
     elif cmd == "quickstart":
         from mosaic.quickstart import quickstart
 

@@ -1,0 +1,142 @@
+"""``repo backup``, ``repo restore``, ``repo list``: a single host without a coordinator.
+
+The same engine the agent runs for jobs, driven from the command line (and by the
+benchmark in bench/). Backup ids are ``local-<dataset>-<UTC time>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from datetime import UTC, datetime
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.progress import Progress as Bar
+from rich.table import Table
+
+from agent.backup import BackupSpec, backup_dataset
+from agent.progress import Progress, ProgressFn
+from agent.restore import restore_tree
+from agent.runner import key_notice, prepare_key
+from mosaic.operator import size, summary_table
+from mosaic.repo_cli import common_args, opened, target_from
+from shared.messages import FilesSource
+from shared.repository.repository import Repository
+from shared.subjects import check_token
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("backup", help="back up a folder into the repository, here and now")
+    common_args(p)
+    p.add_argument("path", help="folder to back up")
+    p.add_argument("--dataset", default=None, help="dataset name (default: folder name)")
+    p.add_argument(
+        "--type", choices=["full", "incremental"], default="incremental", dest="backup_type"
+    )
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    p.set_defaults(func=backup_cmd)
+
+    p = sub.add_parser("restore", help="restore a backup into a new or empty folder")
+    common_args(p)
+    p.add_argument("backup_id", metavar="BACKUP_ID")
+    p.add_argument("--to", required=True, dest="destination")
+    p.set_defaults(func=restore_cmd)
+
+    p = sub.add_parser("list", help="list the backups stored in the repository")
+    common_args(p)
+    p.set_defaults(func=list_cmd)
+
+
+def _bar(err: Console, label: str) -> tuple[Bar, ProgressFn]:
+    bar = Bar(
+        TextColumn(label),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+
+    async def report(p: Progress) -> None:
+        bar.update(task, total=p.bytes_total or None, completed=p.bytes_done)
+
+    return bar, report
+
+
+async def _latest(repo: Repository, dataset: str) -> str | None:
+    ids = sorted(i for i in await repo.list_manifests() if i.startswith(f"local-{dataset}-"))
+    return ids[-1] if ids else None
+
+
+async def backup_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+    cfg, target = target_from(args)
+    path = args.path  # made absolute by cli.main
+    dataset = check_token("dataset name", args.dataset or os.path.basename(path) or "root")
+    key, created = await prepare_key(cfg, {target.name: target})
+    if created:
+        err.print(key_notice(cfg.key_file))
+    repo = await Repository.open(
+        target, key, create=True, pack_size=cfg.pack_size, zstd_level=cfg.zstd_level
+    )
+    backup_id = f"local-{dataset}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    spec = BackupSpec(
+        backup_id=backup_id,
+        dataset=dataset,
+        agent=cfg.name,
+        source=FilesSource(path=path, exclude=args.exclude),
+        backup_type=args.backup_type,
+        parent_backup_id=await _latest(repo, dataset),
+    )
+    bar, report = _bar(err, f"backup {dataset}")
+    with bar:
+        m = await backup_dataset(repo, spec, report=report)
+    await target.aclose()
+    out.print(
+        summary_table(
+            f"backup {m.backup_id}", m.summary, {"dataset": dataset, "type": spec.backup_type}
+        )
+    )
+    return 0
+
+
+async def restore_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+    async with opened(args) as repo:
+        m = await repo.load_manifest(args.backup_id)
+        bar, report = _bar(err, f"restore {args.backup_id}")
+        t0 = time.monotonic()
+        with bar:
+            files, nbytes = await restore_tree(repo, m, args.destination, report=report)
+        dt = time.monotonic() - t0
+    out.print(f"restored {files:,} files, {size(nbytes)} in {dt:.2f} s into {args.destination}")
+    return 0
+
+
+async def list_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+    async with opened(args) as repo:
+        t = Table(title=f"backups in {repo.target.describe()}")
+        for col in ("backup id", "dataset", "type", "finished", "files", "read", "stored"):
+            t.add_column(col, no_wrap=True)
+        for backup_id in await repo.list_manifests():
+            m = await repo.load_manifest(backup_id)
+            s = m.summary
+            t.add_row(
+                m.backup_id,
+                m.dataset,
+                m.backup_type,
+                f"{m.finished_at:%Y-%m-%d %H:%M:%S}",
+                f"{s.files:,}",
+                size(s.bytes_read),
+                size(s.bytes_stored),
+            )
+        out.print(t)
+    return 0

@@ -1,0 +1,75 @@
+"""``mosaic-backup repo …``: tools that work on one repository directly, on the agent's
+host, with the agent's config and key (verify, keys, export, …). They need no NATS and
+no coordinator, so they still work when the rest of the system is down.
+
+Each tool is a module with ``register(sub)`` that adds its subparser and sets
+``func=async (args, out, err) -> int``; this module adds the shared options and the
+helpers that open the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from shared import config
+from shared.errors import ConfigError, WrongKeyError
+from shared.repository.keys import load_key_file
+from shared.repository.repository import Repository
+from shared.targets import Target, open_target
+
+# Modules that register a ``repo`` subcommand.
+TOOLS: list[str] = ["mosaic.repo_backup"]
+
+
+def common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the agent's agent.toml")
+    p.add_argument(
+        "--target", default=None, help="target name from the config (default: the only one)"
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    repo = sub.add_parser("repo", help="work on a repository directly (on the agent's host)")
+    repo_sub = repo.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name in TOOLS:
+        importlib.import_module(name).register(repo_sub)
+
+
+def target_from(args: argparse.Namespace) -> tuple[config.AgentConfig, Target]:
+    cfg = config.load(args.config, config.AgentConfig)
+    name = args.target
+    if name is None:
+        if len(cfg.targets) != 1:
+            raise ConfigError(
+                f"{args.config} has targets {', '.join(sorted(cfg.targets))}: choose one "
+                "with --target"
+            )
+        name = next(iter(cfg.targets))
+    if name not in cfg.targets:
+        raise ConfigError(
+            f"{args.config} has no target '{name}' (it has: {', '.join(sorted(cfg.targets))})"
+        )
+    return cfg, open_target(name, cfg.targets[name])
+
+
+@asynccontextmanager
+async def opened(args: argparse.Namespace) -> AsyncIterator[Repository]:
+    """The repository on the chosen target, opened with the agent's key."""
+    cfg, target = target_from(args)
+    try:
+        key = load_key_file(cfg.key_file)
+        try:
+            repo = await Repository.open(
+                target, key, pack_size=cfg.pack_size, zstd_level=cfg.zstd_level
+            )
+        except WrongKeyError:
+            raise WrongKeyError(
+                f"key file {cfg.key_file} does not open the repository at "
+                f"{target.describe()}: wrong key file"
+            ) from None
+        yield repo
+    finally:
+        await target.aclose()
