@@ -1,10 +1,13 @@
 """Backup of a directory tree into a repository.
 
-read → chunk (FastCDC) → id (keyed BLAKE3) → dedup check → zstd → AES-GCM run in a
-worker thread, one bounded batch at a time, so memory stays at about one batch
-(``BATCH_BYTES``) plus one open pack whatever the size of the files. Packs upload from
-the event loop. With a parent backup, files whose size, mtime, ctime and inode are
-unchanged reuse the parent's chunk list without being read (restic's rule; see README).
+The tree is walked first (stat only), then one reader thread reads the files in walk
+order through the parallel pipeline in :mod:`agent.pipeline` (chunk, hash, claim new ids;
+seal on every core; concurrent pack uploads), building the tree's nodes as it goes. The
+tree itself is then chunked like any data and stored as TREE blobs.
+
+Incremental rule (as restic's): with a parent backup, a file whose size, mtime, ctime and
+inode are unchanged, and whose chunks are all in the index, reuses the parent's chunk
+list without being read. See the README for the limits of that rule.
 """
 
 from __future__ import annotations
@@ -13,20 +16,21 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import anyio
 import anyio.to_thread
 
+from agent.pipeline import READ_BATCH_BYTES, Emit, Plain, Sealed, run_pipeline
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.sources.files import Entry, WalkStats, walk
 from shared.errors import SourceError
 from shared.messages import BackupSummary, BackupType, FilesSource, utcnow
 from shared.repository import format as fmt
-from shared.repository.manifest import Manifest, Node, encode_tree
+from shared.repository.manifest import Manifest, Node, NodeType, encode_tree
 from shared.repository.repository import Repository
-
-BATCH_BYTES = 32 << 20
+from shared.tasks import task_group
 
 
 @dataclass(slots=True)
@@ -41,67 +45,7 @@ class BackupCounters:
     files_unchanged: int = 0
 
 
-Batch = list[tuple[bytes, bytes | None, int]]
-
-
-def _next_batch(repo: Repository, chunks: Iterator[object], otype: int) -> Batch:
-    out: Batch = []
-    size = 0
-    for ch in chunks:
-        data = ch.data  # type: ignore[attr-defined]
-        blob_id, sealed = repo.prepare_blob(otype, data)
-        out.append((blob_id, sealed, len(data)))
-        size += len(data)
-        if size >= BATCH_BYTES:
-            break
-    return out
-
-
-async def _store(
-    repo: Repository, batch: Batch, otype: int, counters: BackupCounters
-) -> list[bytes]:
-    ids = []
-    for blob_id, sealed, length in batch:
-        counters.chunks_total += 1
-        if sealed is not None and await repo.add_sealed(otype, blob_id, sealed, length):
-            counters.chunks_new += 1
-            counters.bytes_new += length
-        ids.append(blob_id)
-    return ids
-
-
-async def _backup_file(
-    repo: Repository, entry: Entry, counters: BackupCounters, progress: Progress, report: ProgressFn
-) -> tuple[list[bytes], int]:
-    """Chunk and store one file; return its chunk ids and the bytes actually read."""
-    try:
-        f = await anyio.to_thread.run_sync(open, entry.abspath, "rb")
-    except OSError as exc:
-        raise SourceError(f"cannot read {os.fsdecode(entry.abspath)}: {exc.strerror}") from exc
-    ids: list[bytes] = []
-    size = 0
-    try:
-        chunks = iter(repo.chunker().cut_stream(f))
-        while True:
-            try:
-                batch = await anyio.to_thread.run_sync(_next_batch, repo, chunks, fmt.OT_DATA)
-            except OSError as exc:
-                raise SourceError(f"cannot read {os.fsdecode(entry.abspath)}: {exc}") from exc
-            if not batch:
-                break
-            ids += await _store(repo, batch, fmt.OT_DATA, counters)
-            n = sum(b[2] for b in batch)
-            counters.bytes_read += n
-            size += n
-            progress.bytes_done += n
-            await report(progress)
-    finally:
-        f.close()
-    return ids, size
-
-
-def _unchanged(entry: Entry, parent: Node | None, repo: Repository) -> bool:
-    st = entry.st
+def _unchanged(st: os.stat_result, parent: Node | None, repo: Repository) -> bool:
     return (
         parent is not None
         and parent.type == "file"
@@ -111,6 +55,114 @@ def _unchanged(entry: Entry, parent: Node | None, repo: Repository) -> bool:
         and parent.inode == st.st_ino
         and all(repo.known(c) for c in parent.chunks)
     )
+
+
+def _node(
+    entry: Entry,
+    kind: NodeType,
+    *,
+    chunks: list[bytes] | None = None,
+    size: int = 0,
+    target: bytes = b"",
+) -> Node:
+    st = entry.st
+    regular = kind == "file"
+    return Node(
+        path=entry.rel,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=size,
+        inode=st.st_ino if regular else 0,
+        ctime_ns=st.st_ctime_ns if regular else 0,
+        chunks=chunks or [],
+        target=target,
+    )
+
+
+class _Reader:
+    """The reading stage (one worker thread): walk order, chunk, hash, claim ids.
+
+    Builds the tree's nodes as it goes; new chunks leave through ``emit`` in batches.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        entries: list[Entry],
+        parent: dict[bytes, Node] | None,
+        progress: Progress,
+    ) -> None:
+        self.repo = repo
+        self.entries = entries
+        self.parent = parent or {}
+        self.progress = progress
+        self.counters = BackupCounters()
+        self._batch: Plain = []
+        self._batch_bytes = 0
+
+    def __call__(self, emit: Emit) -> list[Node]:
+        nodes: list[Node] = []
+        chunker = self.repo.chunker()
+        c = self.counters
+        for entry in self.entries:
+            st = entry.st
+            if stat.S_ISDIR(st.st_mode):
+                c.dirs += 1
+                nodes.append(_node(entry, "dir"))
+            elif stat.S_ISLNK(st.st_mode):
+                c.symlinks += 1
+                nodes.append(_node(entry, "symlink", target=os.readlink(entry.abspath)))
+            else:
+                c.files += 1
+                old = self.parent.get(entry.rel)
+                if old is not None and _unchanged(st, old, self.repo):
+                    chunks, size = old.chunks, old.size
+                    c.files_unchanged += 1
+                    c.chunks_total += len(chunks)
+                    self.progress.bytes_done += size
+                else:
+                    chunks, size = self._read_file(entry, chunker, emit)
+                nodes.append(_node(entry, "file", chunks=chunks, size=size))
+                self.progress.files_done += 1
+        emit(self._batch)
+        self._batch = []
+        return nodes
+
+    def _read_file(self, entry: Entry, chunker: Any, emit: Emit) -> tuple[list[bytes], int]:
+        ids: list[bytes] = []
+        size = 0
+        c, repo = self.counters, self.repo
+        try:
+            with open(entry.abspath, "rb") as f:
+                for ch in chunker.cut_stream(f):
+                    data = ch.data
+                    n = len(data)
+                    bid = repo.keys.chunk_id(data)
+                    ids.append(bid)
+                    size += n
+                    c.chunks_total += 1
+                    self.progress.bytes_done += n
+                    if repo.reserve(bid):
+                        c.chunks_new += 1
+                        c.bytes_new += n
+                        self._batch.append((bid, bytes(data)))
+                        self._batch_bytes += n
+                        if self._batch_bytes >= READ_BATCH_BYTES:
+                            batch, self._batch, self._batch_bytes = self._batch, [], 0
+                            emit(batch)
+        except OSError as exc:
+            raise SourceError(f"cannot read {os.fsdecode(entry.abspath)}: {exc.strerror}") from exc
+        c.bytes_read += size
+        return ids, size
+
+
+async def _report_every(progress: Progress, report: ProgressFn, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        await report(progress)
 
 
 async def backup_tree(
@@ -126,61 +178,30 @@ async def backup_tree(
     """
     walk_stats = WalkStats()
     entries = await anyio.to_thread.run_sync(lambda: list(walk(source, walk_stats)))
-    progress = Progress(
-        bytes_total=sum(e.st.st_size for e in entries if stat.S_ISREG(e.st.st_mode)),
-        files_total=sum(1 for e in entries if stat.S_ISREG(e.st.st_mode)),
-    )
-    counters = BackupCounters()
-    nodes: list[Node] = []
-    last_report = 0.0
-    for entry in entries:
-        st = entry.st
-        common = {
-            "path": entry.rel,
-            "mode": stat.S_IMODE(st.st_mode),
-            "mtime_ns": st.st_mtime_ns,
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-        }
-        if stat.S_ISDIR(st.st_mode):
-            counters.dirs += 1
-            nodes.append(Node(type="dir", **common))  # type: ignore[arg-type]
-        elif stat.S_ISLNK(st.st_mode):
-            counters.symlinks += 1
-            target = await anyio.to_thread.run_sync(os.readlink, entry.abspath)
-            nodes.append(Node(type="symlink", target=target, **common))  # type: ignore[arg-type]
-        else:
-            counters.files += 1
-            old = parent.get(entry.rel) if parent else None
-            if old is not None and _unchanged(entry, old, repo):
-                chunks, size = old.chunks, old.size
-                counters.files_unchanged += 1
-                counters.chunks_total += len(chunks)
-                progress.bytes_done += st.st_size
-            else:
-                chunks, size = await _backup_file(repo, entry, counters, progress, report)
-            nodes.append(
-                Node(
-                    type="file",
-                    size=size,
-                    inode=st.st_ino,
-                    ctime_ns=st.st_ctime_ns,
-                    chunks=chunks,
-                    **common,  # type: ignore[arg-type]
-                )
-            )
-            progress.files_done += 1
-            now = time.monotonic()
-            if now - last_report > 0.2:
-                last_report = now
-                await report(progress)
+    files = [e for e in entries if stat.S_ISREG(e.st.st_mode)]
+    progress = Progress(bytes_total=sum(e.st.st_size for e in files), files_total=len(files))
+    reader = _Reader(repo, entries, parent, progress)
+    async with task_group() as tg:
+        tg.start_soon(_report_every, progress, report, 0.25)
+        nodes = await run_pipeline(repo, reader)
+        tg.cancel_scope.cancel()
     await report(progress)
-    tree_stream = encode_tree(nodes)
-    tree_chunks = iter(repo.chunker().cut_buf(tree_stream))
-    tree_ids: list[bytes] = []
-    while batch := await anyio.to_thread.run_sync(_next_batch, repo, tree_chunks, fmt.OT_TREE):
-        tree_ids += await _store(repo, batch, fmt.OT_TREE, BackupCounters())
-    return tree_ids, counters, walk_stats
+    tree_ids = await anyio.to_thread.run_sync(_store_tree, repo, encode_tree(nodes))
+    for bid, blob, n in tree_ids[1]:
+        await repo.add_sealed(fmt.OT_TREE, bid, blob, n, reserved=True)
+    return tree_ids[0], reader.counters, walk_stats
+
+
+def _store_tree(repo: Repository, stream: bytes) -> tuple[list[bytes], Sealed]:
+    """Chunk the tree stream; seal the chunks the repository does not have yet."""
+    ids: list[bytes] = []
+    new: Sealed = []
+    for ch in repo.chunker().cut_buf(stream):
+        bid = repo.keys.chunk_id(ch.data)
+        ids.append(bid)
+        if repo.reserve(bid):
+            new.append((bid, repo.seal_blob(fmt.OT_TREE, bid, ch.data), len(ch.data)))
+    return ids, new
 
 
 @dataclass(frozen=True, slots=True)

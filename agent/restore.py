@@ -15,10 +15,12 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from agent.fetch import fetch_and_write
 from agent.progress import Progress, ProgressFn, no_progress
 from shared.errors import IntegrityError, RepositoryError, UnsafePathError
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
+from shared.tasks import task_group
 
 
 def check_paths(nodes: list[Node], backup_id: str) -> None:
@@ -67,54 +69,81 @@ def _set_meta(path: bytes, node: Node, *, link: bool = False) -> None:
     os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=not link)
 
 
+def select(nodes: list[Node], include: list[str] | None) -> list[Node]:
+    """Only the nodes at or under the ``include`` paths, plus the folders above them."""
+    if not include:
+        return nodes
+    wanted = [os.fsencode(p.strip("/")) for p in include]
+    keep: set[bytes] = set()
+    for node in nodes:
+        if any(node.path == w or node.path.startswith(w + b"/") for w in wanted):
+            keep.add(node.path)
+            parts = node.path.split(b"/")
+            keep.update(b"/".join(parts[:i]) for i in range(1, len(parts)))
+    return [n for n in nodes if n.path in keep]
+
+
+def _create_layout(root: bytes, nodes: list[Node]) -> None:
+    for node in nodes:
+        path = os.path.join(root, node.path)
+        if node.type == "dir":
+            os.mkdir(path, 0o700)
+        elif node.type == "file":
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+
+
+def _finish(root: bytes, nodes: list[Node]) -> None:
+    """Sizes checked, then metadata; symlinks last, folders' times after their content."""
+    for node in nodes:
+        if node.type == "file":
+            path = os.path.join(root, node.path)
+            size = os.lstat(path).st_size
+            if size != node.size:
+                raise IntegrityError(
+                    f"{os.fsdecode(node.path)}: restored {size} bytes, manifest says {node.size}"
+                )
+            _set_meta(path, node)
+    for node in nodes:
+        if node.type == "symlink":
+            path = os.path.join(root, node.path)
+            os.symlink(node.target, path)
+            with contextlib.suppress(NotImplementedError, OSError):
+                _set_meta(path, node, link=True)
+    for node in reversed(nodes):
+        if node.type == "dir":
+            _set_meta(os.path.join(root, node.path), node)
+
+
 async def restore_tree(
     repo: Repository,
     manifest: Manifest,
     destination: str | Path,
     *,
+    include: list[str] | None = None,
     report: ProgressFn = no_progress,
 ) -> tuple[int, int]:
-    """Restore a whole backup; return (files, bytes written)."""
+    """Restore a backup (or the ``include`` paths of it); return (files, bytes written)."""
     nodes = await repo.read_tree(manifest)
     check_paths(nodes, manifest.backup_id)
+    nodes = select(nodes, include)
     dest = Path(destination)
     await anyio.to_thread.run_sync(_prepare_destination, dest)
     root = os.fsencode(dest)
-    files = [n for n in nodes if n.type == "file"]
-    progress = Progress(bytes_total=sum(n.size for n in files), files_total=len(files))
+    files = [(os.path.join(root, n.path), n) for n in nodes if n.type == "file"]
+    progress = Progress(bytes_total=sum(n.size for _, n in files), files_total=len(files))
+    await anyio.to_thread.run_sync(_create_layout, root, nodes)
 
-    def full(node: Node) -> bytes:
-        return os.path.join(root, node.path)
+    async def report_every() -> None:
+        while True:
+            await anyio.sleep(0.25)
+            await report(progress)
 
-    for node in nodes:
-        if node.type == "dir":
-            await anyio.to_thread.run_sync(os.mkdir, full(node), 0o700)
-    for node in files:
-        path = full(node)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        written = 0
-        with os.fdopen(fd, "wb") as f:
-            for chunk_id in node.chunks:
-                data = await repo.read_blob(chunk_id)
-                await anyio.to_thread.run_sync(f.write, data)
-                written += len(data)
-                progress.bytes_done += len(data)
-                await report(progress)
-        if written != node.size:
-            raise IntegrityError(
-                f"backup {manifest.backup_id}: {os.fsdecode(node.path)} restored {written} "
-                f"bytes, manifest says {node.size}"
-            )
-        await anyio.to_thread.run_sync(_set_meta, path, node)
-        progress.files_done += 1
-    for node in nodes:
-        if node.type == "symlink":
-            path = full(node)
-            await anyio.to_thread.run_sync(os.symlink, node.target, path)
-            with contextlib.suppress(NotImplementedError, OSError):
-                _set_meta(path, node, link=True)
-    for node in reversed(nodes):
-        if node.type == "dir":
-            await anyio.to_thread.run_sync(_set_meta, full(node), node)
+    async with task_group() as tg:
+        tg.start_soon(report_every)
+        await fetch_and_write(repo, files, progress)
+        tg.cancel_scope.cancel()
+    await anyio.to_thread.run_sync(_finish, root, nodes)
+    progress.files_done = len(files)
     await report(progress)
     return len(files), progress.bytes_done

@@ -2,13 +2,16 @@
 
 One suite, parametrised like restic's backend test suite: each clause of the docstring
 contract has a test here, and every target module must pass all of them. Target-specific
-behaviour (S3 multipart, storage class, bucket errors; local temp files) follows below.
+behaviour (S3 multipart, storage class, bucket errors; local temp files; SFTP host keys,
+logins and reconnects against a real sshd) follows below.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,25 +19,30 @@ import anyio
 import pytest
 from msgspec.structs import replace
 
-from shared.config import LocalTargetConfig, S3TargetConfig
+from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
 from shared.targets import ObjectInfo, Target, open_target
 from shared.targets.local import LocalTarget
 from shared.targets.s3 import S3Target
+from shared.targets.sftp import SftpTarget
 from tests.fixtures.s3 import s3_client
+from tests.fixtures.sftp import SshdServer, keygen
 
 MiB = 1 << 20
 INVALID_KEYS = ["../x", "/abs", "a//b", "", "a/./b", "a/", "a/../b"]
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "sftp"])
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     if request.param == "local":
         t = open_target("disk", LocalTargetConfig(path=str(tmp_path / "repo")))
         assert isinstance(t, LocalTarget)
-    else:
+    elif request.param == "s3":
         t = open_target("cloud", request.getfixturevalue("s3_bucket"))
         assert isinstance(t, S3Target)
+    else:
+        t = open_target("offsite", request.getfixturevalue("sftp_target_cfg"))
+        assert isinstance(t, SftpTarget)
     yield t
     await t.aclose()
 
@@ -168,7 +176,7 @@ async def test_concurrent_puts(target: Target) -> None:
 
 async def test_space(target: Target) -> None:
     space = await target.space()
-    if isinstance(target, LocalTarget):
+    if isinstance(target, LocalTarget | SftpTarget):  # OpenSSH offers statvfs@openssh.com
         assert space is not None
     if space is not None:
         assert space.total >= space.free >= 0
@@ -323,4 +331,107 @@ async def test_s3_unreachable_endpoint_is_retryable() -> None:
         await t.get("k")
     assert info.value.retryable
     assert "hush-hush-secret" not in str(info.value)
+    await t.aclose()
+
+
+# --- SFTP ------------------------------------------------------------------------------
+
+
+async def test_sftp_put_is_atomic_rename_and_list_hides_temp_files(
+    sftp_target_cfg: SftpTargetConfig,
+) -> None:
+    t = SftpTarget("offsite", sftp_target_cfg)
+    root = Path(sftp_target_cfg.path)  # the server runs here, so its disk is visible
+    for i in range(3):
+        await t.put(f"a/{i}", os.urandom(100))
+    assert sorted(p.name for p in root.rglob(".tmp-*")) == []
+    assert (root / "a" / "0").stat().st_size == 100
+    (root / ".tmp-half").write_bytes(b"torn")
+    (root / "a" / ".tmp-abc123").write_bytes(b"torn")
+    assert await keys_of(t) == ["a/0", "a/1", "a/2"]
+    assert await keys_of(t, "a/.tmp") == []
+    await t.aclose()
+
+
+async def test_sftp_check_and_describe(sftp_target_cfg: SftpTargetConfig) -> None:
+    cfg = sftp_target_cfg
+    t = SftpTarget("offsite", cfg)
+    assert t.describe() == f"sftp:{cfg.user}@{cfg.host}:{cfg.port}{cfg.path}"
+    await t.check()  # creates the missing root, as the first put would
+    assert Path(cfg.path).is_dir()
+    await t.aclose()
+    # A root the user may not write is reported at check, not at the first backup.
+    denied = SftpTarget("offsite", replace(cfg, path="/root/mosaic-not-allowed/repo"))
+    with pytest.raises(TargetUnavailable, match="permission denied") as info:
+        await denied.check()
+    assert not info.value.retryable
+    await denied.aclose()
+
+
+async def test_sftp_wrong_host_key_is_refused(
+    sshd_server: SshdServer, sftp_target_cfg: SftpTargetConfig, tmp_path: Path
+) -> None:
+    keygen(tmp_path / "other")
+    algo, blob, *_ = (tmp_path / "other.pub").read_text().split()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd_server.port} {algo} {blob}\n")
+    t = SftpTarget("offsite", replace(sftp_target_cfg, known_hosts=str(known_hosts)))
+    for call in (t.check, lambda: t.get("k")):
+        with pytest.raises(TargetUnavailable) as info:
+            await call()
+        message = str(info.value)
+        assert f"host key of 127.0.0.1 port {sshd_server.port}" in message
+        assert "known_hosts" in message
+        assert "\n" not in message
+        assert not info.value.retryable
+    await t.aclose()
+
+
+@pytest.mark.parametrize("who", ["unauthorised key", "unknown user"])
+async def test_sftp_refused_login_is_unavailable(
+    sshd_server: SshdServer, sftp_target_cfg: SftpTargetConfig, tmp_path: Path, who: str
+) -> None:
+    if who == "unknown user":
+        cfg = replace(sftp_target_cfg, user="nosuchuser")
+    else:
+        keygen(tmp_path / "stranger")
+        cfg = replace(sftp_target_cfg, key_file=str(tmp_path / "stranger"))
+    t = SftpTarget("offsite", cfg)
+    with pytest.raises(TargetUnavailable) as info:
+        await t.put("k", b"x")
+    message = str(info.value)
+    assert f"127.0.0.1 port {sshd_server.port} refused login as {cfg.user!r}" in message
+    assert cfg.key_file in message
+    assert not info.value.retryable
+    await t.aclose()
+
+
+async def test_sftp_unreachable_server_is_retryable(sftp_target_cfg: SftpTargetConfig) -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = SftpTarget("offsite", replace(sftp_target_cfg, port=port))
+    with pytest.raises(TargetUnavailable, match=f"cannot reach 127.0.0.1 port {port}") as info:
+        await t.get("k")
+    assert info.value.retryable
+    await t.aclose()
+
+
+async def test_sftp_reconnects_after_the_server_drops_the_connection(
+    sshd_server: SshdServer, sftp_target_cfg: SftpTargetConfig
+) -> None:
+    t = SftpTarget("offsite", sftp_target_cfg)
+    await t.put("before", b"1")
+    sessions = sshd_server.session_pids()
+    assert sessions, "the target holds no connection to sshd"
+    for pid in sessions:  # the server side of our connection goes away
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while sessions & sshd_server.session_pids():
+        assert time.monotonic() < deadline, "sshd sessions did not end"
+        await anyio.sleep(0.05)
+    await t.put("after", b"2")
+    assert await t.get("before") == b"1"
+    assert await keys_of(t) == ["after", "before"]
+    assert sshd_server.session_pids() - sessions  # served by a new connection
     await t.aclose()

@@ -13,6 +13,7 @@ written last, so a backup exists only once everything it references is stored).
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -49,8 +50,15 @@ class RepoConfig(msgspec.Struct, frozen=True, kw_only=True):
 class IndexEntry(NamedTuple):
     pack_id: bytes
     offset: int
-    length: int
+    length: int  # sealed length in the pack
     otype: int
+    raw_length: int  # plaintext length
+
+
+class SealedPack(NamedTuple):
+    pack_id: bytes
+    data: bytes
+    entries: list[PackEntry]
 
 
 class _PackIndex(msgspec.Struct, array_like=True):
@@ -80,6 +88,7 @@ class Repository:
         self.zstd_level = zstd_level
         self.index: dict[bytes, IndexEntry] = {}
         self._pending: set[bytes] = set()
+        self._lock = threading.Lock()
         self._writer = PackWriter()
         self._unindexed: list[_PackIndex] = []
         self.bytes_uploaded = 0
@@ -168,7 +177,9 @@ class Repository:
             )
             for pack in _idx_dec.decode(payload):
                 for e in pack.entries:
-                    self.index[e.id] = IndexEntry(pack.pack_id, e.offset, e.length, e.otype)
+                    self.index[e.id] = IndexEntry(
+                        pack.pack_id, e.offset, e.length, e.otype, e.raw_length
+                    )
 
     def chunker(self) -> FastCDC:
         c = self.config
@@ -184,6 +195,23 @@ class Repository:
     def known(self, blob_id: bytes) -> bool:
         return blob_id in self.index or blob_id in self._pending
 
+    def reserve(self, blob_id: bytes) -> bool:
+        """Claim a new blob id for this writer; False if stored or claimed already.
+
+        Thread-safe, so the reading thread of a backup can claim ids while the event
+        loop uploads packs. A claimed id must then be passed to :meth:`add_sealed` with
+        ``reserved=True``.
+        """
+        with self._lock:
+            if blob_id in self.index or blob_id in self._pending:
+                return False
+            self._pending.add(blob_id)
+            return True
+
+    def seal_blob(self, otype: int, blob_id: bytes, data: bytes | memoryview) -> bytes:
+        """Compress and encrypt one blob (pure CPU, releases the GIL in zstd)."""
+        return seal(self.keys, otype, blob_id, data, zstd_level=self.zstd_level)
+
     def prepare_blob(self, otype: int, data: bytes | memoryview) -> tuple[bytes, bytes | None]:
         """Return (chunk id, sealed blob or None when the repository has it already).
 
@@ -193,30 +221,56 @@ class Repository:
         blob_id = self.keys.chunk_id(data)
         if self.known(blob_id):
             return blob_id, None
-        return blob_id, seal(self.keys, otype, blob_id, data, zstd_level=self.zstd_level)
+        return blob_id, self.seal_blob(otype, blob_id, data)
 
-    async def add_sealed(self, otype: int, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
-        """Queue a sealed blob into the open pack; False if it was a duplicate."""
-        if self.known(blob_id):
+    async def add_sealed(
+        self,
+        otype: int,
+        blob_id: bytes,
+        sealed: bytes,
+        raw_length: int,
+        *,
+        reserved: bool = False,
+        flush: bool = True,
+    ) -> bool:
+        """Put a sealed blob into the open pack; False if it was a duplicate.
+
+        With ``flush`` a full pack is uploaded before returning; without it the caller
+        checks :meth:`pack_full` and uploads through :meth:`take_pack` and
+        :meth:`upload_pack` (concurrent uploads).
+        """
+        if not reserved and not self.reserve(blob_id):
             return False
-        self._pending.add(blob_id)
         self._writer.add(otype, blob_id, sealed, raw_length)
-        if self._writer.size >= self.pack_size:
+        if flush and self.pack_full():
             await self.flush_pack()
         return True
 
-    async def flush_pack(self) -> None:
+    def pack_full(self) -> bool:
+        return self._writer.size >= self.pack_size
+
+    def take_pack(self) -> SealedPack | None:
+        """Close the open pack (seals its header, hashes it); None if it is empty."""
         if not len(self._writer):
-            return
+            return None
         writer, self._writer = self._writer, PackWriter()
         pack_id, data, entries = writer.finish(self.keys)
-        await self.target.put(fmt.pack_key(pack_id), data)
-        self.bytes_uploaded += len(data)
+        return SealedPack(pack_id, data, entries)
+
+    async def upload_pack(self, pack: SealedPack) -> None:
+        """Store a closed pack, then make its blobs findable (index after the put)."""
+        await self.target.put(fmt.pack_key(pack.pack_id), pack.data)
+        self.bytes_uploaded += len(pack.data)
         self.packs_written += 1
-        self._unindexed.append(_PackIndex(pack_id, entries))
-        for e in entries:
-            self.index[e.id] = IndexEntry(pack_id, e.offset, e.length, e.otype)
+        self._unindexed.append(_PackIndex(pack.pack_id, pack.entries))
+        for e in pack.entries:
+            self.index[e.id] = IndexEntry(pack.pack_id, e.offset, e.length, e.otype, e.raw_length)
             self._pending.discard(e.id)
+
+    async def flush_pack(self) -> None:
+        pack = self.take_pack()
+        if pack is not None:
+            await self.upload_pack(pack)
 
     async def write_index(self) -> None:
         await self.flush_pack()
@@ -252,6 +306,10 @@ class Repository:
             raise IntegrityError(
                 f"{where}: expected {entry.length} bytes, got {len(data)} (truncated)"
             )
+        return self.open_blob(blob_id, data, where)
+
+    def open_blob(self, blob_id: bytes, data: bytes | memoryview, where: str) -> bytes:
+        """Authenticate, decompress and re-hash one sealed blob (CPU; any thread)."""
         _, plain = open_sealed(self.keys, blob_id, data, where)
         if self.keys.chunk_id(plain) != blob_id:
             raise IntegrityError(f"{where}: content does not match chunk id {blob_id.hex()[:16]}…")

@@ -6,7 +6,7 @@ not inside each backend.
 
 from __future__ import annotations
 
-from shared.config import LocalTargetConfig, S3TargetConfig, TargetConfig
+from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig, TargetConfig
 from shared.targets.base import ObjectInfo, SpaceInfo, Target
 from shared.targets.local import LocalTarget
 
@@ -21,4 +21,8 @@ def open_target(name: str, cfg: TargetConfig) -> Target:
         from shared.targets.s3 import S3Target
 
         return S3Target(name, cfg)
+    if isinstance(cfg, SftpTargetConfig):
+        from shared.targets.sftp import SftpTarget
+
+        return SftpTarget(name, cfg)
     raise TypeError(f"unknown target config {type(cfg).__name__}")
