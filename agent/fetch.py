@@ -111,9 +111,8 @@ async def fetch_and_write(
                     raise IntegrityError(
                         f"pack {key}: missing from {repo.target.describe()}"
                     ) from None
-                progress.bytes_done += await anyio.to_thread.run_sync(
-                    _write, repo, key, base, data, run
-                )
+                written = await anyio.to_thread.run_sync(_write, repo, key, base, data, run)
+                progress.bytes_done += written
 
     async with task_group() as tg:
         for pack_id, blobs in packs.items():

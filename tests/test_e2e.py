@@ -42,6 +42,10 @@ async def test_backup_restore_byte_identical(
         res = await operator.restore(st.bus, done.backup_id, str(dest), QUIET, QUIET, timeout=60)
         assert isinstance(res, RestoreCompleted)
         assert tree_differences(src, dest) == []
+        assert res.files == 7
+        assert res.bytes_written == sum(
+            p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink()
+        )
 
         listed = await st.bus.request("list", ListRequest(days=1, dataset=st.dataset))
         assert isinstance(listed, BackupList)

@@ -24,6 +24,7 @@ from pyfastcdc import FastCDC
 from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, WrongKeyError
 from shared.repository import format as fmt
 from shared.repository.crypto import Keyring, open_sealed, seal
+from shared.repository.index import ChunkIndex, IndexEntry
 from shared.repository.keys import KEY_SIZE, unwrap_data_key, wrap_data_key
 from shared.repository.manifest import (
     Manifest,
@@ -45,14 +46,6 @@ class RepoConfig(msgspec.Struct, frozen=True, kw_only=True):
     chunker_avg: int = 768 << 10
     chunker_max: int = 4 << 20
     chunker_seed: int = 0
-
-
-class IndexEntry(NamedTuple):
-    pack_id: bytes
-    offset: int
-    length: int  # sealed length in the pack
-    otype: int
-    raw_length: int  # plaintext length
 
 
 class SealedPack(NamedTuple):
@@ -86,7 +79,7 @@ class Repository:
         self.config = config
         self.pack_size = pack_size
         self.zstd_level = zstd_level
-        self.index: dict[bytes, IndexEntry] = {}
+        self.index = ChunkIndex()
         self._pending: set[bytes] = set()
         self._lock = threading.Lock()
         self._writer = PackWriter()
@@ -180,6 +173,7 @@ class Repository:
                     self.index[e.id] = IndexEntry(
                         pack.pack_id, e.offset, e.length, e.otype, e.raw_length
                     )
+        self.index.compact()
 
     def chunker(self) -> FastCDC:
         c = self.config
