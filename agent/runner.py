@@ -40,18 +40,22 @@ from shared.repository.keys import KEEP_A_COPY, create_key_file, load_key_file
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository
 from shared.targets import Target, open_target
+from shared.tasks import task_group
 
 log = logging.getLogger(__name__)
 
 
-async def prepare_key(cfg: AgentConfig, targets: dict[str, Target]) -> tuple[bytes, bool]:
+async def prepare_key(
+    cfg: AgentConfig, targets: dict[str, Target], passphrase: str | None = None
+) -> tuple[bytes, bool]:
     """Load the master key; create it on first use (no repository on any target yet).
 
     Returns (key, created). A missing key file next to an existing repository is an
-    error: a new key could never open the backups already there.
+    error: a new key could never open the backups already there. ``passphrase`` (read
+    by the entry point) opens a passphrase-protected key file, and protects a new one.
     """
     try:
-        return load_key_file(cfg.key_file), False
+        return load_key_file(cfg.key_file, passphrase), False
     except KeyFileError:
         if await anyio.Path(cfg.key_file).exists():
             raise
@@ -62,7 +66,7 @@ async def prepare_key(cfg: AgentConfig, targets: dict[str, Target]) -> tuple[byt
                     f"({target.describe()}) holds a repository: restore your copy of the key "
                     "file to that path"
                 ) from None
-        return create_key_file(cfg.key_file), True
+        return create_key_file(cfg.key_file, passphrase or None), True
 
 
 async def check_repositories(cfg: AgentConfig, key: bytes, targets: dict[str, Target]) -> None:
@@ -128,7 +132,7 @@ class AgentRunner:
             )
         )
         result: Event
-        async with anyio.create_task_group() as tg:
+        async with task_group() as tg:
             tg.start_soon(self._keep_alive, msg)
             try:
                 if isinstance(job, BackupJob):

@@ -29,6 +29,7 @@ from agent.runner import key_notice, prepare_key
 from mosaic.operator import size, summary_table
 from mosaic.repo_cli import common_args, opened, target_from
 from shared.messages import FilesSource
+from shared.repository.keys import PASSPHRASE_ENV
 from shared.repository.repository import Repository
 from shared.subjects import check_token
 
@@ -82,7 +83,7 @@ async def backup_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
     cfg, target = target_from(args)
     path = args.path  # made absolute by cli.main
     dataset = check_token("dataset name", args.dataset or os.path.basename(path) or "root")
-    key, created = await prepare_key(cfg, {target.name: target})
+    key, created = await prepare_key(cfg, {target.name: target}, os.environ.get(PASSPHRASE_ENV))
     if created:
         err.print(key_notice(cfg.key_file))
     repo = await Repository.open(

@@ -24,12 +24,15 @@ async def run_coordinator(path: str) -> None:
 
 
 async def run_agent(path: str, err: Console) -> None:
+    import os
+
     from agent.runner import AgentRunner, check_repositories, key_notice, prepare_key
+    from shared.repository.keys import PASSPHRASE_ENV
     from shared.targets import open_target
 
     cfg = config.load(path, config.AgentConfig)
     targets = {n: open_target(n, t) for n, t in cfg.targets.items()}
-    key, created = await prepare_key(cfg, targets)
+    key, created = await prepare_key(cfg, targets, os.environ.get(PASSPHRASE_ENV))
     if created:
         err.print(key_notice(cfg.key_file))
     await check_repositories(cfg, key, targets)
