@@ -56,6 +56,13 @@ class S3TargetConfig(
     access_key_id: str | None = None
     secret_access_key: str | None = None
     storage_class: str | None = None
+    # S3 Object Lock retention given to every object written: GOVERNANCE (principals with
+    # s3:BypassGovernanceRetention may still delete) or COMPLIANCE (nobody can, root
+    # included, until the date). The bucket must have been created with Object Lock
+    # enabled; set both fields or neither.
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
+    # How long each object stays locked, in days from its upload (1 to 36500).
+    object_lock_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] | None = None
     media: str = "object"
     location: Literal["onsite", "offsite"] = "offsite"
     tier: Literal["local", "remote", "archive"] = "remote"
@@ -205,3 +212,19 @@ def _check(p: Path, cfg: object) -> None:
             check_token("dataset name", name)
     if isinstance(cfg, AgentConfig) and not cfg.targets:
         raise ConfigError(f"config file {p}: field 'targets': no target defined (add one)")
+    if isinstance(cfg, AgentConfig):
+        for name, target in cfg.targets.items():
+            if not isinstance(target, S3TargetConfig):
+                continue
+            if target.object_lock_mode is not None and target.object_lock_days is None:
+                raise ConfigError(
+                    f"config file {p}: field 'targets.{name}.object_lock_days': missing, "
+                    "object_lock_mode needs a retention (add object_lock_days = N, or remove "
+                    "object_lock_mode)"
+                )
+            if target.object_lock_days is not None and target.object_lock_mode is None:
+                raise ConfigError(
+                    f"config file {p}: field 'targets.{name}.object_lock_mode': missing, "
+                    'object_lock_days needs a mode (add object_lock_mode = "GOVERNANCE" or '
+                    '"COMPLIANCE", or remove object_lock_days)'
+                )

@@ -10,11 +10,20 @@ boto3 is blocking, so every call runs in a worker thread behind a per-target
 throttling and transient faults (adaptive mode); what still fails is translated here, at
 the boundary, into :mod:`shared.errors` with messages that name the bucket and key and
 never carry credentials.
+
+With ``object_lock_mode`` / ``object_lock_days`` set, every object is written with an S3
+Object Lock retention (mode, now + days), and ``check`` refuses a bucket without Object
+Lock. Such a bucket is versioned, where a plain DeleteObject only hides the data behind a
+delete marker; ``delete`` therefore removes each version of the key by id, so it either
+frees the data or fails loudly (non-retryable) while the retention lasts. The credentials
+then also need s3:PutObjectRetention, s3:GetObjectRetention, s3:ListBucketVersions,
+s3:DeleteObjectVersion and s3:GetBucketObjectLockConfiguration.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -38,7 +47,11 @@ from shared.targets.base import ObjectInfo, SpaceInfo, check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ListObjectsV2OutputTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        HeadObjectOutputTypeDef,
+        ListObjectsV2OutputTypeDef,
+    )
 
 T = TypeVar("T")
 
@@ -50,6 +63,12 @@ _REFUSED = frozenset(
     "ExpiredToken InvalidToken AccountProblem".split()
 )
 _TRANSIENT = frozenset("SlowDown RequestTimeout ServiceUnavailable InternalError".split())
+# GetObjectLockConfiguration on a bucket without Object Lock, or on a store without it.
+_NO_LOCK_CONFIG = frozenset({"ObjectLockConfigurationNotFoundError", "NotImplemented"})
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
 
 
 def _strip_userinfo(url: str) -> str:
@@ -78,6 +97,10 @@ class S3Target:
         # value is not clamped here so that the message comes from the store.
         if part_size < 1 or multipart_threshold < 1 or max_connections < 1:
             raise ValueError("part_size, multipart_threshold and max_connections must be ≥ 1")
+        if (cfg.object_lock_mode is None) != (cfg.object_lock_days is None):
+            raise ValueError(
+                f"targets.{name}: set both object_lock_mode and object_lock_days, or neither"
+            )
         self.name = name
         self.cfg = cfg
         prefix = cfg.prefix.strip("/")
@@ -180,20 +203,53 @@ class S3Target:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, op, key) from exc
 
-    async def check(self) -> None:
-        """Fail fast (at agent start) if the bucket is missing or the credentials refused."""
+    async def _check_bucket(self) -> None:
         await self._call("check", None, lambda: self._client.head_bucket(Bucket=self.cfg.bucket))
         self._bucket_ok = True
+
+    def _lock_enabled(self) -> bool:
+        try:
+            resp = self._client.get_object_lock_configuration(Bucket=self.cfg.bucket)
+        except ClientError as exc:
+            if _code(exc) in _NO_LOCK_CONFIG:
+                return False
+            raise
+        return resp.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+    async def check(self) -> None:
+        """Fail fast (at agent start) if the bucket is missing or the credentials refused.
+
+        With a lock mode configured, also if the bucket does not have Object Lock enabled:
+        every put would be refused there.
+        """
+        await self._check_bucket()
+        if self.cfg.object_lock_mode is not None and not await self._call(
+            "check", None, self._lock_enabled
+        ):
+            raise TargetUnavailable(
+                f"s3 bucket {self.cfg.bucket!r} at {self._endpoint} does not have Object Lock "
+                f"enabled, but targets.{self.name}.object_lock_mode is set: create the bucket "
+                f"with Object Lock enabled, or remove object_lock_mode from targets.{self.name}",
+                retryable=False,
+            )
+
+    def _retain_until(self) -> datetime | None:
+        days = self.cfg.object_lock_days
+        return None if days is None else datetime.now(UTC) + timedelta(days=days)
+
+    def _lock_args(self, until: datetime | None) -> dict[str, Any]:
+        if until is None or self.cfg.object_lock_mode is None:
+            return {}
+        return {"ObjectLockMode": self.cfg.object_lock_mode, "ObjectLockRetainUntilDate": until}
 
     async def put(self, key: str, data: bytes) -> None:
         k = self._key(key)
         if len(data) <= self._multipart_threshold:
+            extra = {**self._extra, **self._lock_args(self._retain_until())}
             await self._call(
                 "put",
                 key,
-                lambda: self._client.put_object(
-                    Bucket=self.cfg.bucket, Key=k, Body=data, **self._extra
-                ),
+                lambda: self._client.put_object(Bucket=self.cfg.bucket, Key=k, Body=data, **extra),
             )
         else:
             await self._put_multipart(key, k, data)
@@ -201,10 +257,12 @@ class S3Target:
     async def _put_multipart(self, key: str, k: str, data: bytes) -> None:
         bucket = self.cfg.bucket
         size = max(self._part_size, -(-len(data) // _MAX_PARTS))
+        until = self._retain_until()
+        extra = {**self._extra, **self._lock_args(until)}
         created = await self._call(
             "put",
             key,
-            lambda: self._client.create_multipart_upload(Bucket=bucket, Key=k, **self._extra),
+            lambda: self._client.create_multipart_upload(Bucket=bucket, Key=k, **extra),
         )
         upload_id = created["UploadId"]
         try:
@@ -220,7 +278,7 @@ class S3Target:
                 )
                 resp = await self._call("put", key, upload)
                 parts.append({"PartNumber": number, "ETag": resp["ETag"]})
-            await self._call(
+            done = await self._call(
                 "put",
                 key,
                 lambda: self._client.complete_multipart_upload(
@@ -241,6 +299,42 @@ class S3Target:
                 except TargetError as abort_exc:
                     exc.add_note(f"aborting multipart upload {upload_id} failed: {abort_exc}")
             raise
+        if until is not None:
+            await self._ensure_retention(key, k, done.get("VersionId"), until)
+
+    async def _ensure_retention(
+        self, key: str, k: str, version_id: str | None, until: datetime
+    ) -> None:
+        """Make sure the completed upload is locked, or fail the put.
+
+        S3 takes the retention from CreateMultipartUpload, but some S3-compatible stores
+        (moto among them) drop it there and would leave a large pack silently deletable.
+        One HEAD per multipart put is cheap next to the upload; if the retention is missing
+        or shorter, it is set with PutObjectRetention (which may only extend it).
+        """
+        mode = self.cfg.object_lock_mode
+        assert mode is not None
+        version: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+        head = await self._call(
+            "put",
+            key,
+            partial(self._client.head_object, Bucket=self.cfg.bucket, Key=k, **version),
+        )
+        held = head.get("ObjectLockRetainUntilDate")
+        # Stores keep the date to the second: allow for the dropped fraction.
+        if head.get("ObjectLockMode") == mode and held and held >= until - timedelta(seconds=1):
+            return
+        await self._call(
+            "put",
+            key,
+            partial(
+                self._client.put_object_retention,
+                Bucket=self.cfg.bucket,
+                Key=k,
+                Retention={"Mode": mode, "RetainUntilDate": until},
+                **version,
+            ),
+        )
 
     def _fetch(self, k: str, byte_range: str | None) -> bytes:
         try:
@@ -277,18 +371,38 @@ class S3Target:
         byte_range = f"bytes={offset}-{offset + length - 1}"
         return await self._call("get", key, lambda: self._fetch(k, byte_range))
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def _head(self, op: str, key: str) -> HeadObjectOutputTypeDef:
         k = self._key(key)
         try:
-            resp = await self._call(
-                "stat", key, lambda: self._client.head_object(Bucket=self.cfg.bucket, Key=k)
+            return await self._call(
+                op, key, lambda: self._client.head_object(Bucket=self.cfg.bucket, Key=k)
             )
         except ObjectNotFound:
             # HEAD answers a bare 404 for a missing bucket too: tell the two apart once.
             if not self._bucket_ok:
-                await self.check()
+                await self._check_bucket()
+            raise
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            resp = await self._head("stat", key)
+        except ObjectNotFound:
             return None
         return ObjectInfo(key, resp["ContentLength"])
+
+    async def retention(self, key: str) -> tuple[str, datetime] | None:
+        """The Object Lock retention of the current version of ``key``: (mode, until, UTC).
+
+        None when the object carries no retention (whether or not it has expired). Raises
+        ObjectNotFound for a missing key. The credentials need s3:GetObjectRetention, else
+        S3 leaves the retention out of the answer and this returns None.
+        """
+        head = await self._head("read retention of", key)
+        mode = head.get("ObjectLockMode")
+        until = head.get("ObjectLockRetainUntilDate")
+        if mode is None or until is None:
+            return None
+        return str(mode), until.astimezone(UTC)
 
     async def exists(self, key: str) -> bool:
         return await self.stat(key) is not None
@@ -319,9 +433,63 @@ class S3Target:
 
     async def delete(self, key: str) -> None:
         k = self._key(key)
-        await self._call(
-            "delete", key, lambda: self._client.delete_object(Bucket=self.cfg.bucket, Key=k)
+        if self.cfg.object_lock_mode is None:
+            await self._call(
+                "delete", key, lambda: self._client.delete_object(Bucket=self.cfg.bucket, Key=k)
+            )
+            return
+        # Non-current versions first and the current one last: the key keeps its value (or
+        # stays absent behind a delete marker) until every version is gone, so a delete
+        # stopped by a locked version changes nothing that readers see.
+        versions = await self._call("delete", key, lambda: self._versions_of(k))
+        for version_id, _latest in sorted(versions, key=lambda v: v[1]):
+            why = await self._call("delete", key, partial(self._delete_version, k, version_id))
+            if why is not None:
+                raise TargetError(
+                    f"{self.describe()}: cannot delete {key!r}: it is {why} (version "
+                    f"{version_id}); S3 Object Lock refuses to delete it before then",
+                    retryable=False,
+                )
+
+    def _versions_of(self, k: str) -> Sequence[tuple[str, bool]]:
+        """(version id, is latest) of every version and delete marker of exactly ``k``."""
+        found: list[tuple[str, bool]] = []
+        pages = self._client.get_paginator("list_object_versions").paginate(
+            Bucket=self.cfg.bucket, Prefix=k
         )
+        for page in pages:
+            entries = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+            found += [(e["VersionId"], e["IsLatest"]) for e in entries if e["Key"] == k]
+            # Listings are in key order and ``k`` sorts before every longer key it prefixes.
+            if any(e["Key"] != k for e in entries):
+                break
+        return found
+
+    def _delete_version(self, k: str, version_id: str) -> str | None:
+        """Delete one version; if a lock refuses it, say until when (None: deleted)."""
+        try:
+            self._client.delete_object(Bucket=self.cfg.bucket, Key=k, VersionId=version_id)
+        except ClientError as exc:
+            if _code(exc) not in ("AccessDenied", "403"):
+                raise
+            why = self._lock_of(k, version_id)
+            if why is None:  # not a lock: a real permission problem, reported as such
+                raise
+            return why
+        return None
+
+    def _lock_of(self, k: str, version_id: str) -> str | None:
+        try:
+            head = self._client.head_object(Bucket=self.cfg.bucket, Key=k, VersionId=version_id)
+        except ClientError:
+            return None
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return "under an Object Lock legal hold until the hold is removed"
+        mode = head.get("ObjectLockMode")
+        until = head.get("ObjectLockRetainUntilDate")
+        if mode is None or until is None or until <= datetime.now(UTC):
+            return None
+        return f"locked ({mode}) until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
     async def space(self) -> SpaceInfo | None:
         return None  # a bucket has no fixed size
