@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from shared import config
 from shared.errors import ConfigError, WrongKeyError
-from shared.repository.keys import load_key_file
+from shared.repository.keys import PASSPHRASE_ENV, load_key_file
 from shared.repository.repository import Repository
 from shared.targets import Target, open_target
 
 # Modules that register a ``repo`` subcommand.
-TOOLS: list[str] = ["mosaic.repo_backup"]
+TOOLS: list[str] = [
+    "mosaic.repo_backup",
+    "mosaic.repo_keys",
+    "mosaic.repo_verify",
+    "mosaic.repo_export",
+    "mosaic.repo_catalog",
+]
 
 
 def common_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +67,7 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[Repository]:
     """The repository on the chosen target, opened with the agent's key."""
     cfg, target = target_from(args)
     try:
-        key = load_key_file(cfg.key_file)
+        key = load_key_file(cfg.key_file, os.environ.get(PASSPHRASE_ENV))
         try:
             repo = await Repository.open(
                 target, key, pack_size=cfg.pack_size, zstd_level=cfg.zstd_level

@@ -1,0 +1,302 @@
+"""Verify backups without restoring them (like ``restic check``).
+
+A restore stops at the first bad blob, and damage found on the day of a restore is found
+too late. Verify walks what a set of backups references and keeps going past damage, so
+one run names every damaged object (pack, manifest, index segment) and the backups and
+files it breaks. Structural checks (default) cost one ``stat`` per pack plus the tree
+blobs: manifests open, trees decode, referenced chunks are indexed, packs exist and are
+long enough. ``read_data`` downloads each pack once and checks its name (BLAKE3), its
+table, and every blob (authenticate, decompress, re-hash); ``subset`` reads a seeded
+random share, so a big repository can be read a slice per run. The caller opens the
+repository; mosaic/repo_verify.py loads the index itself so that a damaged index segment
+is one more reported object, not a repository that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.to_thread
+
+from agent.progress import Progress, ProgressFn, no_progress
+from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, TargetError
+from shared.repository import format as fmt
+from shared.repository.index import IndexEntry
+from shared.repository.manifest import Manifest, Node, decode_tree
+from shared.repository.pack import check_pack_id, read_pack_entries
+from shared.repository.repository import Repository
+
+MISSING_PACK = "missing from the target"
+MISSING_CHUNK = "referenced, but in no index segment (missing)"
+UNINDEXED = "index/"  # where chunks missing from the index are reported, together
+PACK_TAIL = fmt.OVERHEAD + fmt.PACK_TRAILER.size  # the smallest possible table + trailer
+Members = list[tuple[bytes, IndexEntry]]  # (chunk id, where the index places it)
+
+
+@dataclass
+class Problem:
+    """Everything wrong with one stored object, and what it breaks."""
+
+    obj: str  # the object's key (pack, manifest, index segment), or UNINDEXED
+    messages: list[str] = field(default_factory=list)
+    chunks: set[bytes] = field(default_factory=set)  # referenced chunks it makes unreadable
+    backups: set[str] = field(default_factory=set)
+    files: dict[str, set[bytes]] = field(default_factory=dict)  # backup → paths
+
+
+@dataclass
+class VerifyReport:
+    problems: dict[str, Problem] = field(default_factory=dict)
+    backups: list[str] = field(default_factory=list)
+    packs: int = 0
+    packs_read: int = 0
+    blobs_checked: int = 0
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(
+        self, obj: str, message: str, *, chunks: Iterable[bytes] = (), backup: str | None = None
+    ) -> None:
+        """Record a finding; one already reported for the same chunks is not repeated."""
+        p = self.problems.setdefault(obj, Problem(obj))
+        chunks = set(chunks)
+        if backup is not None:
+            p.backups.add(backup)
+        if chunks and chunks <= p.chunks:
+            return
+        p.chunks |= chunks
+        if message not in p.messages:
+            p.messages.append(message)
+
+
+def _why(exc: Exception, where: str) -> str:
+    """The message without its ``where:`` prefix (the report names the object already)."""
+    text = str(exc)
+    return text.removeprefix(f"{where}: ")
+
+
+def _unindexed(report: VerifyReport, chunk_id: bytes, backup: str) -> None:
+    message = f"chunk {chunk_id.hex()[:16]}…: {MISSING_CHUNK}"
+    report.add(UNINDEXED, message, chunks=[chunk_id], backup=backup)
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+async def _fetch_blob(
+    repo: Repository, chunk_id: bytes, report: VerifyReport, backup: str
+) -> bytes | None:
+    """One blob by range GET, or None after reporting why it cannot be read."""
+    e = repo.index.get(chunk_id)
+    if e is None:
+        _unindexed(report, chunk_id, backup)
+        return None
+    key = fmt.pack_key(e.pack_id)
+    where = f"blob {chunk_id.hex()[:16]}… at offset {e.offset}"
+    try:
+        data = await repo.target.get_range(key, e.offset, e.length)
+        if len(data) != e.length:
+            raise IntegrityError(f"{where}: cut short (truncated pack)")
+        return await anyio.to_thread.run_sync(repo.open_blob, chunk_id, data, where)
+    except ObjectNotFound:
+        report.add(key, MISSING_PACK, chunks=[chunk_id], backup=backup)
+    except (RepositoryError, TargetError) as exc:
+        report.add(key, str(exc), chunks=[chunk_id], backup=backup)
+    return None
+
+
+async def read_tree(repo: Repository, m: Manifest, report: VerifyReport) -> list[Node] | None:
+    """The backup's nodes, or None when any tree blob is damaged (each one reported)."""
+    parts = [await _fetch_blob(repo, c, report, m.backup_id) for c in m.tree]
+    if any(p is None for p in parts):
+        return None
+    try:
+        return list(decode_tree(b"".join(p for p in parts if p is not None), "tree"))
+    except IntegrityError as exc:
+        report.add(fmt.manifest_key(m.backup_id), _why(exc, "tree"), backup=m.backup_id)
+        return None
+
+
+def _size_findings(size: int, members: Members) -> list[tuple[str, list[bytes]]]:
+    end = max((e.offset + e.length for _, e in members), default=0)
+    cut = [c for c, e in members if e.offset + e.length > size]
+    if cut:
+        return [(f"truncated: {size} bytes, but the index has blobs up to byte {end}", cut)]
+    if size < end + PACK_TAIL:
+        return [(f"truncated: {size} bytes, its table after byte {end} is cut", [])]
+    return []
+
+
+def check_pack(
+    repo: Repository, pack_id: bytes, data: bytes, members: Members
+) -> tuple[list[tuple[str, list[bytes]]], int]:
+    """Every check of one whole pack (CPU; any thread): findings and blobs checked."""
+    found: list[tuple[str, list[bytes]]] = []
+    try:
+        check_pack_id(pack_id, data, "pack")
+    except IntegrityError as exc:
+        found.append((_why(exc, "pack"), []))
+    found += _size_findings(len(data), members)
+    try:
+        table = read_pack_entries(repo.keys, data, "table")
+    except RepositoryError as exc:
+        found.append((f"table: {_why(exc, 'table')}", []))
+        table = []
+    listed = {(e.id, e.offset, e.length) for e in table}
+    blobs = dict.fromkeys(listed, False) | {(c, e.offset, e.length): True for c, e in members}
+    unlisted = sum(1 for c, e in members if (c, e.offset, e.length) not in listed)
+    if table and unlisted:
+        found.append((f"the index places {unlisted} blobs here that its table does not list", []))
+    view = memoryview(data)
+    for (chunk_id, offset, length), indexed in sorted(blobs.items(), key=lambda b: b[0][1]):
+        if offset + length > len(data):
+            continue  # reported with the size
+        where = f"blob {chunk_id.hex()[:16]}… at offset {offset}"
+        try:
+            repo.open_blob(chunk_id, view[offset : offset + length], where)
+        except RepositoryError as exc:
+            found.append((str(exc), [chunk_id] if indexed else []))
+    return found, len(blobs)
+
+
+def choose_packs(packs: Iterable[bytes], percent: float, seed: int) -> list[bytes]:
+    """A share of the packs, the same for the same seed and packs (``--subset``)."""
+    ordered = sorted(packs)
+    if percent >= 100:
+        return ordered
+    k = math.ceil(len(ordered) * percent / 100)
+    return sorted(random.Random(seed).sample(ordered, k))
+
+
+async def _each(items: Iterable[bytes], fn: Callable[[bytes], Awaitable[None]], n: int) -> None:
+    """Run ``fn`` over ``items`` with at most ``n`` at a time (n workers, one iterator)."""
+    it = iter(items)
+
+    async def worker() -> None:
+        for item in it:
+            await fn(item)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(worker)
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+async def verify(
+    repo: Repository,
+    backup_ids: list[str] | None,
+    *,
+    read_data: bool = False,
+    subset: float = 100.0,
+    seed: int = 0,
+    found: VerifyReport | None = None,
+    report: ProgressFn = no_progress,
+    concurrency: int = 4,
+) -> VerifyReport:
+    """Check ``backup_ids`` (None: every backup); ``found`` holds findings of the open."""
+    rep = found or VerifyReport()
+    ids = sorted(await repo.list_manifests()) if backup_ids is None else list(backup_ids)
+    rep.backups = ids
+    manifests: list[Manifest] = []
+    readable: set[str] = set()
+    packs: set[bytes] = set()
+    for backup_id in ids:
+        try:
+            m = await repo.load_manifest(backup_id)
+        except (RepositoryError, TargetError) as exc:
+            key = fmt.manifest_key(backup_id)
+            rep.add(key, _why(exc, f"{repo.target.describe()}/{key}"), backup=backup_id)
+            continue
+        manifests.append(m)
+        nodes = await read_tree(repo, m, rep)
+        if nodes is not None:
+            readable.add(backup_id)
+        for chunk_id in [*m.tree, *(c for n in nodes or () for c in n.chunks)]:
+            e = repo.index.get(chunk_id)
+            if e is not None:
+                packs.add(e.pack_id)
+            else:
+                _unindexed(rep, chunk_id, backup_id)
+    members: dict[bytes, Members] = defaultdict(list)
+    for chunk_id, e in repo.index.items():
+        if e.pack_id in packs:
+            members[e.pack_id].append((chunk_id, e))
+    rep.packs = len(packs)
+
+    sizes: dict[bytes, int] = {}
+
+    async def stat_pack(pack_id: bytes) -> None:
+        key = fmt.pack_key(pack_id)
+        try:
+            info = await repo.target.stat(key)
+        except TargetError as exc:
+            rep.add(key, f"could not be checked ({exc})")
+            return
+        if info is None:
+            rep.add(key, MISSING_PACK, chunks=[c for c, _ in members[pack_id]])
+            return
+        sizes[pack_id] = info.size
+        for message, chunks in _size_findings(info.size, members[pack_id]):
+            rep.add(key, message, chunks=chunks)
+
+    await _each(sorted(packs), stat_pack, 16)
+    if read_data:
+        chosen = [p for p in choose_packs(packs, subset, seed) if p in sizes]
+        progress = Progress(bytes_total=sum(sizes[p] for p in chosen))
+
+        async def read_pack(pack_id: bytes) -> None:
+            key = fmt.pack_key(pack_id)
+            try:
+                data = await repo.target.get(key)
+            except ObjectNotFound:
+                rep.add(key, MISSING_PACK, chunks=[c for c, _ in members[pack_id]])
+                return
+            except TargetError as exc:
+                rep.add(key, f"could not be read ({exc})")
+                return
+            findings, blobs = await anyio.to_thread.run_sync(
+                check_pack, repo, pack_id, data, members[pack_id]
+            )
+            for message, chunks in findings:
+                rep.add(key, message, chunks=chunks)
+            rep.packs_read += 1
+            rep.blobs_checked += blobs
+            rep.bytes_read += len(data)
+            progress.bytes_done += len(data)
+            await report(progress)
+
+        await _each(chosen, read_pack, concurrency)
+    await _attribute(repo, rep, manifests, readable)
+    return rep
+
+
+async def _attribute(
+    repo: Repository, rep: VerifyReport, manifests: list[Manifest], readable: set[str]
+) -> None:
+    """Name the backups and files each damaged chunk breaks (trees are read again)."""
+    bad: dict[bytes, list[Problem]] = defaultdict(list)
+    for p in rep.problems.values():
+        for chunk_id in p.chunks:
+            bad[chunk_id].append(p)
+    if not bad:
+        return
+    for m in manifests:
+        for chunk_id in m.tree:
+            for p in bad.get(chunk_id, ()):
+                p.backups.add(m.backup_id)
+        nodes = await read_tree(repo, m, VerifyReport()) if m.backup_id in readable else None
+        for node in nodes or ():
+            for chunk_id in node.chunks:
+                for p in bad.get(chunk_id, ()):
+                    p.backups.add(m.backup_id)
+                    p.files.setdefault(m.backup_id, set()).add(node.path)
