@@ -38,11 +38,15 @@ from shared.messages import (
 )
 from shared.repository.keys import KEEP_A_COPY, create_key_file, load_key_file
 from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
+from shared.repository.repository import Repository, WriteOptions
 from shared.targets import Target, open_target
 from shared.tasks import task_group
 
 log = logging.getLogger(__name__)
+
+
+def write_options(cfg: AgentConfig) -> WriteOptions:
+    return WriteOptions(cfg.pack_size, cfg.zstd_level, cfg.index_every_packs)
 
 
 async def prepare_key(
@@ -206,8 +210,7 @@ class AgentRunner:
                 target,
                 self.key,
                 create=create,
-                pack_size=self.cfg.pack_size,
-                zstd_level=self.cfg.zstd_level,
+                options=write_options(self.cfg),
             )
         except WrongKeyError:
             raise WrongKeyError(

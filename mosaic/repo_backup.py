@@ -25,7 +25,7 @@ from rich.table import Table
 from agent.backup import BackupSpec, backup_dataset
 from agent.progress import Progress, ProgressFn
 from agent.restore import restore_tree
-from agent.runner import key_notice, prepare_key
+from agent.runner import key_notice, prepare_key, write_options
 from mosaic.operator import size, summary_table
 from mosaic.repo_cli import common_args, opened, target_from
 from shared.messages import FilesSource
@@ -87,7 +87,10 @@ async def backup_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
     if created:
         err.print(key_notice(cfg.key_file))
     repo = await Repository.open(
-        target, key, create=True, pack_size=cfg.pack_size, zstd_level=cfg.zstd_level
+        target,
+        key,
+        create=True,
+        options=write_options(cfg),
     )
     backup_id = f"local-{dataset}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
     spec = BackupSpec(

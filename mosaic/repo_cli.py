@@ -15,6 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from agent.runner import write_options
 from shared import config
 from shared.errors import ConfigError, WrongKeyError
 from shared.repository.keys import PASSPHRASE_ENV, load_key_file
@@ -70,7 +71,9 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[Repository]:
         key = load_key_file(cfg.key_file, os.environ.get(PASSPHRASE_ENV))
         try:
             repo = await Repository.open(
-                target, key, pack_size=cfg.pack_size, zstd_level=cfg.zstd_level
+                target,
+                key,
+                options=write_options(cfg),
             )
         except WrongKeyError:
             raise WrongKeyError(

@@ -19,6 +19,7 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
+from agent.runner import write_options
 from mosaic.repo_cli import common_args, target_from
 from shared import config
 from shared.errors import ConfigError, KeyFileError, WrongKeyError
@@ -123,7 +124,9 @@ async def rotate_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
         master = _agent_key(cfg)
         try:
             repo = await Repository.open(
-                target, master, pack_size=cfg.pack_size, zstd_level=cfg.zstd_level
+                target,
+                master,
+                options=write_options(cfg),
             )
         except WrongKeyError:
             raise _wrong_key(cfg, target.name, target) from None

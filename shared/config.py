@@ -107,6 +107,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     connect_timeout_s: PositiveFloat = 10.0
     pack_size: Annotated[int, msgspec.Meta(ge=1 << 16, le=1 << 30)] = 8 << 20
     zstd_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
+    # packs uploaded between index checkpoints: a killed backup re-uploads at most these
+    index_every_packs: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 16
 
 
 class DatasetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

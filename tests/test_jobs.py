@@ -72,7 +72,8 @@ async def test_killed_agent_job_is_redelivered_and_completes(nats_url: str, tmp_
             nats_url=nats_url,
             key_file=tmp_path / "repo.key",
             targets={"t": target},
-            extra="ack_wait_s = 2.0\nprogress_interval_s = 0.1\nzstd_level = 15\n",
+            extra="ack_wait_s = 2.0\nprogress_interval_s = 0.1\nzstd_level = 15\n"
+            "pack_size = 262144\nindex_every_packs = 2\n",
         )
 
         def start_agent() -> subprocess.Popen[bytes]:
@@ -93,11 +94,8 @@ async def test_killed_agent_job_is_redelivered_and_completes(nats_url: str, tmp_
                 async for ev in st.bus.watch_job(acc.job_id, timeout=60):
                     if isinstance(ev, JobStarted):
                         deliveries.append(ev.delivery)
-                    if (
-                        isinstance(ev, JobProgress)
-                        and second is None
-                        and 0 < ev.files_done < ev.files_total
-                    ):
+                    checkpointed = any((tmp_path / "repo" / "index").glob("*"))
+                    if isinstance(ev, JobProgress) and second is None and checkpointed:
                         first.send_signal(signal.SIGKILL)  # mid-backup, no goodbye
                         first.wait()
                         second = start_agent()
@@ -107,6 +105,8 @@ async def test_killed_agent_job_is_redelivered_and_completes(nats_url: str, tmp_
             assert second is not None, "the agent was never caught mid-backup"
             assert deliveries[:1] == [1] and deliveries[-1] >= 2
             assert done.summary.files == 40
+            # the first attempt's checkpointed packs were reused, not uploaded again
+            assert done.summary.chunks_new < done.summary.chunks_total
             await operator.until_cataloged(st.bus, done, QUIET)
             dest = tmp_path / "restored"
             res = await operator.restore(

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from shared.repository import format as fmt
 from shared.repository.crypto import Keyring, open_sealed, seal
-from shared.repository.repository import Repository
+from shared.repository.repository import Repository, WriteOptions
 from shared.targets.local import LocalTarget
 
 KEYS = Keyring({b"k" * 8: bytes(32)}, b"k" * 8, bytes(range(32)))
@@ -39,7 +39,9 @@ def test_blobs_round_trip_through_packs(tmp_path: Path, blobs: list[bytes]) -> N
         import uuid
 
         target = LocalTarget("t", tmp_path / uuid.uuid4().hex)
-        repo = await Repository.open(target, bytes(32), create=True, pack_size=1 << 18)
+        repo = await Repository.open(
+            target, bytes(32), create=True, options=WriteOptions(pack_size=1 << 18)
+        )
         ids = []
         for b in blobs:
             blob_id, sealed = repo.prepare_blob(fmt.OT_DATA, b)

@@ -14,7 +14,7 @@ from shared.messages import FilesSource
 from shared.repository import format as fmt
 from shared.repository.index import IndexEntry
 from shared.repository.keys import create_key_file, load_key_file
-from shared.repository.repository import Repository
+from shared.repository.repository import Repository, WriteOptions
 from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree
 
@@ -64,7 +64,7 @@ async def _setup(tmp_path: Path, backups: tuple[str, ...] = ("b1",)) -> Setup:
     master = create_key_file(key_file)
     repo_dir = tmp_path / "repo"
     repo = await Repository.open(
-        LocalTarget("t", repo_dir), master, create=True, pack_size=PACK_SIZE
+        LocalTarget("t", repo_dir), master, create=True, options=WriteOptions(pack_size=PACK_SIZE)
     )
     for backup_id in backups:
         spec = BackupSpec(

@@ -48,6 +48,18 @@ class RepoConfig(msgspec.Struct, frozen=True, kw_only=True):
     chunker_seed: int = 0
 
 
+class WriteOptions(NamedTuple):
+    """How a writer packs: pack size, zstd level, and how many packs may be uploaded
+    before an index checkpoint (a crashed backup re-uploads at most that many)."""
+
+    pack_size: int = 8 << 20
+    zstd_level: int = 3
+    index_every: int = 16
+
+
+DEFAULT_OPTIONS = WriteOptions()
+
+
 class SealedPack(NamedTuple):
     pack_id: bytes
     data: bytes
@@ -70,15 +82,14 @@ class Repository:
         target: Target,
         keys: Keyring,
         config: RepoConfig,
-        *,
-        pack_size: int = 8 << 20,
-        zstd_level: int = 3,
+        options: WriteOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.target = target
         self.keys = keys
         self.config = config
-        self.pack_size = pack_size
-        self.zstd_level = zstd_level
+        self.pack_size = options.pack_size
+        self.zstd_level = options.zstd_level
+        self.index_every = options.index_every
         self.index = ChunkIndex()
         self._pending: set[bytes] = set()
         self._lock = threading.Lock()
@@ -100,8 +111,7 @@ class Repository:
         master_key: bytes,
         *,
         create: bool = False,
-        pack_size: int = 8 << 20,
-        zstd_level: int = 3,
+        options: WriteOptions = DEFAULT_OPTIONS,
     ) -> Repository:
         """Open the repository on ``target``; with ``create``, initialise an empty one.
 
@@ -116,7 +126,7 @@ class Repository:
                 raise RepositoryError(
                     f"{where}: no repository here (nothing backed up yet)"
                 ) from None
-            return await cls._init(target, master_key, pack_size=pack_size, zstd_level=zstd_level)
+            return await cls._init(target, master_key, options)
         data_keys: dict[bytes, bytes] = {}
         wrong: WrongKeyError | None = None
         async for obj in target.list(fmt.KEYS_PREFIX):
@@ -141,14 +151,12 @@ class Repository:
         # New objects are sealed with the key the config was sealed with.
         current = bytes(sealed_cfg[6:14])
         keys = Keyring(data_keys, current, config.chunk_id_key)
-        repo = cls(target, keys, config, pack_size=pack_size, zstd_level=zstd_level)
+        repo = cls(target, keys, config, options)
         await repo._load_index()
         return repo
 
     @classmethod
-    async def _init(
-        cls, target: Target, master_key: bytes, *, pack_size: int, zstd_level: int
-    ) -> Repository:
+    async def _init(cls, target: Target, master_key: bytes, options: WriteOptions) -> Repository:
         kid, data_key = os.urandom(8), os.urandom(KEY_SIZE)
         config = RepoConfig(
             repository_id=uuid.uuid4().hex,
@@ -160,7 +168,7 @@ class Repository:
         await target.put(f"{fmt.KEYS_PREFIX}{kid.hex()}", wrap_data_key(master_key, kid, data_key))
         sealed = seal(keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), _cfg_enc.encode(config))
         await target.put(fmt.CONFIG_KEY, sealed)  # written last: it marks the repo as ready
-        return cls(target, keys, config, pack_size=pack_size, zstd_level=zstd_level)
+        return cls(target, keys, config, options)
 
     async def _load_index(self) -> None:
         async for obj in self.target.list(fmt.INDEX_PREFIX):
@@ -260,6 +268,8 @@ class Repository:
         for e in pack.entries:
             self.index[e.id] = IndexEntry(pack.pack_id, e.offset, e.length, e.otype, e.raw_length)
             self._pending.discard(e.id)
+        if len(self._unindexed) >= self.index_every:
+            await self._write_index_segment()
 
     async def flush_pack(self) -> None:
         pack = self.take_pack()
@@ -267,14 +277,21 @@ class Repository:
             await self.upload_pack(pack)
 
     async def write_index(self) -> None:
+        """Upload the open pack and an index segment for every pack not yet indexed."""
         await self.flush_pack()
-        if not self._unindexed:
+        await self._write_index_segment()
+
+    async def _write_index_segment(self) -> None:
+        """A checkpoint: the packs uploaded so far become findable by later backups, so
+        a backup killed now re-uploads only what came after (it stays unreferenced until
+        a manifest points at it)."""
+        packs, self._unindexed = self._unindexed, []
+        if not packs:
             return
         key = f"{fmt.INDEX_PREFIX}{uuid.uuid4().hex}"
-        sealed = seal(self.keys, fmt.OT_INDEX, key.encode(), _cfg_enc.encode(self._unindexed))
+        sealed = seal(self.keys, fmt.OT_INDEX, key.encode(), _cfg_enc.encode(packs))
         await self.target.put(key, sealed)
         self.bytes_uploaded += len(sealed)
-        self._unindexed = []
 
     async def commit_manifest(self, manifest: Manifest) -> None:
         await self.write_index()
