@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,3 +54,30 @@ def test_blobs_round_trip_through_packs(tmp_path: Path, blobs: list[bytes]) -> N
         assert [await reopened.read_blob(i) for i in ids] == blobs
 
     asyncio.run(run())
+
+
+def test_two_writers_initialising_one_repository_agree(tmp_path: Path) -> None:
+    """Two agents that find an empty target at the same moment end up with one
+    repository (one chunk-id key), so their chunks deduplicate and restore."""
+
+    async def run() -> None:
+        repos: list[Repository] = []
+
+        async def writer() -> None:
+            repos.append(await Repository.open(LocalTarget("t", tmp_path), bytes(32), create=True))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(writer)
+        assert len({r.config.repository_id for r in repos}) == 1
+        assert len({r.config.chunk_id_key for r in repos}) == 1
+        for i, repo in enumerate(repos):
+            blob_id, sealed = repo.prepare_blob(fmt.OT_DATA, b"same data")
+            if sealed is not None:
+                await repo.add_sealed(fmt.OT_DATA, blob_id, sealed, 9)
+            await repo.write_index()
+            assert blob_id == repos[0].keys.chunk_id(b"same data"), i
+        fresh = await Repository.open(LocalTarget("t", tmp_path), bytes(32))
+        assert await fresh.read_blob(repos[0].keys.chunk_id(b"same data")) == b"same data"
+
+    anyio.run(run)

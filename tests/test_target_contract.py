@@ -174,6 +174,27 @@ async def test_concurrent_puts(target: Target) -> None:
     assert [i.size for i in listed] == [1000 + i for i in range(24)]
 
 
+async def test_create_only_if_absent(target: Target) -> None:
+    assert await target.create("cfg/config", b"first") is True
+    assert await target.create("cfg/config", b"second") is False
+    assert await target.get("cfg/config") == b"first"
+    assert [o.key async for o in target.list("cfg/")] == ["cfg/config"]
+
+
+async def test_concurrent_creates_have_exactly_one_winner(target: Target) -> None:
+    results: dict[int, bool] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await target.create("race/config", f"writer {i}".encode())
+
+    async with anyio.create_task_group() as tg:
+        for i in range(8):
+            tg.start_soon(one, i)
+    winners = [i for i, ok in results.items() if ok]
+    assert len(winners) == 1
+    assert await target.get("race/config") == f"writer {winners[0]}".encode()
+
+
 async def test_space(target: Target) -> None:
     space = await target.space()
     if isinstance(target, LocalTarget | SftpTarget):  # OpenSSH offers statvfs@openssh.com

@@ -167,7 +167,11 @@ class Repository:
         keys = Keyring({kid: data_key}, kid, config.chunk_id_key)
         await target.put(f"{fmt.KEYS_PREFIX}{kid.hex()}", wrap_data_key(master_key, kid, data_key))
         sealed = seal(keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), _cfg_enc.encode(config))
-        await target.put(fmt.CONFIG_KEY, sealed)  # written last: it marks the repo as ready
+        # Written last and only if absent: it marks the repository as ready, and when two
+        # writers initialise at once exactly one config wins; the loser opens that one
+        # (its own data key stays in keys/, wrapped by the same master key, unused).
+        if not await target.create(fmt.CONFIG_KEY, sealed):
+            return await cls.open(target, master_key, options=options)
         return cls(target, keys, config, options)
 
     async def _load_index(self) -> None:

@@ -46,6 +46,14 @@ class Target(Protocol):
 
     async def put(self, key: str, data: bytes) -> None: ...
 
+    async def create(self, key: str, data: bytes) -> bool:
+        """Store ``data`` only if ``key`` does not exist; True if this call stored it.
+
+        Atomic against concurrent creators: of two racing calls exactly one returns True
+        and the object holds its data. Used where two writers must agree on one value
+        (the repository's config at initialisation)."""
+        ...
+
     async def get(self, key: str) -> bytes: ...
 
     async def get_range(self, key: str, offset: int, length: int) -> bytes: ...

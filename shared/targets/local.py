@@ -58,17 +58,25 @@ class LocalTarget:
             raise TargetUnavailable(f"{self.describe()}: folder does not exist")
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _store(self, key: str, data: bytes, exclusive: bool) -> bool:
         self._ensure_root()
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        stored = True
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if exclusive:
+                try:
+                    os.link(tmp, path)  # atomic, and refuses an existing name
+                except FileExistsError:
+                    stored = False
+                Path(tmp).unlink()
+            else:
+                os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -77,9 +85,13 @@ class LocalTarget:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+        return stored
 
     async def put(self, key: str, data: bytes) -> None:
-        await self._run(self._put, key, data)
+        await self._run(self._store, key, data, False)
+
+    async def create(self, key: str, data: bytes) -> bool:
+        return await self._run(self._store, key, data, True)
 
     def _get_range(self, key: str, offset: int, length: int | None) -> bytes:
         with open(self._path(key), "rb") as f:

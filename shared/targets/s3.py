@@ -254,6 +254,24 @@ class S3Target:
         else:
             await self._put_multipart(key, k, data)
 
+    async def create(self, key: str, data: bytes) -> bool:
+        """PutObject with ``If-None-Match: *``: S3 refuses it when the key exists."""
+        k = self._key(key)
+        extra = {**self._extra, **self._lock_args(self._retain_until())}
+
+        def put() -> bool:
+            try:
+                self._client.put_object(
+                    Bucket=self.cfg.bucket, Key=k, Body=data, IfNoneMatch="*", **extra
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                    return False
+                raise
+            return True
+
+        return await self._call("create", key, put)
+
     async def _put_multipart(self, key: str, k: str, data: bytes) -> None:
         bucket = self.cfg.bucket
         size = max(self._part_size, -(-len(data) // _MAX_PARTS))

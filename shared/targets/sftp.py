@@ -221,11 +221,18 @@ class SftpTarget:
         await self._call("check", None, probe)
 
     async def put(self, key: str, data: bytes) -> None:
+        await self._store(key, data, exclusive=False)
+
+    async def create(self, key: str, data: bytes) -> bool:
+        """Plain SFTP rename (not posix-rename) refuses to replace an existing file."""
+        return await self._store(key, data, exclusive=True)
+
+    async def _store(self, key: str, data: bytes, *, exclusive: bool) -> bool:
         path = self._path(key)
         folder = posixpath.dirname(path)
         tmp = posixpath.join(folder, f".tmp-{secrets.token_hex(8)}")
 
-        async def write(sftp: asyncssh.SFTPClient) -> None:
+        async def write(sftp: asyncssh.SFTPClient) -> bool:
             try:
                 f = await sftp.open(tmp, "wb")
             except asyncssh.SFTPNoSuchFile:
@@ -240,17 +247,28 @@ class SftpTarget:
                         pass  # the server has no fsync@openssh.com: its page cache decides
                 finally:
                     await f.close()
-                await sftp.posix_rename(tmp, path)
+                if not exclusive:
+                    await sftp.posix_rename(tmp, path)
+                    return True
+                try:
+                    await sftp.rename(tmp, path)
+                    return True
+                except asyncssh.SFTPError:
+                    if not await sftp.exists(path):
+                        raise
+                    await sftp.remove(tmp)
+                    return False
             except BaseException as exc:
                 # Also on cancellation; bounded, since the connection may be the problem.
                 with anyio.move_on_after(10, shield=True):
                     try:
-                        await sftp.remove(tmp)
+                        if await sftp.exists(tmp):
+                            await sftp.remove(tmp)
                     except (asyncssh.Error, OSError) as cleanup:
                         exc.add_note(f"removing {tmp} failed: {_reason(cleanup)}")
                 raise
 
-        await self._call("put", key, write)
+        return await self._call("put", key, write)
 
     async def get(self, key: str) -> bytes:
         return await self._read(key, 0, -1)
