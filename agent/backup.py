@@ -28,6 +28,7 @@ from agent.sources.files import Entry, WalkStats, walk
 from shared.errors import SourceError
 from shared.messages import BackupSummary, BackupType, FilesSource, utcnow
 from shared.repository import format as fmt
+from shared.repository.lease import lease
 from shared.repository.manifest import Manifest, Node, NodeType, encode_tree
 from shared.repository.repository import Repository
 from shared.tasks import task_group
@@ -227,32 +228,34 @@ async def backup_dataset(
             parent = {n.path: n for n in await repo.read_tree(pm)}
     uploaded_before = repo.bytes_uploaded
     packs_before = repo.packs_written
-    tree, c, _ = await backup_tree(repo, spec.source, parent=parent, report=report)
-    await repo.write_index()
-    summary = BackupSummary(
-        files=c.files,
-        dirs=c.dirs,
-        symlinks=c.symlinks,
-        bytes_read=c.bytes_read,
-        bytes_new=c.bytes_new,
-        bytes_stored=repo.bytes_uploaded - uploaded_before,
-        chunks_total=c.chunks_total,
-        chunks_new=c.chunks_new,
-        packs_written=repo.packs_written - packs_before,
-        duration_s=time.monotonic() - t0,
-    )
-    manifest = Manifest(
-        backup_id=spec.backup_id,
-        dataset=spec.dataset,
-        agent=spec.agent,
-        backup_type=spec.backup_type,
-        parent=spec.parent_backup_id if parent is not None else None,
-        source=spec.source,
-        started_at=started,
-        finished_at=utcnow(),
-        tree=tree,
-        summary=summary,
-        hostname=socket.gethostname(),
-    )
-    await repo.commit_manifest(manifest)
+    holder = f"{spec.agent}@{socket.gethostname()}"
+    async with lease(repo.target, repo.keys, holder=holder, purpose=f"backup {spec.backup_id}"):
+        tree, c, _ = await backup_tree(repo, spec.source, parent=parent, report=report)
+        await repo.write_index()
+        summary = BackupSummary(
+            files=c.files,
+            dirs=c.dirs,
+            symlinks=c.symlinks,
+            bytes_read=c.bytes_read,
+            bytes_new=c.bytes_new,
+            bytes_stored=repo.bytes_uploaded - uploaded_before,
+            chunks_total=c.chunks_total,
+            chunks_new=c.chunks_new,
+            packs_written=repo.packs_written - packs_before,
+            duration_s=time.monotonic() - t0,
+        )
+        manifest = Manifest(
+            backup_id=spec.backup_id,
+            dataset=spec.dataset,
+            agent=spec.agent,
+            backup_type=spec.backup_type,
+            parent=spec.parent_backup_id if parent is not None else None,
+            source=spec.source,
+            started_at=started,
+            finished_at=utcnow(),
+            tree=tree,
+            summary=summary,
+            hostname=socket.gethostname(),
+        )
+        await repo.commit_manifest(manifest)
     return manifest

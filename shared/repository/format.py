@@ -9,6 +9,7 @@ Objects on a target (keys are relative to the repository root)::
                              two hex digits)
     index/<hex>              sealed INDEX objects: pack → blobs it holds
     manifests/<backup id>    sealed MANIFEST object, one per backup
+    locks/<lease id>         sealed LEASE object of a running writer (see lease.py)
 
 Sealed object (every blob, index, manifest, config and pack header)::
 
@@ -57,6 +58,7 @@ OT_PACK_HEADER = 3
 OT_INDEX = 4
 OT_MANIFEST = 5
 OT_CONFIG = 6
+OT_LEASE = 7
 OBJECT_TYPES = {
     OT_DATA: "data",
     OT_TREE: "tree",
@@ -64,6 +66,7 @@ OBJECT_TYPES = {
     OT_INDEX: "index",
     OT_MANIFEST: "manifest",
     OT_CONFIG: "config",
+    OT_LEASE: "lease",
 }
 
 COMP_NONE = 0
@@ -78,6 +81,7 @@ KEYS_PREFIX = "keys/"
 DATA_PREFIX = "data/"
 INDEX_PREFIX = "index/"
 MANIFESTS_PREFIX = "manifests/"
+LOCKS_PREFIX = "locks/"
 
 
 def pack_key(pack_id: bytes) -> str:
