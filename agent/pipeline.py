@@ -30,9 +30,9 @@ from shared.repository import format as fmt
 from shared.repository.repository import Repository, SealedPack
 from shared.tasks import task_group
 
-READ_BATCH_BYTES = 4 << 20
+READ_BATCH_BYTES = 2 << 20
 QUEUE = 2
-UPLOADS = 4
+UPLOADS = 2
 SEALERS = max(1, min(4, os.cpu_count() or 1))
 
 Plain = list[tuple[bytes, bytes]]  # (chunk id, plaintext) of claimed new chunks

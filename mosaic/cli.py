@@ -7,6 +7,7 @@ Errors that a user can fix end the command with one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import sys
@@ -187,7 +188,23 @@ def _user_error(exc: BaseException) -> MosaicError | None:
     return None
 
 
+def _one_malloc_arena() -> None:
+    """Ask glibc for a single malloc arena before any thread starts.
+
+    The pipeline hands multi-megabyte buffers between threads; with glibc's default of
+    up to 8 arenas per core each worker thread keeps its own fragmented arena, and a
+    backup's peak RSS measured ~190 MiB instead of ~130 MiB, with no speed gain (the
+    work happens in C code that releases the GIL and rarely allocates). No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _one_malloc_arena()
     args = build_parser().parse_args(argv)
     if getattr(args, "destination", None):
         args.destination = os.path.abspath(args.destination)

@@ -8,7 +8,10 @@ chunk-id key.
 from __future__ import annotations
 
 import os
+import queue
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import blake3
 import zstandard
@@ -40,18 +43,25 @@ class Keyring:
         return blake3.blake3(data, key=self.id_key).digest()
 
 
-_local = threading.local()
+_pools: dict[int, queue.SimpleQueue[zstandard.ZstdCompressor]] = {}
+_pools_lock = threading.Lock()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    """ZstdCompressor is not thread-safe: keep one per thread and level."""
-    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
-    if cache is None:
-        cache = _local.cctx = {}
-    c = cache.get(level)
-    if c is None:
-        c = cache[level] = zstandard.ZstdCompressor(level=level)
-    return c
+@contextmanager
+def _compressor(level: int) -> Iterator[zstandard.ZstdCompressor]:
+    """A compressor from a shared pool: a ZstdCompressor is not thread-safe and holds
+    megabytes of context, so keep one per concurrent user rather than one per thread
+    (worker-thread pools can have dozens of threads)."""
+    with _pools_lock:
+        pool = _pools.setdefault(level, queue.SimpleQueue())
+    try:
+        c = pool.get_nowait()
+    except queue.Empty:
+        c = zstandard.ZstdCompressor(level=level)
+    try:
+        yield c
+    finally:
+        pool.put(c)
 
 
 def seal(
@@ -66,7 +76,8 @@ def seal(
     comp = fmt.COMP_NONE
     body: bytes | memoryview = payload
     if zstd_level is not None and len(payload) >= 64:
-        packed = _compressor(zstd_level).compress(payload)
+        with _compressor(zstd_level) as c:
+            packed = c.compress(payload)
         if len(packed) < len(payload) - len(payload) // 64:
             comp, body = fmt.COMP_ZSTD, packed
     nonce = os.urandom(12)
