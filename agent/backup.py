@@ -44,6 +44,7 @@ class BackupCounters:
     chunks_total: int = 0
     chunks_new: int = 0
     files_unchanged: int = 0
+    hardlinks: int = 0
 
 
 def _unchanged(st: os.stat_result, parent: Node | None, repo: Repository) -> bool:
@@ -67,7 +68,7 @@ def _node(
     target: bytes = b"",
 ) -> Node:
     st = entry.st
-    regular = kind == "file"
+    regular = kind in ("file", "hardlink")
     return Node(
         path=entry.rel,
         type=kind,
@@ -108,6 +109,7 @@ class _Reader:
         nodes: list[Node] = []
         chunker = self.repo.chunker()
         c = self.counters
+        links: dict[tuple[int, int], Node] = {}
         for entry in self.entries:
             st = entry.st
             if stat.S_ISDIR(st.st_mode):
@@ -116,6 +118,18 @@ class _Reader:
             elif stat.S_ISLNK(st.st_mode):
                 c.symlinks += 1
                 nodes.append(_node(entry, "symlink", target=os.readlink(entry.abspath)))
+            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
+                # another name of a file already in this backup: restored as a hard link
+                first = links[(st.st_dev, st.st_ino)]
+                c.files += 1
+                c.hardlinks += 1
+                nodes.append(
+                    _node(
+                        entry, "hardlink", chunks=first.chunks, size=first.size, target=first.path
+                    )
+                )
+                self.progress.bytes_done += first.size
+                self.progress.files_done += 1
             else:
                 c.files += 1
                 old = self.parent.get(entry.rel)
@@ -127,6 +141,8 @@ class _Reader:
                 else:
                     chunks, size = self._read_file(entry, chunker, emit)
                 nodes.append(_node(entry, "file", chunks=chunks, size=size))
+                if st.st_nlink > 1:
+                    links[(st.st_dev, st.st_ino)] = nodes[-1]
                 self.progress.files_done += 1
         emit(self._batch)
         self._batch = []

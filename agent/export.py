@@ -83,9 +83,12 @@ def _pax_mtime(ns: int) -> str:
 
 def tar_info(node: Node) -> tarfile.TarInfo:
     info = tarfile.TarInfo(os.fsdecode(node.path))
-    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[
-        node.type
-    ]
+    info.type = {
+        "file": tarfile.REGTYPE,
+        "dir": tarfile.DIRTYPE,
+        "symlink": tarfile.SYMTYPE,
+        "hardlink": tarfile.LNKTYPE,
+    }[node.type]
     info.mode = node.mode & 0o7777
     info.uid, info.gid = node.uid, node.gid
     info.mtime = node.mtime_ns // 10**9
@@ -93,7 +96,7 @@ def tar_info(node: Node) -> tarfile.TarInfo:
     info.pax_headers = {"mtime": _pax_mtime(node.mtime_ns)}
     if node.type == "file":
         info.size = node.size
-    elif node.type == "symlink":
+    elif node.type in ("symlink", "hardlink"):
         info.linkname = os.fsdecode(node.target)
     return info
 

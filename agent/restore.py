@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import anyio.to_thread
+import msgspec
 
 from agent.fetch import fetch_and_write
 from agent.progress import Progress, ProgressFn, no_progress
@@ -26,6 +27,7 @@ from shared.tasks import task_group
 def check_paths(nodes: list[Node], backup_id: str) -> None:
     """Refuse the whole tree if any path could land outside the destination."""
     dirs: set[bytes] = set()
+    files: set[bytes] = set()
     seen: set[bytes] = set()
     for node in nodes:
         p = node.path
@@ -44,9 +46,17 @@ def check_paths(nodes: list[Node], backup_id: str) -> None:
                 f"backup {backup_id}: path {os.fsdecode(p)!r} would be written outside the "
                 "destination or through a link; refusing to restore anything from this manifest"
             )
+        if node.type == "hardlink" and node.target not in files:
+            raise UnsafePathError(
+                f"backup {backup_id}: hard link {os.fsdecode(p)!r} points at "
+                f"{os.fsdecode(node.target)!r}, which is not an earlier file of this backup; "
+                "refusing to restore anything from this manifest"
+            )
         seen.add(p)
         if node.type == "dir":
             dirs.add(p)
+        elif node.type == "file":
+            files.add(p)
 
 
 def _prepare_destination(dest: Path) -> None:
@@ -83,6 +93,17 @@ def select(nodes: list[Node], include: list[str] | None) -> list[Node]:
     return [n for n in nodes if n.path in keep]
 
 
+def _resolve_links(nodes: list[Node]) -> list[Node]:
+    """A hard link whose first name is not being restored becomes a plain copy."""
+    files = {n.path for n in nodes if n.type == "file"}
+    return [
+        msgspec.structs.replace(n, type="file", target=b"")
+        if n.type == "hardlink" and n.target not in files
+        else n
+        for n in nodes
+    ]
+
+
 def _create_layout(root: bytes, nodes: list[Node]) -> None:
     for node in nodes:
         path = os.path.join(root, node.path)
@@ -105,6 +126,9 @@ def _finish(root: bytes, nodes: list[Node]) -> None:
                 )
             _set_meta(path, node)
     for node in nodes:
+        if node.type == "hardlink":
+            os.link(os.path.join(root, node.target), os.path.join(root, node.path))
+    for node in nodes:
         if node.type == "symlink":
             path = os.path.join(root, node.path)
             os.symlink(node.target, path)
@@ -126,7 +150,7 @@ async def restore_tree(
     """Restore a backup (or the ``include`` paths of it); return (files, bytes written)."""
     nodes = await repo.read_tree(manifest)
     check_paths(nodes, manifest.backup_id)
-    nodes = select(nodes, include)
+    nodes = _resolve_links(select(nodes, include))
     dest = Path(destination)
     await anyio.to_thread.run_sync(_prepare_destination, dest)
     root = os.fsencode(dest)

@@ -255,7 +255,11 @@ class AgentRunner:
         repo = await self._open(self._target(job.target), create=False)
         manifest = await repo.load_manifest(job.backup_id)
         files, nbytes = await restore_tree(
-            repo, manifest, job.destination, report=self._reporter(bus, job.job_id)
+            repo,
+            manifest,
+            job.destination,
+            include=job.paths or None,
+            report=self._reporter(bus, job.job_id),
         )
         return RestoreCompleted(
             job_id=job.job_id,

@@ -201,6 +201,7 @@ class Coordinator:
             destination=req.destination,
             requested_at=utcnow(),
             requested_by=req.requested_by,
+            paths=req.paths,
         )
         return await self._dispatch(job, "restore")
 

@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="destination",
         help="absolute path of a new or empty folder on the agent's host",
     )
+    p.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        dest="paths",
+        metavar="PATH",
+        help="restore only this path of the backup (repeatable; default: everything)",
+    )
     _nats_args(p)
     _wait_args(p)
 
@@ -154,7 +162,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await _with_bus(
             args,
             lambda bus: operator.restore(
-                bus, args.backup_id, dest, out, err, wait=not args.no_wait, timeout=args.timeout
+                bus,
+                args.backup_id,
+                dest,
+                out,
+                err,
+                wait=not args.no_wait,
+                timeout=args.timeout,
+                paths=args.paths,
             ),
         )
     elif cmd == "list":

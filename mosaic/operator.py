@@ -178,9 +178,13 @@ async def restore(
     *,
     wait: bool = True,
     timeout: float = 600.0,
+    paths: list[str] | None = None,
 ) -> RestoreCompleted | JobAccepted:
     acc = _expect(
-        await bus.request("restore", RestoreRequest(backup_id=backup_id, destination=destination)),
+        await bus.request(
+            "restore",
+            RestoreRequest(backup_id=backup_id, destination=destination, paths=paths or []),
+        ),
         JobAccepted,
     )
     err.print(f"restore job {acc.job_id} sent to agent {acc.agent}")

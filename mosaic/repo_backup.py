@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from datetime import UTC, datetime
 
+import anyio.to_thread
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,6 +30,7 @@ from agent.restore import restore_tree
 from agent.runner import key_notice, prepare_key, write_options
 from mosaic.operator import size, summary_table
 from mosaic.repo_cli import common_args, opened, target_from
+from shared.errors import ConfigError
 from shared.messages import FilesSource
 from shared.repository.keys import PASSPHRASE_ENV
 from shared.repository.repository import Repository
@@ -49,7 +52,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common_args(p)
     p.add_argument("backup_id", metavar="BACKUP_ID")
     p.add_argument("--to", required=True, dest="destination")
+    p.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        dest="paths",
+        metavar="PATH",
+        help="restore only this path of the backup (repeatable)",
+    )
     p.set_defaults(func=restore_cmd)
+
+    p = sub.add_parser("dump", help="write one file of a backup to stdout")
+    common_args(p)
+    p.add_argument("backup_id", metavar="BACKUP_ID")
+    p.add_argument("file", metavar="PATH", help="path of the file inside the backup")
+    p.set_defaults(func=dump_cmd)
 
     p = sub.add_parser("list", help="list the backups stored in the repository")
     common_args(p)
@@ -119,7 +136,9 @@ async def restore_cmd(args: argparse.Namespace, out: Console, err: Console) -> i
         bar, report = _bar(err, f"restore {args.backup_id}")
         t0 = time.monotonic()
         with bar:
-            files, nbytes = await restore_tree(repo, m, args.destination, report=report)
+            files, nbytes = await restore_tree(
+                repo, m, args.destination, include=args.paths or None, report=report
+            )
         dt = time.monotonic() - t0
     out.print(f"restored {files:,} files, {size(nbytes)} in {dt:.2f} s into {args.destination}")
     return 0
@@ -143,4 +162,20 @@ async def list_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
                 size(s.bytes_stored),
             )
         out.print(t)
+    return 0
+
+
+async def dump_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Stream one file's chunks to stdout, in order, one chunk in memory at a time."""
+    want = os.fsencode(args.file.strip("/"))
+    async with opened(args) as repo:
+        m = await repo.load_manifest(args.backup_id)
+        node = next((n for n in await repo.read_tree(m) if n.path == want), None)
+        if node is None or node.type not in ("file", "hardlink"):
+            raise ConfigError(f"backup {args.backup_id} has no file {args.file!r}")
+        sink = sys.stdout.buffer
+        for chunk_id in node.chunks:
+            data = await repo.read_blob(chunk_id)
+            await anyio.to_thread.run_sync(sink.write, data)
+        await anyio.to_thread.run_sync(sink.flush)
     return 0

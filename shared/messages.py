@@ -69,6 +69,7 @@ class RestoreJob(_Msg, frozen=True, kw_only=True, tag="restore"):
     destination: str
     requested_at: datetime
     requested_by: str = "operator"
+    paths: list[str] = []  # empty: everything
 
 
 Job = BackupJob | RestoreJob
@@ -163,6 +164,7 @@ class RestoreRequest(_Msg, frozen=True, kw_only=True, tag="restore_request"):
     backup_id: str
     destination: str
     requested_by: str = "operator"
+    paths: list[str] = []  # empty: everything
 
 
 class ListRequest(_Msg, frozen=True, kw_only=True, tag="list_request"):

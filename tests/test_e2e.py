@@ -47,6 +47,17 @@ async def test_backup_restore_byte_identical(
             p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink()
         )
 
+        part = tmp_path / "partial"
+        await operator.restore(
+            st.bus, done.backup_id, str(part), QUIET, QUIET, timeout=60, paths=["a/b/c"]
+        )
+        assert sorted(str(p.relative_to(part)) for p in part.rglob("*")) == [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/b/c/deep.json",
+        ]
+
         listed = await st.bus.request("list", ListRequest(days=1, dataset=st.dataset))
         assert isinstance(listed, BackupList)
         assert [b.backup_id for b in listed.backups] == [done.backup_id]

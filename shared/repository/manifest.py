@@ -14,11 +14,15 @@ import msgspec
 
 from shared.messages import BackupSummary, Source
 
-NodeType = Literal["file", "dir", "symlink"]
+NodeType = Literal["file", "dir", "symlink", "hardlink"]
 
 
 class Node(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One entry of a backed-up tree; ``path`` is relative, '/'-separated, raw bytes."""
+    """One entry of a backed-up tree; ``path`` is relative, '/'-separated, raw bytes.
+
+    ``target`` is a symlink's target, or for a ``hardlink`` the path of the first name of
+    the same file in this tree (a hardlink also carries that file's chunks and size, so
+    it can be restored as a plain copy when its first name is not restored)."""
 
     path: bytes
     type: NodeType
