@@ -149,3 +149,29 @@ async def test_damaged_pack_fails_the_restore_job_with_the_object_name(
                 st.bus, done.backup_id, str(tmp_path / "out"), QUIET, QUIET, timeout=60
             )
         assert pack.name in str(exc.value) and "failed" in str(exc.value)
+
+
+def _biggest_pack(repo_dir: Path) -> Path:
+    return max(
+        (p for p in (repo_dir / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+
+
+async def test_truncated_pack_fails_restore_naming_the_pack(tmp_path: Path) -> None:
+    _, m, repo_dir = await _repo_with_backup(tmp_path)
+    pack = _biggest_pack(repo_dir)
+    pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
+    fresh = await Repository.open(LocalTarget("t", repo_dir), KEY)
+    with pytest.raises(IntegrityError) as exc:
+        await restore_tree(fresh, m, tmp_path / "out")
+    assert pack.name in str(exc.value)
+
+
+async def test_deleted_pack_fails_restore_naming_the_pack(tmp_path: Path) -> None:
+    _, m, repo_dir = await _repo_with_backup(tmp_path)
+    pack = _biggest_pack(repo_dir)
+    pack.unlink()
+    fresh = await Repository.open(LocalTarget("t", repo_dir), KEY)
+    with pytest.raises(IntegrityError) as exc:
+        await restore_tree(fresh, m, tmp_path / "out")
+    assert pack.name in str(exc.value) and "missing" in str(exc.value)
