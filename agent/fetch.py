@@ -83,7 +83,8 @@ def _write(repo: Repository, key: str, base: int, data: bytes, run: list[_Blob])
             raise IntegrityError(f"{where}: expected {b.length} bytes, got {len(sealed)}")
         plain = repo.open_blob(b.chunk_id, sealed, where)
         for path, off in b.places:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+            # created here on first write (restore checked the paths and made the folders)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 os.pwrite(fd, plain, off)
             finally:
@@ -95,7 +96,7 @@ def _write(repo: Repository, key: str, base: int, data: bytes, run: list[_Blob])
 async def fetch_and_write(
     repo: Repository, files: list[tuple[bytes, Node]], progress: Progress
 ) -> None:
-    """Fill the (already created, empty) files with their content."""
+    """Write the files' content (a file is created by its first chunk)."""
     packs = await anyio.to_thread.run_sync(plan, repo, files)
     limiter = anyio.CapacityLimiter(PARALLEL_PACKS)
 

@@ -109,7 +109,8 @@ def _create_layout(root: bytes, nodes: list[Node]) -> None:
         path = os.path.join(root, node.path)
         if node.type == "dir":
             os.mkdir(path, 0o700)
-        elif node.type == "file":
+        elif node.type == "file" and not node.chunks:
+            # empty files; the others are created by their first chunk's write
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             os.close(fd)
 

@@ -64,6 +64,21 @@ def _compressor(level: int) -> Iterator[zstandard.ZstdCompressor]:
         pool.put(c)
 
 
+_dpool: queue.SimpleQueue[zstandard.ZstdDecompressor] = queue.SimpleQueue()
+
+
+@contextmanager
+def _decompressor() -> Iterator[zstandard.ZstdDecompressor]:
+    try:
+        d = _dpool.get_nowait()
+    except queue.Empty:
+        d = zstandard.ZstdDecompressor()
+    try:
+        yield d
+    finally:
+        _dpool.put(d)
+
+
 def seal(
     keys: Keyring,
     otype: int,
@@ -106,7 +121,7 @@ def open_sealed(
     header = bytes(data[: fmt.HEADER_SIZE])
     try:
         plain = keys.aead(kid, where).decrypt(
-            nonce, bytes(data[fmt.HEADER_SIZE :]), header + object_id
+            nonce, memoryview(data)[fmt.HEADER_SIZE :], header + object_id
         )
     except InvalidTag:
         raise IntegrityError(
@@ -114,7 +129,8 @@ def open_sealed(
         ) from None
     if comp == fmt.COMP_ZSTD:
         try:
-            plain = zstandard.ZstdDecompressor().decompress(plain)
+            with _decompressor() as d:
+                plain = d.decompress(plain)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{where}: zstd payload is damaged ({exc})") from exc
     elif comp != fmt.COMP_NONE:
