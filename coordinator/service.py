@@ -43,6 +43,7 @@ from shared.messages import (
     event_decoder,
     utcnow,
 )
+from shared.tasks import task_group
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +69,32 @@ class Coordinator:
             for verb in API_VERBS:
                 await bus.serve(verb, self.handle)
             sub = await bus.events_consumer(subjects.COORDINATOR_EVENTS_CONSUMER)
-            log.info("coordinator %s ready on %s", self.cfg.name, bus.url)
-            task_status.started()
-            while True:
-                try:
-                    msgs = await sub.fetch(50, timeout=2.0)
-                except TimeoutError:
-                    continue
-                for msg in msgs:
-                    try:
-                        ev = event_decoder.decode(msg.data)
-                    except msgspec.DecodeError as exc:
-                        log.error("dropping undecodable event on %s: %s", msg.subject, exc)
-                        await msg.term()
-                        continue
-                    await self.record(ev)
-                    await msg.ack()
+            async with task_group() as tg:
+                # The coordinator's long-running parts, one line each.
+                tg.start_soon(self._consume_events, sub)
+                log.info("coordinator %s ready on %s", self.cfg.name, bus.url)
+                task_status.started()
         finally:
             with anyio.CancelScope(shield=True):
                 await bus.aclose()
 
     # --- events → catalog -------------------------------------------------------------
+
+    async def _consume_events(self, sub: Any) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(50, timeout=2.0)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                try:
+                    ev = event_decoder.decode(msg.data)
+                except msgspec.DecodeError as exc:
+                    log.error("dropping undecodable event on %s: %s", msg.subject, exc)
+                    await msg.term()
+                    continue
+                await self.record(ev)
+                await msg.ack()
 
     async def record(self, ev: Event) -> None:
         cat = self.catalog
