@@ -16,6 +16,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,11 @@ import anyio.to_thread
 
 from agent.pipeline import READ_BATCH_BYTES, Emit, Plain, Sealed, run_pipeline
 from agent.progress import Progress, ProgressFn, no_progress
+from agent.sources import streams_of
+from agent.sources.base import Stream
 from agent.sources.files import Entry, WalkStats, walk
 from shared.errors import SourceError
-from shared.messages import BackupSummary, BackupType, FilesSource, utcnow
+from shared.messages import BackupSummary, BackupType, FilesSource, Source, utcnow
 from shared.repository import format as fmt
 from shared.repository.lease import lease
 from shared.repository.manifest import Manifest, Node, NodeType, encode_tree
@@ -93,7 +96,7 @@ class _Reader:
     def __init__(
         self,
         repo: Repository,
-        entries: list[Entry],
+        entries: list[Entry | Stream],
         parent: dict[bytes, Node] | None,
         progress: Progress,
     ) -> None:
@@ -111,6 +114,9 @@ class _Reader:
         c = self.counters
         links: dict[tuple[int, int], Node] = {}
         for entry in self.entries:
+            if isinstance(entry, Stream):
+                nodes.append(self._read_stream(entry, chunker, emit))
+                continue
             st = entry.st
             if stat.S_ISDIR(st.st_mode):
                 c.dirs += 1
@@ -148,30 +154,51 @@ class _Reader:
         self._batch = []
         return nodes
 
+    def _read_stream(self, stream: Stream, chunker: Any, emit: Emit) -> Node:
+        """One stream of a source, as a file node; fails unless its producer succeeded."""
+        self.progress.files_total += 1
+        handle = stream.open()
+        try:
+            chunks, size = self._consume(chunker.cut_stream(handle.reader), emit)
+            handle.finish()
+        except BaseException:
+            handle.abort()
+            raise
+        self.counters.files += 1
+        self.progress.files_done += 1
+        now = time.time_ns()
+        return Node(
+            path=stream.name, type="file", mode=0o600, mtime_ns=now, size=size, chunks=chunks
+        )
+
     def _read_file(self, entry: Entry, chunker: Any, emit: Emit) -> tuple[list[bytes], int]:
+        try:
+            with open(entry.abspath, "rb") as f:
+                return self._consume(chunker.cut_stream(f), emit)
+        except OSError as exc:
+            raise SourceError(f"cannot read {os.fsdecode(entry.abspath)}: {exc.strerror}") from exc
+
+    def _consume(self, chunks: Iterator[Any], emit: Emit) -> tuple[list[bytes], int]:
+        """Hash every chunk, claim the new ones and hand them to the sealers."""
         ids: list[bytes] = []
         size = 0
         c, repo = self.counters, self.repo
-        try:
-            with open(entry.abspath, "rb") as f:
-                for ch in chunker.cut_stream(f):
-                    data = ch.data
-                    n = len(data)
-                    bid = repo.keys.chunk_id(data)
-                    ids.append(bid)
-                    size += n
-                    c.chunks_total += 1
-                    self.progress.bytes_done += n
-                    if repo.reserve(bid):
-                        c.chunks_new += 1
-                        c.bytes_new += n
-                        self._batch.append((bid, bytes(data)))
-                        self._batch_bytes += n
-                        if self._batch_bytes >= READ_BATCH_BYTES:
-                            batch, self._batch, self._batch_bytes = self._batch, [], 0
-                            emit(batch)
-        except OSError as exc:
-            raise SourceError(f"cannot read {os.fsdecode(entry.abspath)}: {exc.strerror}") from exc
+        for ch in chunks:
+            data = ch.data
+            n = len(data)
+            bid = repo.keys.chunk_id(data)
+            ids.append(bid)
+            size += n
+            c.chunks_total += 1
+            self.progress.bytes_done += n
+            if repo.reserve(bid):
+                c.chunks_new += 1
+                c.bytes_new += n
+                self._batch.append((bid, bytes(data)))
+                self._batch_bytes += n
+                if self._batch_bytes >= READ_BATCH_BYTES:
+                    batch, self._batch, self._batch_bytes = self._batch, [], 0
+                    emit(batch)
         c.bytes_read += size
         return ids, size
 
@@ -184,7 +211,7 @@ async def _report_every(progress: Progress, report: ProgressFn, interval: float)
 
 async def backup_tree(
     repo: Repository,
-    source: FilesSource,
+    source: Source,
     *,
     parent: dict[bytes, Node] | None = None,
     report: ProgressFn = no_progress,
@@ -194,10 +221,17 @@ async def backup_tree(
     The caller commits the manifest; until then nothing references the new packs.
     """
     walk_stats = WalkStats()
-    entries = await anyio.to_thread.run_sync(lambda: list(walk(source, walk_stats)))
-    files = [e for e in entries if stat.S_ISREG(e.st.st_mode)]
-    progress = Progress(bytes_total=sum(e.st.st_size for e in files), files_total=len(files))
-    reader = _Reader(repo, entries, parent, progress)
+    items: list[Entry | Stream]
+    if isinstance(source, FilesSource):
+        files_source = source
+        entries = await anyio.to_thread.run_sync(lambda: list(walk(files_source, walk_stats)))
+        files = [e for e in entries if stat.S_ISREG(e.st.st_mode)]
+        progress = Progress(bytes_total=sum(e.st.st_size for e in files), files_total=len(files))
+        items = list(entries)
+    else:
+        items = list(streams_of(source))
+        progress = Progress()  # streams have no size until they end
+    reader = _Reader(repo, items, parent, progress)
     async with task_group() as tg:
         tg.start_soon(_report_every, progress, report, 0.25)
         nodes = await run_pipeline(repo, reader)
@@ -226,7 +260,7 @@ class BackupSpec:
     backup_id: str
     dataset: str
     agent: str
-    source: FilesSource
+    source: Source
     backup_type: BackupType = "full"
     parent_backup_id: str | None = None
 

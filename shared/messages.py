@@ -41,7 +41,15 @@ class FilesSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     exclude: list[str] = []
 
 
-Source = FilesSource
+class RedisSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="redis"):
+    """A Redis server's RDB snapshot (the password comes from REDISCLI_AUTH on the agent)."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    user: str | None = None
+
+
+Source = FilesSource | RedisSource
 
 
 # --- jobs ----------------------------------------------------------------------------

@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.postgres",
     "tests.fixtures.s3",
+    "tests.fixtures.redis",
     "tests.fixtures.sftp",
 ]

@@ -22,11 +22,12 @@ from shared.config import (
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
+    HttpConfig,
     LocalTargetConfig,
     S3TargetConfig,
     TargetConfig,
 )
-from shared.messages import FilesSource
+from shared.messages import FilesSource, Source
 from shared.targets import open_target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,12 @@ class Stack:
     agent: AgentConfig
     coordinator: CoordinatorConfig
     dataset: str
-    source: Path
+    source: Path | Source
+    http_url: str | None = None  # the coordinator's HTTP API, when asked for
+
+
+def _source(source: Path | Source) -> Source:
+    return FilesSource(path=str(source)) if isinstance(source, Path) else source
 
 
 @asynccontextmanager
@@ -102,13 +108,15 @@ async def running_stack(
     nats_url: str,
     work: Path,
     target: TargetConfig,
-    source: Path,
+    source: Path | Source,
     *,
     catalog_url: str | None = None,
     with_agent: bool = True,
     agent_name: str | None = None,
+    http: bool = False,
 ) -> AsyncIterator[Stack]:
-    """A coordinator and (optionally) an agent in this process, for one dataset."""
+    """A coordinator and (optionally) an agent in this process, for one dataset; with
+    ``http``, the coordinator also serves its HTTP API on a free loopback port."""
     name = agent_name or unique("agent")
     dataset = unique("ds")
     agent_cfg = AgentConfig(
@@ -123,14 +131,16 @@ async def running_stack(
         name=unique("coord"),
         nats_url=nats_url,
         catalog=CatalogConfig(url=catalog_url or f"sqlite:///{work / 'catalog.db'}"),
-        datasets={
-            dataset: DatasetConfig(agent=name, target="t", source=FilesSource(path=str(source)))
-        },
+        datasets={dataset: DatasetConfig(agent=name, target="t", source=_source(source))},
+        http=HttpConfig(port=0) if http else None,
     )
     catalog = await open_catalog(coord_cfg.catalog.url)
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(Coordinator(coord_cfg, catalog).run)
+            coordinator = Coordinator(coord_cfg, catalog)
+            await tg.start(coordinator.run)
+            port = coordinator.http_port
+            http_url = f"http://127.0.0.1:{port}" if port is not None else None
             runner = None
             if with_agent:
                 targets = {n: open_target(n, t) for n, t in agent_cfg.targets.items()}
@@ -139,7 +149,7 @@ async def running_stack(
                 await tg.start(runner.run)
             bus = await Bus.connect(nats_url, name="test")
             try:
-                yield Stack(bus, agent_cfg, coord_cfg, dataset, source)
+                yield Stack(bus, agent_cfg, coord_cfg, dataset, source, http_url)
             finally:
                 await bus.aclose()
                 if runner is not None:
