@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests need: PostgreSQL server binaries (initdb, pg_ctl) and OpenSSH
-# server (sshd for the SFTP target).
-APT_PACKAGES := postgresql-15 postgresql-client-15 openssh-server
+# server (sshd for the SFTP target), Redis server and tools, zstd (export tests).
+APT_PACKAGES := postgresql-15 postgresql-client-15 openssh-server redis-server redis-tools zstd
 
 .PHONY: demo test lint typecheck pytest system-deps venv test-venv clean
 
