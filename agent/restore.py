@@ -18,6 +18,7 @@ import msgspec
 
 from agent.fetch import fetch_and_write
 from agent.progress import Progress, ProgressFn, no_progress
+from agent.sources import after_restore
 from shared.errors import IntegrityError, RepositoryError, UnsafePathError
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
@@ -172,3 +173,20 @@ async def restore_tree(
     progress.files_done = len(files)
     await report(progress)
     return len(files), progress.bytes_done
+
+
+async def restore_backup(
+    repo: Repository,
+    manifest: Manifest,
+    destination: str | Path,
+    *,
+    include: list[str] | None = None,
+    report: ProgressFn = no_progress,
+) -> tuple[int, int]:
+    """Restore the tree, then let the source make it usable (e.g. a PostgreSQL data
+    directory from the base-backup tar). Returns (files, bytes written)."""
+    result = await restore_tree(repo, manifest, destination, include=include, report=report)
+    await anyio.to_thread.run_sync(
+        lambda: after_restore(manifest.source, Path(destination), partial=bool(include))
+    )
+    return result

@@ -19,7 +19,7 @@ import msgspec
 
 from agent.backup import BackupSpec, backup_dataset
 from agent.progress import Progress
-from agent.restore import restore_tree
+from agent.restore import restore_backup
 from shared.bus import Bus, fetch_one
 from shared.config import AgentConfig
 from shared.errors import ConfigError, KeyFileError, MosaicError, WrongKeyError
@@ -254,7 +254,7 @@ class AgentRunner:
         t0 = time.monotonic()
         repo = await self._open(self._target(job.target), create=False)
         manifest = await repo.load_manifest(job.backup_id)
-        files, nbytes = await restore_tree(
+        files, nbytes = await restore_backup(
             repo,
             manifest,
             job.destination,

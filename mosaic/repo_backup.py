@@ -26,7 +26,7 @@ from rich.table import Table
 
 from agent.backup import BackupSpec, backup_dataset
 from agent.progress import Progress, ProgressFn
-from agent.restore import restore_tree
+from agent.restore import restore_backup
 from agent.runner import key_notice, prepare_key, write_options
 from mosaic.operator import size, summary_table
 from mosaic.repo_cli import common_args, opened, target_from
@@ -136,7 +136,7 @@ async def restore_cmd(args: argparse.Namespace, out: Console, err: Console) -> i
         bar, report = _bar(err, f"restore {args.backup_id}")
         t0 = time.monotonic()
         with bar:
-            files, nbytes = await restore_tree(
+            files, nbytes = await restore_backup(
                 repo, m, args.destination, include=args.paths or None, report=report
             )
         dt = time.monotonic() - t0

@@ -49,7 +49,20 @@ class RedisSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     user: str | None = None
 
 
-Source = FilesSource | RedisSource
+class PostgresSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="postgres"):
+    """A PostgreSQL cluster: a hot physical base backup (``basebackup``, streamed from
+    pg_basebackup as one tar with the WAL needed to make it consistent) or a logical
+    ``pg_dump`` of ``database`` (``dump``). Passwords come from the agent's environment
+    (PGPASSWORD or ~/.pgpass), never from jobs."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    mode: Literal["basebackup", "dump"] = "basebackup"
+    database: str | None = None
+
+
+Source = FilesSource | RedisSource | PostgresSource
 
 
 # --- jobs ----------------------------------------------------------------------------
