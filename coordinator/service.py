@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import anyio
 import msgspec
+from nats.errors import Error as NatsError
 
 from coordinator.catalog.base import Catalog
+from coordinator.http import HttpApi
+from coordinator.scheduler import Scheduler
 from shared import subjects
 from shared.bus import Bus
 from shared.config import CoordinatorConfig
+from shared.errors import BusError
 from shared.messages import (
     ApiError,
     ApiReply,
@@ -28,6 +33,7 @@ from shared.messages import (
     BackupList,
     BackupRecord,
     BackupRequest,
+    BackupType,
     DatasetStatus,
     Event,
     JobAccepted,
@@ -55,10 +61,29 @@ def new_job_id(kind: str, dataset: str) -> str:
 
 
 class Coordinator:
-    def __init__(self, cfg: CoordinatorConfig, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        cfg: CoordinatorConfig,
+        catalog: Catalog,
+        *,
+        clock: Callable[[], datetime] = utcnow,  # the scheduler's time source (tests)
+    ) -> None:
         self.cfg = cfg
         self.catalog = catalog
         self.bus: Bus | None = None
+        self.scheduler = Scheduler(
+            {name: ds.schedules for name, ds in cfg.datasets.items()},
+            catalog,
+            self.dispatch_scheduled,
+            interval_s=cfg.scheduler_interval_s,
+            clock=clock,
+        )
+        self.http = HttpApi(cfg.http, catalog, self.status)
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP API's bound port while it serves (None when ``[http]`` is off)."""
+        return self.http.port
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         bus = self.bus = await Bus.connect(
@@ -72,6 +97,8 @@ class Coordinator:
             async with task_group() as tg:
                 # The coordinator's long-running parts, one line each.
                 tg.start_soon(self._consume_events, sub)
+                await tg.start(self.scheduler.run)  # returns at once if nothing is scheduled
+                await tg.start(self.http.serve)
                 log.info("coordinator %s ready on %s", self.cfg.name, bus.url)
                 task_status.started()
         finally:
@@ -163,28 +190,45 @@ class Coordinator:
         duplicate = await self.bus.publish_job(job)
         return JobAccepted(job_id=job.job_id, agent=job.agent, duplicate=duplicate)
 
-    async def start_backup(self, req: BackupRequest) -> ApiReply:
-        ds = self.cfg.datasets.get(req.dataset)
+    async def _backup_job(
+        self, dataset: str, backup_type: BackupType, job_id: str, requested_by: str
+    ) -> BackupJob | ApiError:
+        ds = self.cfg.datasets.get(dataset)
         if ds is None:
             known = ", ".join(sorted(self.cfg.datasets)) or "none configured"
             return ApiError(
-                code="unknown_dataset", message=f"unknown dataset '{req.dataset}' (known: {known})"
+                code="unknown_dataset", message=f"unknown dataset '{dataset}' (known: {known})"
             )
-        parent = await self.catalog.last_backup(req.dataset)
-        job_id = new_job_id("backup", req.dataset)
-        job = BackupJob(
+        parent = await self.catalog.last_backup(dataset)
+        return BackupJob(
             job_id=job_id,
             backup_id=job_id,
-            dataset=req.dataset,
+            dataset=dataset,
             agent=ds.agent,
             target=ds.target,
             source=ds.source,
-            backup_type=req.backup_type,
+            backup_type=backup_type,
             parent_backup_id=parent.backup_id if parent and parent.target == ds.target else None,
             requested_at=utcnow(),
-            requested_by=req.requested_by,
+            requested_by=requested_by,
         )
-        return await self._dispatch(job, "backup")
+
+    async def start_backup(self, req: BackupRequest) -> ApiReply:
+        job_id = new_job_id("backup", req.dataset)
+        job = await self._backup_job(req.dataset, req.backup_type, job_id, req.requested_by)
+        return job if isinstance(job, ApiError) else await self._dispatch(job, "backup")
+
+    async def dispatch_scheduled(
+        self, dataset: str, backup_type: BackupType, job_id: str
+    ) -> ApiReply:
+        """Dispatch one scheduled run under its deterministic job id (see schedule.py)."""
+        job = await self._backup_job(dataset, backup_type, job_id, "scheduler")
+        if isinstance(job, ApiError):
+            return job
+        try:
+            return await self._dispatch(job, "backup")
+        except NatsError as exc:
+            raise BusError(f"scheduled job {job_id}: publish failed: {exc!r}") from exc
 
     async def start_restore(self, req: RestoreRequest) -> ApiReply:
         b = await self.catalog.get_backup(req.backup_id)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import re
 import tomllib
+import zoneinfo
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 from shared.errors import ConfigError
-from shared.messages import Source
+from shared.messages import BackupType, Source
 from shared.subjects import check_token
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
@@ -95,6 +98,20 @@ class SftpTargetConfig(msgspec.Struct, frozen=True, kw_only=True, tag_field="typ
 TargetConfig = LocalTargetConfig | S3TargetConfig | SftpTargetConfig
 
 
+class HookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[hooks.DATASET]`` in agent.toml: shell commands around that dataset's backups.
+
+    Hooks live in the agent's own config, never in jobs, so whoever can publish a job
+    cannot make a host run a command. ``pre`` runs in order before the backup; a failure
+    or a timeout fails the job (with the tail of its stderr). ``post`` runs afterwards,
+    also after a failure, with MOSAIC_RESULT=success|failure; its failure is logged.
+    """
+
+    pre: list[str] = []
+    post: list[str] = []
+    timeout_s: PositiveFloat = 600.0
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``agent.toml``: who this agent is, where NATS is, its key and its targets."""
 
@@ -109,6 +126,68 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     zstd_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
     # packs uploaded between index checkpoints: a killed backup re-uploads at most these
     index_every_packs: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 16
+    hooks: dict[Name, HookConfig] = {}
+
+
+Tier = Literal["daily", "weekly", "monthly", "yearly", "config", "translog"]
+TargetTier = Literal["local", "remote", "archive"]
+
+
+class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[[datasets.NAME.schedules]]``: when a dataset is backed up, and as which tier.
+
+    - ``cron``: five fields (minute hour day-of-month month day-of-week), read in
+      ``timezone``. When day-of-month and day-of-week are both restricted a time must
+      match both (classic cron ORs them), so ``0 0 1-7 * sun`` is the first Sunday.
+    - ``timezone``: an IANA name (``Europe/Berlin``); DST is handled by the time zone.
+    - ``tier``: the retention tier of the backups this schedule makes.
+    - ``grace_s``: a run missed while the coordinator was down still runs at start if it
+      is at most this old; older ones are reported as missed and skipped.
+    """
+
+    cron: str
+    timezone: str = "UTC"
+    backup_type: BackupType
+    tier: Tier = "daily"
+    grace_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+
+
+class TierRetention(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long one tier's backups stay on each kind of target: ``N`` + ``d`` (days), ``w``
+    (weeks), ``m`` (calendar months) or ``y`` (years); ``"0d"`` keeps none there. A field
+    left out keeps the strategy's default (:data:`DEFAULT_RETENTION`)."""
+
+    local: str | None = None
+    remote: str | None = None
+    archive: str | None = None
+
+
+# The strategy's retention table: tier → target tier → how long.
+DEFAULT_RETENTION: dict[Tier, dict[TargetTier, str]] = {
+    "daily": {"local": "7d", "remote": "14d", "archive": "0d"},
+    "weekly": {"local": "4w", "remote": "8w", "archive": "0d"},
+    "monthly": {"local": "3m", "remote": "12m", "archive": "24m"},
+    "yearly": {"local": "1y", "remote": "2y", "archive": "7y"},
+    "config": {"local": "30d", "remote": "90d", "archive": "1y"},
+    "translog": {"local": "3d", "remote": "7d", "archive": "0d"},
+}
+KEEP_FORMAT = re.compile(r"^([0-9]{1,5})([dwmy])$")
+
+
+class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[retention.TIER]``: overrides of :data:`DEFAULT_RETENTION`, per target tier."""
+
+    daily: TierRetention = TierRetention()
+    weekly: TierRetention = TierRetention()
+    monthly: TierRetention = TierRetention()
+    yearly: TierRetention = TierRetention()
+    config: TierRetention = TierRetention()
+    translog: TierRetention = TierRetention()
+
+    def keep(self, tier: Tier, target_tier: TargetTier) -> str:
+        """How long ``tier`` backups stay on ``target_tier`` targets (``"14d"``)."""
+        value: str | None = getattr(getattr(self, tier), target_tier)
+        return value if value is not None else DEFAULT_RETENTION[tier][target_tier]
 
 
 class DatasetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -117,12 +196,25 @@ class DatasetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     agent: Name
     target: Name
     source: Source
+    schedules: list[ScheduleConfig] = []
 
 
 class CatalogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``url``: ``sqlite:///path/catalog.db`` (default) or ``postgresql://…``."""
 
     url: str = "sqlite:///var/lib/mosaic-backup/catalog.db"
+
+
+class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[http]``: the read-only status API and Prometheus ``/metrics``.
+
+    - ``listen``: the address to bind; the default keeps it on loopback, because the API
+      has no authentication (put a reverse proxy in front to expose it).
+    - ``port``: TCP port, 1 to 65535; 0 picks a free port (tests).
+    """
+
+    listen: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8470
 
 
 class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -133,6 +225,12 @@ class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     connect_timeout_s: PositiveFloat = 10.0
     catalog: CatalogConfig = CatalogConfig()
     datasets: dict[Name, DatasetConfig] = {}
+    retention: RetentionConfig = RetentionConfig()
+    # How often the scheduler looks for runs that came due (seconds).
+    scheduler_interval_s: PositiveFloat = 30.0
+    # The HTTP status API; off unless the file has an ``[http]`` table, so that
+    # several coordinators (tests, quickstart) on one host never fight over a port.
+    http: HttpConfig | None = None
 
 
 _HINTS = {
@@ -212,6 +310,7 @@ def _check(p: Path, cfg: object) -> None:
             )
         for name in cfg.datasets:
             check_token("dataset name", name)
+        _check_schedules(p, cfg)
     if isinstance(cfg, AgentConfig) and not cfg.targets:
         raise ConfigError(f"config file {p}: field 'targets': no target defined (add one)")
     if isinstance(cfg, AgentConfig):
@@ -229,4 +328,50 @@ def _check(p: Path, cfg: object) -> None:
                     f"config file {p}: field 'targets.{name}.object_lock_mode': missing, "
                     'object_lock_days needs a mode (add object_lock_mode = "GOVERNANCE" or '
                     '"COMPLIANCE", or remove object_lock_days)'
+                )
+
+
+def _cron_problem(expr: str) -> str | None:
+    """Why ``expr`` is not a usable schedule, or None. Read like the scheduler does."""
+    if len(expr.split()) != 5:
+        return "write five fields: minute hour day-of-month month day-of-week"
+    try:
+        croniter(expr, datetime(2000, 1, 1, tzinfo=UTC), day_or=False).get_next(datetime)
+    except CroniterBadDateError:
+        return "never fires: no date matches all five fields (check day-of-month and month)"
+    except CroniterError as exc:
+        return f"not a valid cron expression ({exc}); see `man 5 crontab` for the fields"
+    return None
+
+
+def _check_schedules(p: Path, cfg: CoordinatorConfig) -> None:
+    for tier, target_tiers in DEFAULT_RETENTION.items():
+        for target_tier in target_tiers:
+            value = cfg.retention.keep(tier, target_tier)
+            if not KEEP_FORMAT.match(value):
+                raise ConfigError(
+                    f"config file {p}: field 'retention.{tier}.{target_tier}': {value!r} is "
+                    'not a duration (write a number and d, w, m or y: "7d", "8w", "12m", "7y")'
+                )
+    for name, ds in cfg.datasets.items():
+        for i, sched in enumerate(ds.schedules):
+            field = f"datasets.{name}.schedules[{i}]"
+            problem = _cron_problem(sched.cron)
+            if problem:
+                raise ConfigError(
+                    f"config file {p}: field '{field}.cron': {sched.cron!r}: {problem}"
+                )
+            try:
+                zoneinfo.ZoneInfo(sched.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(
+                    f"config file {p}: field '{field}.timezone': unknown time zone "
+                    f'{sched.timezone!r} (use an IANA name such as "UTC" or "Europe/Berlin")'
+                ) from None
+            keeps = {t: cfg.retention.keep(sched.tier, t) for t in DEFAULT_RETENTION[sched.tier]}
+            if all(int(v[:-1]) == 0 for v in keeps.values()):
+                raise ConfigError(
+                    f"config file {p}: field 'retention.{sched.tier}': keeps no copy on any "
+                    f"target tier, which would delete the only copy of the {sched.tier} "
+                    f"backups that {field} makes (give local, remote or archive a duration)"
                 )
