@@ -22,6 +22,7 @@ from shared.config import (
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
+    HookConfig,
     HttpConfig,
     LocalTargetConfig,
     S3TargetConfig,
@@ -114,6 +115,7 @@ async def running_stack(
     with_agent: bool = True,
     agent_name: str | None = None,
     http: bool = False,
+    hooks: HookConfig | None = None,
 ) -> AsyncIterator[Stack]:
     """A coordinator and (optionally) an agent in this process, for one dataset; with
     ``http``, the coordinator also serves its HTTP API on a free loopback port."""
@@ -126,6 +128,7 @@ async def running_stack(
         targets={"t": target},
         ack_wait_s=5.0,
         progress_interval_s=0.2,
+        hooks={dataset: hooks} if hooks else {},
     )
     coord_cfg = CoordinatorConfig(
         name=unique("coord"),

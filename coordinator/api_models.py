@@ -1,0 +1,155 @@
+"""The HTTP API's response documents and the OpenAPI description generated from them.
+
+The documents are msgspec Structs, so the JSON a client receives and the schema the
+OpenAPI document advertises come from one definition and cannot drift apart. They are
+HTTP-only shapes (no ``kind``/``schema`` tags of the NATS wire messages), built from the
+same catalog rows (:class:`~shared.messages.BackupRecord`, ``JobRecord``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from shared.messages import BackupRecord, DatasetStatus, JobRecord
+
+API_PREFIX = "/api/v1"
+# Times are always UTC-aware; saying so makes the schema read ``format: date-time``.
+UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class BackupStatusDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /api/v1/backup/status``: the strategy's health document."""
+
+    status: Literal["healthy", "degraded", "failing"]
+    coordinator: str
+    last_backup: UtcTime | None = None
+    # Schedules are not known to this API yet; null means "not scheduled / unknown".
+    next_backup: UtcTime | None = None
+    storage_used: int = 0
+    storage_free: int | None = None
+    backups_total: int = 0
+    recent_failures: list[JobRecord] = []
+    datasets: list[DatasetStatus] = []
+
+
+class BackupPage(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /api/v1/backups``: backups, newest first."""
+
+    backups: list[BackupRecord]
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    message: str
+
+
+class ErrorDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """Every non-2xx answer."""
+
+    error: ErrorBody
+
+
+def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API (built once at start-up)."""
+    (status, page, record, error), components = msgspec.json.schema_components(
+        [BackupStatusDoc, BackupPage, BackupRecord, ErrorDoc],
+        ref_template="#/components/schemas/{name}",
+    )
+    bad = _json(error, "invalid query parameter")
+    failed = _json(error, "the catalog could not be read")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mosaic-backup coordinator",
+            "version": version,
+            "description": "Read-only status of the backups the coordinator knows.",
+        },
+        "paths": {
+            f"{API_PREFIX}/backup/status": {
+                "get": {
+                    "operationId": "backupStatus",
+                    "summary": "Overall health, last backup, storage, recent failures",
+                    "responses": {
+                        "200": _json(status, "the status document"),
+                        "500": failed,
+                    },
+                }
+            },
+            f"{API_PREFIX}/backups": {
+                "get": {
+                    "operationId": "listBackups",
+                    "summary": "Backups in the catalog, newest first",
+                    "parameters": [
+                        _query(
+                            "days",
+                            {"type": "integer", "minimum": 1},
+                            "only backups finished in the last N days",
+                        ),
+                        _query("dataset", {"type": "string"}, "only this dataset"),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+                            "at most this many rows",
+                        ),
+                    ],
+                    "responses": {"200": _json(page, "the backups"), "400": bad, "500": failed},
+                }
+            },
+            f"{API_PREFIX}/backups/{{backup_id}}": {
+                "get": {
+                    "operationId": "getBackup",
+                    "summary": "One backup",
+                    "parameters": [
+                        {
+                            "name": "backup_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(record, "the backup"),
+                        "404": _json(error, "no backup with this id"),
+                        "500": failed,
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics, read from the catalog at scrape time",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format 0.0.4",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            f"{API_PREFIX}/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "the OpenAPI 3.1 document")},
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,199 @@
+"""The coordinator's read-only HTTP API: the status document, backups, ``/metrics``, OpenAPI.
+
+Operators and monitoring (Prometheus, uptime checks, dashboards) speak HTTP, not NATS.
+aiohttp runs inside the coordinator's own asyncio loop, so handlers await the same
+catalog as the NATS API, and the server is one more task in the coordinator's task group
+(readiness signalled once the port is bound). Every answer is read from the catalog at
+request time, so any coordinator gives the same answer and nothing resets on restart.
+
+Errors are ``{"error": {"code": …, "message": …}}`` with a fitting HTTP status; a
+failure inside a handler is logged in full but answered without its details, because
+library messages can carry hosts, users or URLs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from importlib import metadata
+from typing import Any
+
+import anyio
+import msgspec
+from aiohttp import web
+
+from coordinator.api_models import (
+    API_PREFIX,
+    BackupPage,
+    BackupStatusDoc,
+    ErrorBody,
+    ErrorDoc,
+    openapi_document,
+)
+from coordinator.catalog.base import Catalog
+from coordinator.metrics import CONTENT_TYPE, Metrics, read_snapshot
+from shared.config import HttpConfig
+from shared.errors import ConfigError, MosaicError
+from shared.messages import StatusReply, utcnow
+
+log = logging.getLogger(__name__)
+
+StatusFn = Callable[[], Awaitable[StatusReply]]
+MAX_LIMIT = 10_000
+_enc = msgspec.json.Encoder()
+
+
+class BadRequest(Exception):
+    """A query parameter is invalid; answered with 400."""
+
+
+def _json(doc: msgspec.Struct | dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=_enc.encode(doc), status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json(ErrorDoc(error=ErrorBody(code=code, message=message)), status)
+
+
+def _int_param(request: web.Request, name: str, lo: int, hi: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name}={raw!r} is not an integer") from None
+    if value < lo or (hi is not None and value > hi):
+        upper = f" and {hi}" if hi is not None else ""
+        raise BadRequest(f"query parameter {name}={value} must be between {lo}{upper}")
+    return value
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error as the JSON error document, never an HTML page or a traceback."""
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return _error(400, "bad_request", str(exc))
+    except web.HTTPException as exc:  # unknown path, wrong method
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else exc.reason.lower().replace(" ", "_")
+        return _error(exc.status, code, f"{request.method} {request.path}: {exc.reason}")
+    except MosaicError as exc:
+        # Our own errors carry a stable code and messages already free of credentials.
+        log.warning("HTTP %s %s failed: %s", request.method, request.path, exc)
+        return _error(503 if exc.retryable else 500, exc.code, str(exc))
+    except Exception:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return _error(500, "internal", "internal error; see the coordinator's log")
+
+
+class HttpApi:
+    """The HTTP server of one coordinator; :meth:`serve` does nothing if ``cfg`` is None."""
+
+    def __init__(self, cfg: HttpConfig | None, catalog: Catalog, status: StatusFn) -> None:
+        self.cfg = cfg
+        self.catalog = catalog
+        self._status = status
+        self.metrics = Metrics()
+        # The bound port while serving (the real one when the config says 0).
+        self.port: int | None = None
+        try:
+            version = metadata.version("mosaic-backup")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        self._openapi = _enc.encode(openapi_document(version))
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors])
+        app.router.add_get(f"{API_PREFIX}/backup/status", self.get_status)
+        app.router.add_get(f"{API_PREFIX}/backups", self.list_backups)
+        app.router.add_get(f"{API_PREFIX}/backups/{{backup_id}}", self.get_backup)
+        app.router.add_get(f"{API_PREFIX}/openapi.json", self.get_openapi)
+        app.router.add_get("/metrics", self.get_metrics)
+        return app
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; ``started()`` once the port is bound."""
+        cfg = self.cfg
+        if cfg is None:
+            task_status.started()
+            return
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, cfg.listen, cfg.port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"http: cannot listen on {cfg.listen}:{cfg.port}: {exc.strerror} "
+                    "(choose another [http] listen/port, or stop what holds it)"
+                ) from exc
+            self.port = int(runner.addresses[0][1])
+            log.info("HTTP API on http://%s:%d%s/", cfg.listen, self.port, API_PREFIX)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self.port = None
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+
+    # --- handlers ----------------------------------------------------------------------
+
+    async def status_document(self) -> BackupStatusDoc:
+        """The strategy's status document: the NATS ``status`` reply plus totals."""
+        st = await self._status()
+        finished = [r.last_backup.finished_at for r in st.datasets if r.last_backup]
+        return BackupStatusDoc(
+            status=st.status,
+            coordinator=st.coordinator,
+            last_backup=max(finished, default=None),
+            next_backup=None,
+            storage_used=await self._storage_used(st.backups_total),
+            storage_free=None,
+            backups_total=st.backups_total,
+            recent_failures=st.recent_failures,
+            datasets=st.datasets,
+        )
+
+    async def _storage_used(self, total: int) -> int:
+        # bytes_stored is what each backup added to its repository (after dedup and
+        # compression), so the sum is the space the catalogued backups take. The catalog
+        # has no aggregate query yet, so this reads every row: fine for thousands of
+        # backups, a catalog-side SUM is needed for millions.
+        if total == 0:
+            return 0
+        rows = await self.catalog.list_backups(limit=total)
+        return sum(b.bytes_stored for b in rows)
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        return _json(await self.status_document())
+
+    async def list_backups(self, request: web.Request) -> web.Response:
+        days = _int_param(request, "days", 1, 36500)
+        limit = _int_param(request, "limit", 1, MAX_LIMIT) or 1000
+        dataset = request.query.get("dataset") or None
+        since = utcnow() - timedelta(days=days) if days is not None else None
+        rows = await self.catalog.list_backups(since=since, dataset=dataset, limit=limit)
+        return _json(BackupPage(backups=rows))
+
+    async def get_backup(self, request: web.Request) -> web.Response:
+        backup_id = request.match_info["backup_id"]
+        row = await self.catalog.get_backup(backup_id)
+        if row is None:
+            return _error(404, "unknown_backup", f"no backup with id {backup_id!r}")
+        return _json(row)
+
+    async def get_openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        snap = await read_snapshot(self.catalog, self._status)
+        body = self.metrics.render(snap)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

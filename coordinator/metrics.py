@@ -1,0 +1,118 @@
+"""Prometheus metrics read from the catalog at scrape time.
+
+In-process counters would reset whenever a coordinator restarts or a standby takes over,
+and two coordinators would disagree. The catalog is the durable record both share, so
+every scrape reads it once (:func:`read_snapshot`, async) and a custom collector turns
+that snapshot into metric families (plain values in, metrics out, so it is testable
+without a server). The collector lives in its own ``CollectorRegistry``, never the
+process-global one, so importing this module registers nothing anywhere.
+
+Limitation: ``backup_failure_total`` is counted from the newest
+:data:`FAILURE_SCAN_LIMIT` failed jobs (the catalog has no per-dataset failure count).
+Past that many failures in the catalog the oldest stop being counted, and the counter
+can go down; ``rate()`` over it is right as long as failures are fewer than that.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+
+import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from coordinator.catalog.base import Catalog
+from shared.messages import JobRecord, StatusReply
+
+FAILURE_SCAN_LIMIT = 10_000
+# The classic text format, which every Prometheus version reads (what generate_latest
+# writes for our names; newer clients advertise version=1.0.0 for UTF-8 names).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What one scrape reads from the catalog."""
+
+    status: StatusReply
+    failures: list[JobRecord]
+
+
+async def read_snapshot(catalog: Catalog, status: Callable[[], Awaitable[StatusReply]]) -> Snapshot:
+    return Snapshot(
+        status=await status(),
+        failures=await catalog.recent_failures(limit=FAILURE_SCAN_LIMIT),
+    )
+
+
+def metric_families(snap: Snapshot) -> Iterator[Metric]:
+    """The metrics of one snapshot. A value the catalog does not know is left out (not
+    exported as 0), so ``absent()`` alerts see the gap."""
+    dt = ("dataset", "target")
+    last_ok = GaugeMetricFamily(
+        "backup_last_success_timestamp",
+        "Unix time the last successful backup of the dataset finished.",
+        labels=dt,
+    )
+    duration = GaugeMetricFamily(
+        "backup_duration_seconds", "Duration of the last successful backup.", labels=dt
+    )
+    size = GaugeMetricFamily(
+        "backup_size_bytes", "Bytes read from the source by the last successful backup.", labels=dt
+    )
+    for row in snap.status.datasets:
+        b = row.last_backup
+        if b is None:
+            continue
+        labels = [row.dataset, b.target]
+        last_ok.add_metric(labels, b.finished_at.timestamp())
+        duration.add_metric(labels, b.duration_s)
+        size.add_metric(labels, b.bytes_read)
+    yield from (last_ok, duration, size)
+
+    failed = Counter(j.dataset for j in snap.failures if j.job_kind == "backup")
+    failures = CounterMetricFamily(
+        "backup_failure",
+        f"Failed backup jobs in the catalog (counted over the newest {FAILURE_SCAN_LIMIT}).",
+        labels=["dataset"],
+    )
+    for name in sorted({r.dataset for r in snap.status.datasets} | set(failed)):
+        failures.add_metric([name], failed[name])
+    yield failures
+    # backup_storage_used_percent{dataset,target} needs the targets' capacity, which
+    # agents do not report yet; it is omitted rather than exported as a made-up value.
+    yield GaugeMetricFamily(
+        "mosaic_catalog_backups_total",
+        "Backups recorded in the catalog (a gauge: prune lowers it).",
+        value=snap.status.backups_total,
+    )
+
+
+class CatalogCollector:
+    """Serves the snapshot that :meth:`render` was given (collectors are synchronous)."""
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.snapshot is not None:
+            yield from metric_families(self.snapshot)
+
+
+class Metrics:
+    """The coordinator's registry; other parts may register their collectors on it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._catalog = CatalogCollector()
+        self.registry.register(self._catalog)
+
+    def render(self, snap: Snapshot) -> bytes:
+        # No await between setting the snapshot and encoding: concurrent scrapes on the
+        # event loop cannot see each other's snapshot.
+        self._catalog.snapshot = snap
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._catalog.snapshot = None

@@ -1,0 +1,217 @@
+"""The coordinator's HTTP API over real HTTP: status document, backups, /metrics, OpenAPI.
+
+A real stack (NATS, coordinator, agent) makes real backups; the API is read back with an
+HTTP client on the port the coordinator bound, on both catalog backends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from coordinator.api_models import BackupPage, BackupStatusDoc, ErrorDoc
+from coordinator.metrics import Metrics, Snapshot
+from mosaic import operator
+from mosaic.operator import OperatorError
+from shared.config import CoordinatorConfig, LocalTargetConfig, load
+from shared.errors import ConfigError
+from shared.messages import (
+    BackupCompleted,
+    BackupRecord,
+    DatasetStatus,
+    JobRecord,
+    StatusReply,
+    utcnow,
+)
+from tests.harness import REPO_ROOT, make_tree, running_stack, write_toml
+
+QUIET = Console(quiet=True)
+
+
+async def get(url: str) -> tuple[int, str, bytes]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+
+
+def metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Sample name → {sorted labels: value}."""
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url
+
+
+async def test_status_backups_metrics_after_a_backup(
+    nats_url: str, tmp_path: Path, catalog_url: str
+) -> None:
+    src = make_tree(tmp_path / "src", big_mib=1)
+    target = LocalTargetConfig(path=str(tmp_path / "repo"))
+    async with running_stack(
+        nats_url, tmp_path, target, src, catalog_url=catalog_url, http=True
+    ) as st:
+        assert st.http_url is not None
+        done = await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
+        assert isinstance(done, BackupCompleted)
+
+        code, ctype, body = await get(f"{st.http_url}/api/v1/backup/status")
+        assert code == 200 and ctype.startswith("application/json")
+        doc = msgspec.json.decode(body, type=BackupStatusDoc)
+        assert doc.status == "healthy"
+        assert doc.last_backup == done.finished_at
+        assert doc.next_backup is None and doc.storage_free is None
+        assert doc.storage_used == done.summary.bytes_stored > 0
+        assert doc.recent_failures == [] and doc.backups_total == 1
+        [row] = doc.datasets
+        assert (row.dataset, row.agent, row.target) == (st.dataset, st.agent.name, "t")
+        assert row.last_backup is not None and row.last_backup.backup_id == done.backup_id
+        raw = msgspec.json.decode(body)
+        assert raw["next_backup"] is None and "last_backup" in raw  # explicit nulls
+
+        code, _, body = await get(f"{st.http_url}/api/v1/backups?days=1&dataset={st.dataset}")
+        assert code == 200
+        page = msgspec.json.decode(body, type=BackupPage)
+        assert [b.backup_id for b in page.backups] == [done.backup_id]
+        code, _, body = await get(f"{st.http_url}/api/v1/backups?dataset=nope&limit=5")
+        assert code == 200 and msgspec.json.decode(body, type=BackupPage).backups == []
+
+        code, _, body = await get(f"{st.http_url}/api/v1/backups/{done.backup_id}")
+        assert code == 200
+        one = msgspec.json.decode(body, type=BackupRecord)
+        assert (one.backup_id, one.bytes_read, one.finished_at) == (
+            done.backup_id,
+            done.summary.bytes_read,
+            done.finished_at,
+        )
+
+        code, ctype, body = await get(f"{st.http_url}/metrics")
+        assert code == 200 and ctype.startswith("text/plain")
+        m = metrics(body.decode())
+        key = (("dataset", st.dataset), ("target", "t"))
+        assert m["backup_last_success_timestamp"] == {key: done.finished_at.timestamp()}
+        assert m["backup_size_bytes"] == {key: done.summary.bytes_read}
+        assert m["backup_duration_seconds"] == {key: pytest.approx(done.summary.duration_s)}
+        assert m["backup_failure_total"] == {(("dataset", st.dataset),): 0}
+        assert m["mosaic_catalog_backups_total"] == {(): 1}
+        assert "backup_storage_used_percent" not in m  # unknown, so not made up
+
+        code, _, body = await get(f"{st.http_url}/api/v1/openapi.json")
+        assert code == 200
+        spec: dict[str, Any] = msgspec.json.decode(body)
+        assert spec["openapi"].startswith("3.1")
+        assert set(spec["paths"]) >= {
+            "/api/v1/backup/status",
+            "/api/v1/backups",
+            "/api/v1/backups/{backup_id}",
+            "/metrics",
+        }
+        schemas = spec["components"]["schemas"]
+        assert {"BackupStatusDoc", "BackupPage", "BackupRecord", "ErrorDoc"} <= set(schemas)
+        assert "storage_used" in schemas["BackupStatusDoc"]["properties"]
+
+
+async def test_errors_are_json(nats_url: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    target = LocalTargetConfig(path=str(tmp_path / "repo"))
+    async with running_stack(nats_url, tmp_path, target, src, with_agent=False, http=True) as st:
+        for path, status, code in [
+            ("/api/v1/backups/no-such-backup", 404, "unknown_backup"),
+            ("/api/v1/nothing-here", 404, "not_found"),
+            ("/api/v1/backups?limit=0", 400, "bad_request"),
+            ("/api/v1/backups?days=soon", 400, "bad_request"),
+        ]:
+            got, ctype, body = await get(f"{st.http_url}{path}")
+            assert (got, ctype.split(";")[0]) == (status, "application/json"), path
+            err = msgspec.json.decode(body, type=ErrorDoc).error
+            assert err.code == code, path
+        # no backup yet: degraded, and nothing invented
+        _, _, body = await get(f"{st.http_url}/api/v1/backup/status")
+        doc = msgspec.json.decode(body, type=BackupStatusDoc)
+        assert doc.status == "degraded" and doc.last_backup is None and doc.storage_used == 0
+
+
+async def test_failed_backup_shows_in_status_and_metrics(nats_url: str, tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+    target = LocalTargetConfig(path=str(tmp_path / "repo"))
+    async with running_stack(nats_url, tmp_path, target, missing, http=True) as st:
+        with pytest.raises(OperatorError):
+            await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
+        # The failure reaches the catalog moments after the operator saw the event.
+        with anyio.fail_after(10):
+            while True:
+                _, _, body = await get(f"{st.http_url}/api/v1/backup/status")
+                doc = msgspec.json.decode(body, type=BackupStatusDoc)
+                if doc.recent_failures:
+                    break
+                await anyio.sleep(0.05)
+        assert doc.status in ("degraded", "failing")
+        [failure] = doc.recent_failures
+        assert failure.dataset == st.dataset and failure.status == "failed"
+        assert doc.datasets[0].last_failure is not None
+
+        _, _, body = await get(f"{st.http_url}/metrics")
+        m = metrics(body.decode())
+        assert m["backup_failure_total"] == {(("dataset", st.dataset),): 1}
+        assert "backup_last_success_timestamp" not in m  # never succeeded: absent, not 0
+
+
+def test_http_config_is_validated(tmp_path: Path) -> None:
+    ok = load(write_toml(tmp_path / "a.toml", "[http]\nport = 9000\n"), CoordinatorConfig)
+    assert ok.http is not None and (ok.http.listen, ok.http.port) == ("127.0.0.1", 9000)
+    assert load(write_toml(tmp_path / "b.toml", ""), CoordinatorConfig).http is None
+    with pytest.raises(ConfigError, match=r"http\.port"):
+        load(write_toml(tmp_path / "c.toml", "[http]\nport = 70000\n"), CoordinatorConfig)
+
+    example = load(REPO_ROOT / "deploy" / "coordinator.toml.example", CoordinatorConfig)
+    assert example.http is not None and example.http.port == 8470
+
+
+def _failed(job_id: str, dataset: str, kind: str) -> JobRecord:
+    now = utcnow()
+    return JobRecord(
+        job_id=job_id,
+        job_kind=kind,
+        dataset=dataset,
+        agent="a",
+        target="t",
+        status="failed",
+        requested_at=now,
+        updated_at=now,
+    )
+
+
+def test_failure_counter_counts_backup_jobs_per_dataset() -> None:
+    """Plain values: restores do not count, a dataset gone from the config still shows
+    its failures, a configured dataset without failures reads 0."""
+    status = StatusReply(
+        status="degraded",
+        coordinator="c",
+        datasets=[DatasetStatus(dataset="db", agent="a", target="t")],
+        recent_failures=[],
+        backups_total=0,
+    )
+    failures = [
+        _failed("1", "old", "backup"),
+        _failed("2", "old", "backup"),
+        _failed("3", "db", "restore"),
+    ]
+    text = Metrics().render(Snapshot(status=status, failures=failures)).decode()
+    m = metrics(text)
+    assert m["backup_failure_total"] == {(("dataset", "db"),): 0, (("dataset", "old"),): 2}
+    assert "backup_size_bytes" not in m and m["mosaic_catalog_backups_total"] == {(): 0}
