@@ -18,6 +18,7 @@ import anyio
 import msgspec
 
 from agent.backup import BackupSpec, backup_dataset
+from agent.hooks import run_post, run_pre
 from agent.progress import Progress
 from agent.restore import restore_backup
 from shared.bus import Bus, fetch_one
@@ -222,18 +223,26 @@ class AgentRunner:
         repo = await self._open(self._target(job.target), create=True)
         if await repo.has_manifest(job.backup_id):
             return self._completed(job, await repo.load_manifest(job.backup_id), repo)
-        manifest = await backup_dataset(
-            repo,
-            BackupSpec(
-                backup_id=job.backup_id,
-                dataset=job.dataset,
-                agent=self.cfg.name,
-                source=job.source,
-                backup_type=job.backup_type,
-                parent_backup_id=job.parent_backup_id,
-            ),
-            report=self._reporter(bus, job.job_id),
+        spec = BackupSpec(
+            backup_id=job.backup_id,
+            dataset=job.dataset,
+            agent=self.cfg.name,
+            source=job.source,
+            backup_type=job.backup_type,
+            parent_backup_id=job.parent_backup_id,
         )
+        hooks = self.cfg.hooks.get(job.dataset)
+        if hooks is None:
+            manifest = await backup_dataset(repo, spec, report=self._reporter(bus, job.job_id))
+            return self._completed(job, manifest, repo)
+        await run_pre(hooks, job.dataset)
+        ok = False
+        try:
+            manifest = await backup_dataset(repo, spec, report=self._reporter(bus, job.job_id))
+            ok = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                await run_post(hooks, job.dataset, ok)
         return self._completed(job, manifest, repo)
 
     def _completed(self, job: BackupJob, m: Manifest, repo: Repository) -> BackupCompleted:
