@@ -62,7 +62,22 @@ class PostgresSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     database: str | None = None
 
 
-Source = FilesSource | RedisSource | PostgresSource
+class MariaDBSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="mariadb"):
+    """A MariaDB server: a hot physical backup streamed from ``mariabackup`` as xbstream
+    (``mariabackup``) or a logical ``mariadb-dump`` of ``databases`` (``dump``; empty
+    means all). ``socket`` wins over ``host``/``port``. Passwords come from the agent's
+    environment (MYSQL_PWD), never from jobs; option files are not read, since every
+    tool runs with ``--no-defaults`` so a host's my.cnf cannot change what is backed up."""
+
+    socket: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    mode: Literal["mariabackup", "dump"] = "mariabackup"
+    databases: list[str] = []
+
+
+Source = FilesSource | RedisSource | PostgresSource | MariaDBSource
 
 
 # --- jobs ----------------------------------------------------------------------------

@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.s3",
     "tests.fixtures.redis",
+    "tests.fixtures.mariadb",
     "tests.fixtures.sftp",
 ]

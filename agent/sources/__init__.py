@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.sources.base import Stream
-from shared.messages import PostgresSource, RedisSource, Source
+from shared.messages import MariaDBSource, PostgresSource, RedisSource, Source
 
 
 def streams_of(source: Source) -> list[Stream]:
@@ -19,6 +19,10 @@ def streams_of(source: Source) -> list[Stream]:
         from agent.sources import postgres
 
         return postgres.streams(source)
+    if isinstance(source, MariaDBSource):
+        from agent.sources import mariadb
+
+        return mariadb.streams(source)
     raise TypeError(f"a {type(source).__name__} is walked, not streamed")
 
 
@@ -27,3 +31,7 @@ def after_restore(source: Source, destination: Path, *, partial: bool) -> None:
         from agent.sources import postgres
 
         postgres.after_restore(source, destination)
+    if isinstance(source, MariaDBSource) and not partial:
+        from agent.sources import mariadb
+
+        mariadb.after_restore(source, destination)

@@ -22,6 +22,7 @@ PACKAGES = {
     "pg_receivewal": "postgresql-client",
     "mariabackup": "mariadb-backup",
     "mariadb-dump": "mariadb-client",
+    "mbstream": "mariadb-backup",
 }
 STDERR_TAIL = 2000
 
