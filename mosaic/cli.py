@@ -130,7 +130,9 @@ async def _with_bus(args: argparse.Namespace, fn: Callable[[Any], Awaitable[obje
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
-    out, err = Console(), Console(stderr=True)
+    # Tables piped to a file keep whole ids instead of rich's 80-column default.
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True)
     cmd = args.command
     if cmd == "coordinator":
         from mosaic.services import run_coordinator

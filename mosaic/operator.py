@@ -102,8 +102,8 @@ def summary_table(title: str, s: BackupSummary, extra: dict[str, str] | None = N
     t = Table(title=title, show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
-    dedup = s.bytes_read / s.bytes_new if s.bytes_new else float("inf")
-    comp = s.bytes_new / s.bytes_stored if s.bytes_stored else float("inf")
+    dedup = f"{s.bytes_read / s.bytes_new:.2f}x" if s.bytes_new else "— (nothing new)"
+    comp = f"{s.bytes_new / s.bytes_stored:.2f}x" if s.bytes_new and s.bytes_stored else "—"
     for k, v in {
         **(extra or {}),
         "files": f"{s.files:,}",
@@ -112,8 +112,8 @@ def summary_table(title: str, s: BackupSummary, extra: dict[str, str] | None = N
         "bytes read": size(s.bytes_read),
         "new bytes (after dedup)": size(s.bytes_new),
         "bytes stored (compressed, encrypted)": size(s.bytes_stored),
-        "dedup ratio": f"{dedup:.2f}x",
-        "compression ratio": f"{comp:.2f}x",
+        "dedup ratio": dedup,
+        "compression ratio": comp,
         "chunks (new / total)": f"{s.chunks_new:,} / {s.chunks_total:,}",
         "duration": f"{s.duration_s:.2f} s",
         "throughput": f"{size(s.bytes_read / s.duration_s) if s.duration_s else '—'}/s",

@@ -100,7 +100,6 @@ async def _backup_and_check(
     restored = work / "restored"
     await operator.restore(bus, done.backup_id, str(restored), out, err)
     diffs = await anyio.to_thread.run_sync(tree_differences, source, restored)
-    await operator.list_backups(bus, out, days=1, dataset=None)
     t = Table(title="quickstart result", show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")

@@ -90,6 +90,7 @@ class Bus:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     error_cb=_quiet,
+                    drain_timeout=5,  # a stopping process must not hang for 30 s
                 )
                 return cls(nc, url)
             except (NoServersError, OSError, TimeoutError):
