@@ -113,8 +113,10 @@ class _Reader:
         chunker = self.repo.chunker()
         c = self.counters
         links: dict[tuple[int, int], Node] = {}
+        stream_dirs: set[bytes] = set()
         for entry in self.entries:
             if isinstance(entry, Stream):
+                nodes.extend(self._stream_dirs(entry.name, stream_dirs))
                 nodes.append(self._read_stream(entry, chunker, emit))
                 continue
             st = entry.st
@@ -153,6 +155,17 @@ class _Reader:
         emit(self._batch)
         self._batch = []
         return nodes
+
+    def _stream_dirs(self, name: bytes, seen: set[bytes]) -> list[Node]:
+        """Folder nodes for the parents of a nested stream name (``packages/x.txt``),
+        each once and before its content, as restore requires."""
+        parts = name.split(b"/")[:-1]
+        new = [b"/".join(parts[: i + 1]) for i in range(len(parts))]
+        now = time.time_ns()
+        out = [Node(path=d, type="dir", mode=0o700, mtime_ns=now) for d in new if d not in seen]
+        seen.update(new)
+        self.counters.dirs += len(out)
+        return out
 
     def _read_stream(self, stream: Stream, chunker: Any, emit: Emit) -> Node:
         """One stream of a source, as a file node; fails unless its producer succeeded."""
@@ -280,6 +293,9 @@ async def backup_dataset(
     packs_before = repo.packs_written
     holder = f"{spec.agent}@{socket.gethostname()}"
     async with lease(repo.target, repo.keys, holder=holder, purpose=f"backup {spec.backup_id}"):
+        # The index the repository was opened with may predate a garbage collection
+        # that has since hidden packs it is about to delete: read it again under the lease.
+        await repo.reload_index()
         tree, c, _ = await backup_tree(repo, spec.source, parent=parent, report=report)
         await repo.write_index()
         summary = BackupSummary(

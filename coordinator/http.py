@@ -35,11 +35,12 @@ from coordinator.catalog.base import Catalog
 from coordinator.metrics import CONTENT_TYPE, Metrics, read_snapshot
 from shared.config import HttpConfig
 from shared.errors import ConfigError, MosaicError
-from shared.messages import StatusReply, utcnow
+from shared.messages import Alert, StatusReply, utcnow
 
 log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], Awaitable[StatusReply]]
+AlertsFn = Callable[[], list[Alert]]
 MAX_LIMIT = 10_000
 _enc = msgspec.json.Encoder()
 
@@ -96,8 +97,16 @@ async def _errors(
 class HttpApi:
     """The HTTP server of one coordinator; :meth:`serve` does nothing if ``cfg`` is None."""
 
-    def __init__(self, cfg: HttpConfig | None, catalog: Catalog, status: StatusFn) -> None:
+    def __init__(
+        self,
+        cfg: HttpConfig | None,
+        catalog: Catalog,
+        status: StatusFn,
+        *,
+        alerts: AlertsFn | None = None,
+    ) -> None:
         self.cfg = cfg
+        self._alerts = alerts
         self.catalog = catalog
         self._status = status
         self.metrics = Metrics()
@@ -116,6 +125,7 @@ class HttpApi:
         app.router.add_get(f"{API_PREFIX}/backups/{{backup_id}}", self.get_backup)
         app.router.add_get(f"{API_PREFIX}/openapi.json", self.get_openapi)
         app.router.add_get("/metrics", self.get_metrics)
+        app.router.add_get(f"{API_PREFIX}/alerts", self.get_alerts)
         return app
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -197,3 +207,9 @@ class HttpApi:
         snap = await read_snapshot(self.catalog, self._status)
         body = self.metrics.render(snap)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def get_alerts(self, request: web.Request) -> web.Response:
+        """The alerts firing now, as this coordinator's alerter holds them (in memory:
+        another coordinator, or this one just after a restart, may list fewer)."""
+        firing = self._alerts() if self._alerts is not None else []
+        return _json({"alerts": firing})

@@ -17,6 +17,7 @@ import anyio
 import msgspec
 from nats.errors import Error as NatsError
 
+from coordinator.alerter import Alerter
 from coordinator.catalog.base import Catalog
 from coordinator.http import HttpApi
 from coordinator.scheduler import Scheduler
@@ -78,7 +79,8 @@ class Coordinator:
             interval_s=cfg.scheduler_interval_s,
             clock=clock,
         )
-        self.http = HttpApi(cfg.http, catalog, self.status)
+        self.alerter = Alerter(cfg, catalog, clock=clock)
+        self.http = HttpApi(cfg.http, catalog, self.status, alerts=self.alerter.firing)
 
     @property
     def http_port(self) -> int | None:
@@ -99,6 +101,7 @@ class Coordinator:
                 tg.start_soon(self._consume_events, sub)
                 await tg.start(self.scheduler.run)  # returns at once if nothing is scheduled
                 await tg.start(self.http.serve)
+                await tg.start(self.alerter.run, bus, self.http_port)
                 log.info("coordinator %s ready on %s", self.cfg.name, bus.url)
                 task_status.started()
         finally:

@@ -29,6 +29,7 @@ TOOLS: list[str] = [
     "mosaic.repo_verify",
     "mosaic.repo_export",
     "mosaic.repo_catalog",
+    "mosaic.repo_prune",
 ]
 
 

@@ -122,7 +122,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ack_wait_s: PositiveFloat = 30.0
     progress_interval_s: PositiveFloat = 2.0
     connect_timeout_s: PositiveFloat = 10.0
-    pack_size: Annotated[int, msgspec.Meta(ge=1 << 16, le=1 << 30)] = 8 << 20
+    pack_size: Annotated[int, msgspec.Meta(ge=1 << 16, le=1 << 30)] = 4 << 20
     zstd_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
     # packs uploaded between index checkpoints: a killed backup re-uploads at most these
     index_every_packs: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 16
@@ -217,6 +217,26 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8470
 
 
+class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[alerts]``: how the coordinator evaluates alert rules and where it sends them.
+
+    - ``webhook_url``: an http(s) URL that receives alerts in Alertmanager's JSON format
+      (Alertmanager's ``/api/v2/alerts``, or any receiver of that format); unset: alerts
+      are only published on NATS and shown by ``GET /api/v1/alerts``.
+    - ``interval_s``: how often the rules are evaluated; a failed backup alerts within
+      this time.
+    - ``duration_factor``: a backup taking more than this many times the average of the
+      previous ones of its type raises ``duration_anomaly``.
+    - ``missing_grace_s``: how long after a scheduled time a successful backup may still
+      arrive before ``backup_missing`` fires.
+    """
+
+    webhook_url: str | None = None
+    interval_s: PositiveFloat = 60.0
+    duration_factor: Annotated[float, msgspec.Meta(gt=1)] = 2.0
+    missing_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+
+
 class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``coordinator.toml``: NATS, the catalog and the datasets."""
 
@@ -231,6 +251,8 @@ class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     # The HTTP status API; off unless the file has an ``[http]`` table, so that
     # several coordinators (tests, quickstart) on one host never fight over a port.
     http: HttpConfig | None = None
+    # Alert rules and sinks (see AlertsConfig); on by default, with no webhook.
+    alerts: AlertsConfig = AlertsConfig()
 
 
 _HINTS = {
@@ -310,6 +332,7 @@ def _check(p: Path, cfg: object) -> None:
             )
         for name in cfg.datasets:
             check_token("dataset name", name)
+        _check_alerts(p, cfg.alerts)
         _check_schedules(p, cfg)
     if isinstance(cfg, AgentConfig) and not cfg.targets:
         raise ConfigError(f"config file {p}: field 'targets': no target defined (add one)")
@@ -375,3 +398,14 @@ def _check_schedules(p: Path, cfg: CoordinatorConfig) -> None:
                     f"target tier, which would delete the only copy of the {sched.tier} "
                     f"backups that {field} makes (give local, remote or archive a duration)"
                 )
+
+
+def _check_alerts(p: Path, alerts: AlertsConfig) -> None:
+    url = alerts.webhook_url
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        shown = re.sub(r"//[^/@]*@", "//", url)  # never echo credentials
+        raise ConfigError(
+            f"config file {p}: field 'alerts.webhook_url': {shown!r} is not an http:// or "
+            "https:// URL (write the receiver's full URL, e.g. "
+            "http://alertmanager:9093/api/v2/alerts)"
+        )

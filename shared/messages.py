@@ -77,7 +77,18 @@ class MariaDBSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
     databases: list[str] = []
 
 
-Source = FilesSource | RedisSource | PostgresSource | MariaDBSource
+class SystemSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="system"):
+    """The host's state as files: package lists, crontabs and timers, firewall rules,
+    network settings, container configurations. ``include`` names items or groups
+    (``packages``, ``cron/crontab-root.txt``); empty means every known item. With
+    ``optional_missing`` an item whose tool is absent or fails is listed in MISSING.txt;
+    without it the job fails, naming the tool and the package that provides it."""
+
+    include: list[str] = []
+    optional_missing: bool = True
+
+
+Source = FilesSource | RedisSource | PostgresSource | MariaDBSource | SystemSource
 
 
 # --- jobs ----------------------------------------------------------------------------
@@ -300,3 +311,31 @@ def json_schemas() -> dict[str, object]:
         "api_request": msgspec.json.schema(ApiRequest),
         "api_reply": msgspec.json.schema(ApiReply),
     }
+
+
+# --- alerts (``mosaic.alert.<rule>.<dataset>``, stream MOSAIC_ALERTS) -------------------
+
+
+class Alert(_Msg, frozen=True, kw_only=True, tag="alert"):
+    """One alert as it starts firing or resolves (and as ``GET /api/v1/alerts`` lists it).
+
+    Not part of :data:`Event`: alerts are about datasets, not jobs, and live on their own
+    subjects. ``fingerprint`` is ``rule/dataset/target`` (target empty when the rule is
+    not about one target): the identity under which the alert is deduplicated.
+    ``ends_at`` is set only when ``status`` is ``resolved``.
+    """
+
+    status: Literal["firing", "resolved"]
+    rule: str
+    dataset: str
+    target: str | None = None
+    severity: Literal["critical", "warning"] = "critical"
+    fingerprint: str
+    summary: str
+    description: str = ""
+    starts_at: datetime
+    ends_at: datetime | None = None
+    coordinator: str = ""
+
+
+alert_decoder = msgspec.json.Decoder(Alert)

@@ -63,3 +63,21 @@ def api(verb: str) -> str:
 def agent_consumer(agent: str) -> str:
     """Durable consumer name of one agent on the jobs stream."""
     return f"agent-{check_token('agent name', agent)}"
+
+
+# --- alerts (added with coordinator/alerter.py) ----------------------------------------
+#
+#     mosaic.alert.<rule>.<dataset>             alert transitions   (stream MOSAIC_ALERTS, limits)
+#
+# A stream of their own rather than ``mosaic.event.…``: the coordinator's durable
+# consumer reads every ``mosaic.event.>`` message as a job event, and alerts are not.
+
+ALERTS_STREAM = "MOSAIC_ALERTS"
+
+
+def alerts_all() -> str:
+    return f"{PREFIX}.alert.>"
+
+
+def alert(rule: str, dataset: str) -> str:
+    return f"{PREFIX}.alert.{check_token('alert rule', rule)}.{check_token('dataset', dataset)}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.sources.base import Stream
-from shared.messages import MariaDBSource, PostgresSource, RedisSource, Source
+from shared.messages import MariaDBSource, PostgresSource, RedisSource, Source, SystemSource
 
 
 def streams_of(source: Source) -> list[Stream]:
@@ -23,6 +23,10 @@ def streams_of(source: Source) -> list[Stream]:
         from agent.sources import mariadb
 
         return mariadb.streams(source)
+    if isinstance(source, SystemSource):
+        from agent.sources import system
+
+        return system.streams(source)
     raise TypeError(f"a {type(source).__name__} is walked, not streamed")
 
 

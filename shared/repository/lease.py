@@ -7,10 +7,12 @@ Scheme (and why it cannot block backups for days, restic's stale-lock complaint)
   success or failure.
 - Writers never wait for or check anyone's lease: backups, restores and verifies take no
   lock at all, so no lease, stale or live, can ever stop them.
-- Garbage collection (prune) only deletes a pack when no live lease exists that started
-  before the pack was written (plus a safety margin for clock skew); leases whose
-  ``expires`` has passed are ignored and removed. A crashed writer's lease therefore
-  delays GC by at most ``ttl`` — it never needs a manual unlock.
+- Garbage collection (``agent/prune.py``) takes a lease of its own and deletes nothing
+  while any other live lease exists; it hides its garbage from the index first, and a
+  backup re-reads the index right after taking its lease, so a backup can never
+  deduplicate against a pack that is about to be deleted. Leases whose ``expires`` has
+  passed are ignored and removed: a crashed writer delays GC by at most ``ttl`` and
+  never needs a manual unlock.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class WriteOptions(NamedTuple):
     """How a writer packs: pack size, zstd level, and how many packs may be uploaded
     before an index checkpoint (a crashed backup re-uploads at most that many)."""
 
-    pack_size: int = 8 << 20
+    pack_size: int = 4 << 20
     zstd_level: int = 3
     index_every: int = 16
 
@@ -173,6 +173,16 @@ class Repository:
         if not await target.create(fmt.CONFIG_KEY, sealed):
             return await cls.open(target, master_key, options=options)
         return cls(target, keys, config, options)
+
+    async def reload_index(self) -> None:
+        """Re-read the index from the target (nothing may be pending). A backup calls
+        this right after taking its lease, so that garbage collection, which hides its
+        garbage from the index before deleting it, can never be raced by a backup that
+        loaded the index earlier and deduplicates against a pack about to go."""
+        if self._pending or len(self._writer) or self._unindexed:
+            raise RepositoryError("reload_index with unflushed writes")
+        self.index = ChunkIndex()
+        await self._load_index()
 
     async def _load_index(self) -> None:
         async for obj in self.target.list(fmt.INDEX_PREFIX):

@@ -1,0 +1,135 @@
+"""The alert loop: every ``[alerts] interval_s``, read the catalog, evaluate the rules,
+advance the alert state and send the transitions to the sinks.
+
+The rules and the state machine are pure (``alerts.py``); this module only gathers
+their inputs and moves the results. The firing alerts are kept in memory and served by
+``GET /api/v1/alerts``. Nothing is persisted: after a restart every problem that still
+holds fires again (receivers such as Alertmanager deduplicate by labels), and an alert
+that resolved while the coordinator was down is not announced as resolved. The clock is
+injected, like the scheduler's, so tests move time instead of waiting for it.
+
+A catalog error skips one evaluation (logged) instead of stopping the coordinator: the
+next one reads the catalog again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from coordinator.alert_sinks import NatsSink, Sink, WebhookSink
+from coordinator.alerts import AlertState, DatasetSnapshot, RecentBackup, evaluate, step
+from coordinator.api_models import API_PREFIX
+from coordinator.catalog.base import Catalog
+from shared.bus import Bus
+from shared.config import CoordinatorConfig, DatasetConfig
+from shared.errors import MosaicError
+from shared.messages import Alert, utcnow
+
+log = logging.getLogger(__name__)
+
+# Successful backups read per dataset: enough to find the previous few of the newest
+# one's type (a weekly full among daily incrementals) for the duration rule.
+HISTORY = 50
+
+
+async def read_snapshots(
+    catalog: Catalog, datasets: Mapping[str, DatasetConfig]
+) -> list[DatasetSnapshot]:
+    """What the rules need about each configured dataset, from the catalog.
+
+    Only backup jobs count as failures: a failed restore says nothing about whether the
+    dataset is protected (but one newer than the last failed backup hides it, since the
+    catalog returns only the newest failure of a dataset)."""
+    out: list[DatasetSnapshot] = []
+    for name, ds in sorted(datasets.items()):
+        rows = await catalog.list_backups(dataset=name, limit=HISTORY)
+        fail = await catalog.last_failure(name)
+        if fail is not None and fail.job_kind != "backup":
+            fail = None
+        failure = ""
+        if fail is not None:
+            failure = f"job {fail.job_id}: {fail.error_code or 'error'}: {fail.error_message or ''}"
+        out.append(
+            DatasetSnapshot(
+                dataset=name,
+                target=ds.target,
+                schedules=tuple(ds.schedules),
+                last_success=rows[0].finished_at if rows else None,
+                last_failure=fail.updated_at if fail else None,
+                failure=failure.rstrip(": "),
+                recent=tuple(RecentBackup(r.backup_type, r.duration_s) for r in rows),
+            )
+        )
+    return out
+
+
+class Alerter:
+    """Evaluates the alert rules of ``cfg``'s datasets; ``clock`` is the time source."""
+
+    def __init__(
+        self,
+        cfg: CoordinatorConfig,
+        catalog: Catalog,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.cfg = cfg
+        self.catalog = catalog
+        self.clock = clock
+        self.state = AlertState()
+
+    def firing(self) -> list[Alert]:
+        """The alerts firing now, oldest first."""
+        return sorted(self.state.firing.values(), key=lambda a: (a.starts_at, a.fingerprint))
+
+    def _generator_url(self, http_port: int | None) -> str | None:
+        """Where a human finds the alert: this coordinator's API, if it serves one on a
+        concrete address (a wildcard listen address says nothing about how to reach it)."""
+        http = self.cfg.http
+        if http is None or not http_port or http.listen in ("0.0.0.0", "::"):
+            return None
+        host = f"[{http.listen}]" if ":" in http.listen else http.listen
+        return f"http://{host}:{http_port}{API_PREFIX}/alerts"
+
+    async def run(
+        self,
+        bus: Bus,
+        http_port: int | None = None,
+        *,
+        task_status: Any = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Set up the sinks, signal readiness, then evaluate every ``interval_s``."""
+        alerts = self.cfg.alerts
+        nats = NatsSink(bus)
+        await nats.prepare()
+        async with contextlib.AsyncExitStack() as stack:
+            sinks: list[Sink] = [nats]
+            if alerts.webhook_url:
+                hook = WebhookSink(alerts.webhook_url, generator_url=self._generator_url(http_port))
+                sinks.append(await stack.enter_async_context(hook))
+            task_status.started()
+            while True:
+                await self.tick(sinks)
+                await anyio.sleep(alerts.interval_s)
+
+    async def tick(self, sinks: Sequence[Sink] = ()) -> list[Alert]:
+        """One evaluation; returns (and sends) the transitions."""
+        now = self.clock()
+        try:
+            snapshots = await read_snapshots(self.catalog, self.cfg.datasets)
+        except MosaicError as exc:
+            log.error("alert rules not evaluated, the catalog failed: %s", exc)
+            return []
+        findings = evaluate(snapshots, self.cfg.alerts, now)
+        self.state, transitions = step(self.state, findings, now, coordinator=self.cfg.name)
+        for a in transitions:
+            log.warning("alert %s %s: %s", a.fingerprint, a.status, a.summary)
+        for sink in sinks:
+            await sink.send(transitions)
+        return transitions

@@ -1,0 +1,178 @@
+"""``repo prune``: forget backups, then delete the packs no backup references.
+
+Which backups go is decided here (``--keep-last``, ``--forget`` or the GFS retention
+table of coordinator/retention.py); carrying it out, and why that is safe beside running
+backups, is agent/prune.py. ``--dry-run`` writes nothing and prints what would go and
+why. A deferred GC (a backup is running) or a pack kept by Object Lock is reported, not
+an error: exit code 0 unless something failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+from typing import cast, get_args
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from agent.prune import GcReport, collect_garbage, forget, plan_forget
+from coordinator.retention import Backup, select
+from mosaic.operator import size
+from mosaic.repo_cli import common_args, opened
+from shared import config
+from shared.config import RetentionConfig, TargetTier, Tier
+from shared.errors import ConfigError
+from shared.repository.manifest import Manifest
+
+TIERS: tuple[str, ...] = get_args(Tier)
+TARGET_TIERS: tuple[str, ...] = get_args(TargetTier)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("prune", help="forget old backups and delete unreferenced packs")
+    common_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keep-last", type=int, metavar="N", help="keep N newest per dataset")
+    which.add_argument("--forget", nargs="+", metavar="BACKUP_ID", help="forget these backups")
+    which.add_argument(
+        "--retention",
+        metavar="TIER[:TARGET_TIER]",
+        help="the default retention table; TIER for backups whose id names no tier "
+        "(e.g. daily), TARGET_TIER defaults to the target's configured tier",
+    )
+    p.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="wait between hiding garbage from the index and deleting it; must exceed the "
+        "longest gap between a backup opening the repository and taking its lease "
+        "(pre-hooks, reading the parent) plus clock skew (default 300)",
+    )
+    p.set_defaults(func=prune_cmd)
+
+
+def _tier_of(backup_id: str, default: Tier) -> Tier:
+    for part in backup_id.replace("_", "-").split("-"):
+        if part in TIERS:
+            return cast(Tier, part)
+    return default
+
+
+def _decide(args: argparse.Namespace, manifests: list[Manifest]) -> dict[str, tuple[bool, str]]:
+    """backup id → (keep, reason)."""
+    if args.forget is not None:
+        unknown = sorted(set(args.forget) - {m.backup_id for m in manifests})
+        if unknown:
+            raise ConfigError(f"no backup {', '.join(unknown)} in this repository (repo list)")
+        return {
+            m.backup_id: (False, "named by --forget")
+            if m.backup_id in args.forget
+            else (True, "not named by --forget")
+            for m in manifests
+        }
+    if args.keep_last is not None:
+        if args.keep_last < 1:
+            raise ConfigError(f"--keep-last {args.keep_last}: keep at least 1 per dataset")
+        out: dict[str, tuple[bool, str]] = {}
+        order = sorted(manifests, key=lambda m: (m.finished_at, m.backup_id), reverse=True)
+        seen: dict[str, int] = {}
+        for m in order:
+            n = seen[m.dataset] = seen.get(m.dataset, 0) + 1
+            keep = n <= args.keep_last
+            word = "among" if keep else "older than"
+            out[m.backup_id] = (keep, f"{word} the newest {args.keep_last} of {m.dataset}")
+        return out
+    tier, _, target_tier = str(args.retention).partition(":")
+    if not target_tier:
+        cfg = config.load(args.config, config.AgentConfig)
+        name = args.target or next(iter(cfg.targets))  # opened() checked the choice
+        target_tier = cfg.targets[name].tier
+    if tier not in TIERS or target_tier not in TARGET_TIERS:
+        raise ConfigError(
+            f"--retention {args.retention}: use TIER[:TARGET_TIER] with TIER one of "
+            f"{', '.join(TIERS)} and TARGET_TIER one of {', '.join(TARGET_TIERS)}"
+        )
+    backups = [
+        Backup(m.backup_id, m.dataset, _tier_of(m.backup_id, cast(Tier, tier)), m.finished_at)
+        for m in manifests
+    ]
+    decisions = select(backups, RetentionConfig(), cast(TargetTier, target_tier), _now())
+    return {d.backup.backup_id: (d.keep, d.reason) for d in decisions}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _manifest_table(manifests: list[Manifest], decided: dict[str, tuple[bool, str]]) -> Table:
+    t = Table(title="backups")
+    for col in ("backup", "dataset", "finished", "action", "why"):
+        t.add_column(col, overflow="fold")
+    for m in sorted(manifests, key=lambda m: (m.dataset, m.finished_at)):
+        keep, why = decided[m.backup_id]
+        when = f"{m.finished_at:%Y-%m-%d %H:%M:%S}"
+        t.add_row(m.backup_id, m.dataset, when, "keep" if keep else "forget", Text(why))
+    return t
+
+
+def _pack_table(rep: GcReport, dry_run: bool) -> Table:
+    t = Table(title="unreferenced packs")
+    for col in ("pack", "size", "outcome"):
+        t.add_column(col, overflow="fold")
+    locked = {p.pack_id: why for p, why in rep.locked}
+    deleted = {p.pack_id for p in rep.deleted}
+    for p in rep.plan.garbage:
+        if p.pack_id in locked:
+            outcome = f"kept: {locked[p.pack_id]}"
+        elif p.pack_id in deleted:
+            outcome = "deleted"
+        elif rep.deferred:
+            outcome = "kept for now (deferred)"
+        else:
+            outcome = "would be deleted" if dry_run else "kept"
+        t.add_row(p.key, size(p.size), Text(outcome))
+    return t
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+async def prune_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+    async with opened(args) as repo:
+        manifests = [await repo.load_manifest(b) for b in sorted(await repo.list_manifests())]
+        decided = _decide(args, manifests)
+        gone = plan_forget(manifests, {b for b, (keep, _) in decided.items() if keep})
+        if not args.dry_run:
+            await forget(repo, gone)
+        rep = await collect_garbage(
+            repo,
+            margin=timedelta(seconds=args.margin),
+            dry_run=args.dry_run,
+            forgotten=gone,
+        )
+    if not out.is_terminal:
+        out.width = max(out.width, 200)
+    out.print(_manifest_table(manifests, decided))
+    if rep.plan.garbage:
+        out.print(_pack_table(rep, args.dry_run))
+    verb = "would remove" if args.dry_run else "removed"
+    if args.dry_run and not rep.deferred:
+        packs, freed = rep.plan.garbage, sum(p.size for p in rep.plan.garbage)
+    else:
+        packs, freed = rep.deleted, rep.bytes_freed
+    line = (
+        f"{verb} {_n(len(gone), 'backup')}, {_n(len(packs), 'pack')} ({size(freed)} freed); "
+        f"{_n(len(rep.locked), 'pack')} kept because Object-Locked; "
+        f"{_n(len(rep.plan.keep), 'pack')} still referenced"
+    )
+    if rep.plan.unreadable:
+        line += f"; {_n(len(rep.plan.unreadable), 'unreadable pack')} left alone (run verify)"
+    if rep.deferred:
+        line += f"; garbage collection deferred: {rep.deferred}"
+    out.print(line, highlight=False, soft_wrap=True)
+    return 0

@@ -1,0 +1,240 @@
+"""Alerts end to end: real NATS, coordinator, agent and a real HTTP receiver as the
+webhook. A backup that fails (its source folder is missing) must reach the receiver once,
+in Alertmanager's format, and the NATS alerts stream once; a later successful backup
+resolves it; a receiver answering 500 never stops the coordinator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import msgspec
+import pytest
+from aiohttp import web
+from nats.js import api
+from rich.console import Console
+
+from agent.runner import AgentRunner, prepare_key
+from coordinator.catalog import open_catalog
+from coordinator.service import Coordinator
+from mosaic import operator
+from mosaic.operator import OperatorError
+from shared import subjects
+from shared.bus import Bus
+from shared.config import (
+    AgentConfig,
+    AlertsConfig,
+    CatalogConfig,
+    CoordinatorConfig,
+    DatasetConfig,
+    HttpConfig,
+    LocalTargetConfig,
+    load,
+)
+from shared.errors import ConfigError
+from shared.messages import (
+    Alert,
+    BackupCompleted,
+    FilesSource,
+    StatusReply,
+    StatusRequest,
+    alert_decoder,
+)
+from shared.targets import open_target
+from tests.harness import make_tree, unique, write_toml
+
+QUIET = Console(quiet=True)
+
+
+@dataclass
+class Receiver:
+    """An HTTP server that records the JSON bodies POSTed to it."""
+
+    status: int = 200
+    posts: list[list[dict[str, Any]]] = field(default_factory=list)
+    url: str = ""
+    _posted: anyio.Event = field(default_factory=anyio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.posts.append(await request.json())
+        self._posted.set()
+        self._posted = anyio.Event()
+        return web.Response(status=self.status)
+
+    async def wait_posts(self, n: int, timeout: float = 20) -> None:
+        with anyio.fail_after(timeout):
+            while len(self.posts) < n:
+                await self._posted.wait()
+
+
+@asynccontextmanager
+async def receiver(status: int = 200) -> AsyncIterator[Receiver]:
+    rec = Receiver(status=status)
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class AlertStack:
+    bus: Bus
+    dataset: str
+    http_url: str
+
+
+@asynccontextmanager
+async def alert_stack(
+    nats_url: str, work: Path, source: Path, webhook_url: str
+) -> AsyncIterator[AlertStack]:
+    """A coordinator (HTTP on, alerts every 0.1 s to ``webhook_url``) and an agent."""
+    name, dataset = unique("agent"), unique("ds")
+    agent_cfg = AgentConfig(
+        name=name,
+        nats_url=nats_url,
+        key_file=str(work / "repo.key"),
+        targets={"t": LocalTargetConfig(path=str(work / "repo"))},
+        ack_wait_s=5.0,
+        progress_interval_s=0.2,
+    )
+    cfg = CoordinatorConfig(
+        name=unique("coord"),
+        nats_url=nats_url,
+        catalog=CatalogConfig(url=f"sqlite:///{work / 'catalog.db'}"),
+        datasets={
+            dataset: DatasetConfig(agent=name, target="t", source=FilesSource(path=str(source)))
+        },
+        http=HttpConfig(port=0),
+        alerts=AlertsConfig(webhook_url=webhook_url, interval_s=0.1),
+    )
+    catalog = await open_catalog(cfg.catalog.url)
+    try:
+        async with anyio.create_task_group() as tg:
+            coordinator = Coordinator(cfg, catalog)
+            await tg.start(coordinator.run)
+            targets = {n: open_target(n, t) for n, t in agent_cfg.targets.items()}
+            key, _ = await prepare_key(agent_cfg, targets)
+            runner = AgentRunner(agent_cfg, key, targets)
+            await tg.start(runner.run)
+            bus = await Bus.connect(nats_url, name="test")
+            try:
+                yield AlertStack(bus, dataset, f"http://127.0.0.1:{coordinator.http_port}")
+            finally:
+                await bus.aclose()
+                await runner.aclose()
+                tg.cancel_scope.cancel()
+    finally:
+        await catalog.aclose()
+
+
+async def firing(http_url: str) -> list[Alert]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{http_url}/api/v1/alerts") as resp,
+    ):
+        assert resp.status == 200
+        body = await resp.read()
+    return msgspec.json.decode(body, type=dict[str, list[Alert]])["alerts"]
+
+
+async def test_failed_backup_fires_once_and_resolves_after_success(
+    nats_url: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"  # missing: the first backup fails
+    async with receiver() as hook, alert_stack(nats_url, tmp_path, src, hook.url) as st:
+        sub = await st.bus.js.subscribe(
+            subjects.alert("backup_failed", st.dataset),
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+        with pytest.raises(OperatorError):
+            await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
+
+        await hook.wait_posts(1)
+        [[doc]] = hook.posts
+        assert doc["labels"] == {
+            "alertname": "backup_failed",
+            "dataset": st.dataset,
+            "severity": "critical",
+        }
+        assert "endsAt" not in doc  # firing
+        assert st.dataset in doc["annotations"]["summary"]
+        assert "generatorURL" in doc and doc["generatorURL"].endswith("/api/v1/alerts")
+        started = datetime.fromisoformat(doc["startsAt"])
+
+        fired = alert_decoder.decode((await sub.next_msg(timeout=10)).data)
+        assert (fired.status, fired.rule, fired.dataset) == ("firing", "backup_failed", st.dataset)
+        assert fired.starts_at == started
+
+        [listed] = await firing(st.http_url)
+        assert listed.fingerprint == fired.fingerprint and listed.status == "firing"
+
+        await anyio.sleep(0.5)  # five more evaluations: still firing, nothing re-sent
+        assert len(hook.posts) == 1
+
+        make_tree(src, big_mib=1)
+        done = await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
+        assert isinstance(done, BackupCompleted)
+        await hook.wait_posts(2)
+        [resolved] = hook.posts[1]
+        assert resolved["labels"]["alertname"] == "backup_failed"
+        assert datetime.fromisoformat(resolved["startsAt"]) == started
+        assert datetime.fromisoformat(resolved["endsAt"]) >= started
+
+        again = alert_decoder.decode((await sub.next_msg(timeout=10)).data)
+        assert again.status == "resolved" and again.ends_at is not None
+        assert await firing(st.http_url) == []
+        await anyio.sleep(0.3)
+        assert len(hook.posts) == 2
+        await sub.unsubscribe()
+
+
+async def test_failing_webhook_does_not_stop_the_coordinator(nats_url: str, tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+    async with (
+        receiver(status=500) as hook,
+        alert_stack(nats_url, tmp_path, missing, hook.url) as st,
+    ):
+        with pytest.raises(OperatorError):
+            await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
+        await hook.wait_posts(3)  # bounded retries (1 s, then 2 s apart)
+        await anyio.sleep(1.0)
+        assert len(hook.posts) == 3  # given up; not repeated on later evaluations
+
+        # the coordinator still answers, over HTTP and NATS, and still knows the alert
+        [listed] = await firing(st.http_url)
+        assert listed.rule == "backup_failed"
+        reply = await st.bus.request("status", StatusRequest())
+        assert isinstance(reply, StatusReply) and reply.recent_failures
+
+
+def test_webhook_url_is_validated_at_load(tmp_path: Path) -> None:
+    ok = load(
+        write_toml(
+            tmp_path / "a.toml", '[alerts]\nwebhook_url = "https://am:9093/api/v2/alerts"\n'
+        ),
+        CoordinatorConfig,
+    )
+    assert ok.alerts.webhook_url == "https://am:9093/api/v2/alerts"
+    assert ok.alerts.interval_s == 60 and ok.alerts.duration_factor == 2.0
+    assert load(write_toml(tmp_path / "b.toml", ""), CoordinatorConfig).alerts == AlertsConfig()
+    bad = write_toml(tmp_path / "c.toml", '[alerts]\nwebhook_url = "ftp://u:secret@host/x"\n')
+    with pytest.raises(ConfigError, match=r"alerts\.webhook_url") as exc:
+        load(bad, CoordinatorConfig)
+    assert "secret" not in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match=r"alerts\.interval_s"):
+        load(write_toml(tmp_path / "d.toml", "[alerts]\ninterval_s = 0\n"), CoordinatorConfig)
