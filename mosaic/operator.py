@@ -13,16 +13,9 @@ from typing import TypeVar
 
 import anyio
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
+from mosaic.progress import byte_bar
 from shared.bus import Bus
 from shared.errors import MosaicError
 from shared.messages import (
@@ -76,16 +69,8 @@ def _expect(reply: ApiReply, kind: type[T]) -> T:
 
 async def follow(bus: Bus, job_id: str, err: Console, *, timeout: float, label: str) -> Event:
     """Show a job's progress until it completes or fails; return the final event."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(f"{label} (waiting for agent)", total=None)
+    bar, task, _ = byte_bar(err, f"{label} (waiting for agent)")
+    with bar:
         async with aclosing(bus.watch_job(job_id, timeout=timeout)) as events:
             async for ev in events:
                 if isinstance(ev, JobStarted):

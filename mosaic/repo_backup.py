@@ -14,21 +14,13 @@ from datetime import UTC, datetime
 
 import anyio.to_thread
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as Bar
 from rich.table import Table
 
 from agent.backup import BackupSpec, backup_dataset
-from agent.progress import Progress, ProgressFn
 from agent.restore import restore_backup
 from agent.runner import key_notice, prepare_key, write_options
 from mosaic.operator import size, summary_table
+from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened, target_from
 from shared.errors import ConfigError
 from shared.messages import FilesSource
@@ -73,24 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=list_cmd)
 
 
-def _bar(err: Console, label: str) -> tuple[Bar, ProgressFn]:
-    bar = Bar(
-        TextColumn(label),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task(label, total=None)
-
-    async def report(p: Progress) -> None:
-        bar.update(task, total=p.bytes_total or None, completed=p.bytes_done)
-
-    return bar, report
-
-
 async def _latest(repo: Repository, dataset: str) -> str | None:
     ids = sorted(i for i in await repo.list_manifests() if i.startswith(f"local-{dataset}-"))
     return ids[-1] if ids else None
@@ -118,7 +92,7 @@ async def backup_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
         backup_type=args.backup_type,
         parent_backup_id=await _latest(repo, dataset),
     )
-    bar, report = _bar(err, f"backup {dataset}")
+    bar, _, report = byte_bar(err, f"backup {dataset}")
     with bar:
         m = await backup_dataset(repo, spec, report=report)
     await target.aclose()
@@ -133,7 +107,7 @@ async def backup_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
 async def restore_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
     async with opened(args) as repo:
         m = await repo.load_manifest(args.backup_id)
-        bar, report = _bar(err, f"restore {args.backup_id}")
+        bar, _, report = byte_bar(err, f"restore {args.backup_id}")
         t0 = time.monotonic()
         with bar:
             files, nbytes = await restore_backup(

@@ -17,18 +17,10 @@ from typing import IO
 import anyio
 import anyio.to_thread
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as Bar
 
 from agent.export import export_tar
-from agent.progress import Progress
 from mosaic.operator import size
+from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened
 from shared.errors import ConfigError
 
@@ -70,20 +62,7 @@ async def export_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
         )
     async with opened(args) as repo:
         m = await repo.load_manifest(args.backup_id)
-        bar = Bar(
-            TextColumn(f"export {args.backup_id}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,  # no stray lines in logs and pipes
-        )
-        task = bar.add_task("export", total=None)
-
-        async def report(p: Progress) -> None:
-            bar.update(task, total=p.bytes_total or None, completed=p.bytes_done)
+        bar, _, report = byte_bar(err, f"export {args.backup_id}")
 
         t0 = time.monotonic()
         if to_stdout:

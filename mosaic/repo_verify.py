@@ -18,20 +18,12 @@ from typing import Any, cast
 
 import msgspec
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as Bar
 from rich.table import Table
 from rich.text import Text
 
-from agent.progress import Progress
 from agent.verify import Problem, VerifyReport, verify
 from mosaic.operator import size
+from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, target_from
 from shared.errors import ObjectNotFound, RepositoryError, TargetError, WrongKeyError
 from shared.repository import format as fmt
@@ -190,20 +182,7 @@ async def verify_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
             ) from None
         if subset < 100:
             out.print(f"reading {subset:g}% of the packs, seed {seed} (repeat with --seed {seed})")
-        bar = Bar(
-            TextColumn("verify"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,  # no stray lines in logs and pipes
-        )
-        task = bar.add_task("verify", total=None)
-
-        async def report(p: Progress) -> None:
-            bar.update(task, total=p.bytes_total or None, completed=p.bytes_done)
+        bar, _, report = byte_bar(err, "verify")
 
         with bar:
             rep = await verify(
