@@ -21,8 +21,9 @@ from agent.backup import BackupSpec, backup_dataset
 from agent.hooks import run_post, run_pre
 from agent.progress import Progress
 from agent.restore import restore_backup
+from shared import subjects
 from shared.bus import Bus, fetch_one
-from shared.config import AgentConfig
+from shared.config import AgentConfig, nats_password
 from shared.errors import ConfigError, KeyFileError, MosaicError, WrongKeyError
 from shared.messages import (
     BackupCompleted,
@@ -103,10 +104,17 @@ class AgentRunner:
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         bus = await Bus.connect(
-            self.cfg.nats_url, name=f"agent-{self.cfg.name}", timeout=self.cfg.connect_timeout_s
+            self.cfg.nats_url,
+            name=f"agent-{self.cfg.name}",
+            timeout=self.cfg.connect_timeout_s,
+            user=self.cfg.nats_user,
+            password=nats_password(self.cfg),
+            inbox_prefix=subjects.agent_inbox(self.cfg.name),
         )
         try:
-            await bus.ensure_streams()
+            # An agent with its own NATS user runs under `nats-config` permissions,
+            # which leave stream management to the coordinator.
+            await bus.ensure_streams(create=self.cfg.nats_user is None)
             sub = await bus.job_consumer(self.cfg.name, self.cfg.ack_wait_s)
             log.info("agent %s ready on %s", self.cfg.name, bus.url)
             task_status.started()

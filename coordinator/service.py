@@ -20,10 +20,11 @@ from nats.errors import Error as NatsError
 from coordinator.alerter import Alerter
 from coordinator.catalog.base import Catalog
 from coordinator.http import HttpApi
+from coordinator.leader import Leader
 from coordinator.scheduler import Scheduler
 from shared import subjects
 from shared.bus import Bus
-from shared.config import CoordinatorConfig
+from shared.config import CoordinatorConfig, nats_password
 from shared.errors import BusError
 from shared.messages import (
     ApiError,
@@ -39,6 +40,7 @@ from shared.messages import (
     Event,
     JobAccepted,
     JobFailed,
+    JobProgress,
     JobRecord,
     JobStarted,
     ListRequest,
@@ -48,6 +50,7 @@ from shared.messages import (
     StatusReply,
     StatusRequest,
     event_decoder,
+    event_kind,
     utcnow,
 )
 from shared.tasks import task_group
@@ -72,6 +75,7 @@ class Coordinator:
         self.cfg = cfg
         self.catalog = catalog
         self.bus: Bus | None = None
+        self.leader: Leader | None = None
         self.scheduler = Scheduler(
             {name: ds.schedules for name, ds in cfg.datasets.items()},
             catalog,
@@ -89,24 +93,38 @@ class Coordinator:
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         bus = self.bus = await Bus.connect(
-            self.cfg.nats_url, name=self.cfg.name, timeout=self.cfg.connect_timeout_s
+            self.cfg.nats_url,
+            name=self.cfg.name,
+            timeout=self.cfg.connect_timeout_s,
+            user=self.cfg.nats_user,
+            password=nats_password(self.cfg),
         )
         try:
             await bus.ensure_streams()
             for verb in API_VERBS:
                 await bus.serve(verb, self.handle)
             sub = await bus.events_consumer(subjects.COORDINATOR_EVENTS_CONSUMER)
+            owner = f"{self.cfg.name}/{os.urandom(4).hex()}"
+            self.leader = Leader(bus.js, owner, ttl_s=self.cfg.leader_ttl_s)
             async with task_group() as tg:
-                # The coordinator's long-running parts, one line each.
+                # The coordinator's long-running parts, one line each. Every instance
+                # records events and answers; only the lease holder schedules and alerts.
                 tg.start_soon(self._consume_events, sub)
-                await tg.start(self.scheduler.run)  # returns at once if nothing is scheduled
                 await tg.start(self.http.serve)
-                await tg.start(self.alerter.run, bus, self.http_port)
+                await tg.start(self.leader.run_when_leader, self._run_active)
                 log.info("coordinator %s ready on %s", self.cfg.name, bus.url)
                 task_status.started()
         finally:
             with anyio.CancelScope(shield=True):
                 await bus.aclose()
+
+    async def _run_active(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """The parts that must run on one coordinator only, while it holds the lease."""
+        assert self.bus is not None
+        async with task_group() as tg:
+            await tg.start(self.scheduler.run)  # returns at once if nothing is scheduled
+            await tg.start(self.alerter.run, self.bus, self.http_port)
+            task_status.started()
 
     # --- events → catalog -------------------------------------------------------------
 
@@ -123,8 +141,39 @@ class Coordinator:
                     log.error("dropping undecodable event on %s: %s", msg.subject, exc)
                     await msg.term()
                     continue
+                if not await self._authentic(msg.subject, ev):
+                    await msg.term()
+                    continue
                 await self.record(ev)
                 await msg.ack()
+
+    async def _authentic(self, subject: str, ev: Event) -> bool:
+        """An event counts only if it comes from the agent it names, on that agent's own
+        subject (which NATS permissions restrict to that agent), about a job this
+        coordinator gave that agent for that dataset. Otherwise one compromised agent
+        could record backups, or failures, in another's name."""
+        parts = subject.split(".")
+        if len(parts) != 5 or parts[2] != ev.agent or parts[3] != ev.job_id:
+            log.warning(
+                "ignoring event on %s: it names agent %s, job %s", subject, ev.agent, ev.job_id
+            )
+            return False
+        if isinstance(ev, JobProgress):
+            return True
+        job = await self.catalog.get_job(ev.job_id)
+        if (
+            job is None
+            or job.agent != ev.agent
+            or (isinstance(ev, BackupCompleted) and ev.dataset != job.dataset)
+        ):
+            log.warning(
+                "ignoring %s event for job %s from agent %s: not that agent's job",
+                event_kind(ev),
+                ev.job_id,
+                ev.agent,
+            )
+            return False
+        return True
 
     async def record(self, ev: Event) -> None:
         cat = self.catalog
@@ -289,4 +338,5 @@ class Coordinator:
             datasets=rows,
             recent_failures=await self.catalog.recent_failures(limit=10),
             backups_total=await self.catalog.count_backups(),
+            active=self.leader.is_leader if self.leader is not None else None,
         )

@@ -112,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     repo_cli.register(sub)
 
     p = sub.add_parser(
+        "nats-config",
+        help="write a nats-server config with one user per agent and subject permissions",
+    )
+    p.add_argument("--agents", required=True, help="agent names, comma-separated: a1,a2")
+    p.add_argument("--coordinator-user", default="coordinator", help="default: coordinator")
+    p.add_argument("--operator-user", default="operator", help="user for CLIs (default: operator)")
+    p.add_argument("--out", default=".", help="folder for nats-server.conf and creds/ (default: .)")
+    p.add_argument("--listen", default="0.0.0.0", help="address nats-server binds (default: all)")
+    p.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
+    p.add_argument("--store-dir", default=None, help="JetStream storage (default: OUT/jetstream)")
+
+    p = sub.add_parser(
         "quickstart", help="run NATS, a coordinator and an agent locally; back up, restore, compare"
     )
     p.add_argument("--path", default=None, help="folder to back up (default: generated sample)")
@@ -187,6 +199,21 @@ async def _dispatch(args: argparse.Namespace) -> int:
     elif cmd == "repo":
         code: int = await args.func(args, out, err)
         return code
+    elif cmd == "nats-config":
+        from pathlib import Path
+
+        from mosaic.natsconfig import write_config
+
+        conf = write_config(
+            Path(args.out),
+            [a.strip() for a in args.agents.split(",") if a.strip()],
+            coordinator_user=args.coordinator_user,
+            operator_user=args.operator_user,
+            host=args.listen,
+            port=args.port,
+            store_dir=Path(args.store_dir) if args.store_dir else None,
+        )
+        out.print(f"wrote {conf} and passwords in {conf.parent / 'creds'} (mode 0600)")
     elif cmd == "quickstart":
         from mosaic.quickstart import quickstart
 

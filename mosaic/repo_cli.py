@@ -30,6 +30,7 @@ TOOLS: list[str] = [
     "mosaic.repo_export",
     "mosaic.repo_catalog",
     "mosaic.repo_prune",
+    "mosaic.repo_replicate",
 ]
 
 

@@ -61,8 +61,14 @@ def strip_credentials(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//", url)
 
 
-async def _quiet(_: Exception) -> None:
-    """nats-py logs every reconnect failure loudly; our callers report errors themselves."""
+async def _quiet(exc: Exception) -> None:
+    """nats-py logs every reconnect failure loudly; our callers report errors themselves.
+
+    A permissions violation is the exception: the server drops the denied message and
+    the caller only sees a timeout, so the subject the server refused is logged here.
+    """
+    if "permissions violation" in str(exc).lower():
+        log.warning("NATS refused: %s", exc)
 
 
 class Bus:
@@ -73,23 +79,53 @@ class Bus:
         self._closed = False
 
     @classmethod
-    async def connect(cls, url: str, *, name: str, timeout: float = 10.0) -> Bus:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        name: str,
+        timeout: float = 10.0,
+        user: str | None = None,
+        password: str | None = None,
+        inbox_prefix: str | None = None,
+    ) -> Bus:
         """Connect, retrying until ``timeout``; BusError naming the URL if it never works.
 
         After the first connection, nats-py reconnects forever (daemons ride out NATS
-        restarts); only the initial wait is bounded.
+        restarts); only the initial wait is bounded. Refused credentials fail at once:
+        retrying cannot help. ``inbox_prefix`` gives an agent inboxes that only its own
+        NATS user may subscribe to (``subjects.agent_inbox``).
         """
         nc = NATS()
-        with anyio.move_on_after(timeout):
+        auth: dict[str, Any] = {}
+        if user is not None:
+            auth = {"user": user, "password": password or ""}
+        if inbox_prefix is not None:
+            auth["inbox_prefix"] = inbox_prefix
+        scope = anyio.move_on_after(timeout)
+        refused = False
+
+        async def on_error(exc: Exception) -> None:
+            # nats-py retries refused credentials forever and only tells error_cb. Stop
+            # in its back-off sleep (reconnect_time_wait=1): cancelled right here, it
+            # would leave the refused attempt's socket open.
+            nonlocal refused
+            if not nc.is_connected and "authorization violation" in str(exc).lower():
+                refused = True
+                scope.deadline = min(scope.deadline, anyio.current_time() + 0.2)
+            await _quiet(exc)
+
+        with scope:
             try:
                 await nc.connect(
                     url,
                     name=name,
+                    **auth,
                     connect_timeout=2,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
-                    error_cb=_quiet,
+                    error_cb=on_error,
                     drain_timeout=5,  # a stopping process must not hang for 30 s
                 )
                 return cls(nc, url)
@@ -97,6 +133,13 @@ class Bus:
                 pass  # reported below, with the URL
         with anyio.CancelScope(shield=True):
             await nc.close()
+        if refused:
+            who = f"user {user!r}" if user else "a client without credentials"
+            raise BusError(
+                f"NATS at {strip_credentials(url)} refused {who}: wrong or missing "
+                "credentials (check nats_user and nats_password_file)",
+                retryable=False,
+            )
         raise BusError(
             f"NATS at {strip_credentials(url)} is unreachable after {timeout:.0f}s; "
             "start nats-server or fix nats_url",
@@ -118,7 +161,20 @@ class Bus:
         except BadRequestError:
             await self.js.update_stream(cfg)
 
-    async def ensure_streams(self) -> None:
+    async def ensure_streams(self, *, create: bool = True) -> None:
+        """Create or update both streams; with ``create=False`` (an agent whose NATS user
+        may not manage streams) only check that the coordinator has made them."""
+        if not create:
+            for stream in (subjects.JOBS_STREAM, subjects.EVENTS_STREAM):
+                try:
+                    await self.js.stream_info(stream)
+                except NotFoundError:
+                    raise BusError(
+                        f"stream {stream} does not exist on NATS at {self.url}: start the "
+                        "coordinator first (this NATS user may not create streams)",
+                        retryable=True,
+                    ) from None
+            return
         await self._ensure_stream(
             api.StreamConfig(
                 name=subjects.JOBS_STREAM,

@@ -127,6 +127,11 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # packs uploaded between index checkpoints: a killed backup re-uploads at most these
     index_every_packs: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 16
     hooks: dict[Name, HookConfig] = {}
+    # NATS user name and a file holding only its password (``mosaic-backup nats-config``
+    # writes both); the password is read when connecting and never logged. Unset: connect
+    # without credentials.
+    nats_user: str | None = None
+    nats_password_file: str | None = None
 
 
 Tier = Literal["daily", "weekly", "monthly", "yearly", "config", "translog"]
@@ -253,6 +258,15 @@ class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     http: HttpConfig | None = None
     # Alert rules and sinks (see AlertsConfig); on by default, with no webhook.
     alerts: AlertsConfig = AlertsConfig()
+    # Active/standby: coordinators on one NATS share a lease (coordinator/leader.py);
+    # only its holder schedules and alerts. A standby takes over at most about this
+    # long (plus one poll, a sixth of it) after the active one dies; between 1 and 60.
+    leader_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=60)] = 6.0
+    # NATS user name and a file holding only its password (``mosaic-backup nats-config``
+    # writes both); the password is read when connecting and never logged. Unset: connect
+    # without credentials.
+    nats_user: str | None = None
+    nats_password_file: str | None = None
 
 
 _HINTS = {
@@ -409,3 +423,21 @@ def _check_alerts(p: Path, alerts: AlertsConfig) -> None:
             "https:// URL (write the receiver's full URL, e.g. "
             "http://alertmanager:9093/api/v2/alerts)"
         )
+
+
+def nats_password(cfg: AgentConfig | CoordinatorConfig) -> str | None:
+    """The password in ``cfg.nats_password_file`` (trailing newline dropped), or None.
+
+    Read when connecting, not at load time, so the secret is never part of a config
+    object that might be printed.
+    """
+    if cfg.nats_password_file is None:
+        return None
+    p = Path(cfg.nats_password_file)
+    try:
+        return p.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"nats_password_file {p} cannot be read: {exc.strerror} (fix the path or its "
+            "permissions; `mosaic-backup nats-config` writes it)"
+        ) from exc

@@ -282,6 +282,9 @@ class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
     datasets: list[DatasetStatus]
     recent_failures: list[JobRecord]
     backups_total: int
+    # whether the answering coordinator holds the lease (runs the scheduler and alerts);
+    # None from coordinators that predate the lease
+    active: bool | None = None
 
 
 class ApiError(_Msg, frozen=True, kw_only=True, tag="error"):

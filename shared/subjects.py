@@ -81,3 +81,74 @@ def alerts_all() -> str:
 
 def alert(rule: str, dataset: str) -> str:
     return f"{PREFIX}.alert.{check_token('alert rule', rule)}.{check_token('dataset', dataset)}"
+
+
+# --- permissions (added with mosaic/natsconfig.py) -------------------------------------
+#
+# The subjects each NATS user may use, as nats-server permission lists. Worked out
+# against nats-server 2.15 and nats-py 2.16 by denying everything and adding back what
+# the real calls needed (tests/test_nats_security.py proves the sets both work and
+# keep agents apart). An agent gets its own inbox prefix: with the shared ``_INBOX.>``
+# every agent could subscribe to the inbox that another agent's jobs are delivered to.
+
+JS_API = "$JS.API"
+
+
+def agent_inbox(agent: str) -> str:
+    """Inbox prefix of one agent's connection: pull consumers deliver jobs there."""
+    return f"_INBOX_{check_token('agent name', agent)}"
+
+
+def agent_publish_allow(agent: str) -> list[str]:
+    """What an agent may publish: its events, and the JetStream API calls for its own
+    consumer (look up, create with its own filter, pull, ack) and for checking that the
+    streams exist. It cannot create or change streams, nor touch any other consumer."""
+    durable = agent_consumer(agent)
+    return [
+        f"{PREFIX}.event.{check_token('agent name', agent)}.>",
+        f"{JS_API}.STREAM.INFO.{JOBS_STREAM}",
+        f"{JS_API}.STREAM.INFO.{EVENTS_STREAM}",
+        f"{JS_API}.CONSUMER.INFO.{JOBS_STREAM}.{durable}",
+        f"{JS_API}.CONSUMER.CREATE.{JOBS_STREAM}.{durable}.{job(agent)}",
+        f"{JS_API}.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{durable}",
+        f"$JS.ACK.{JOBS_STREAM}.{durable}.>",
+    ]
+
+
+def agent_subscribe_allow(agent: str) -> list[str]:
+    """What an agent may subscribe to: only its own inboxes (replies and pulled jobs)."""
+    return [f"{agent_inbox(agent)}.>"]
+
+
+def coordinator_allow() -> list[str]:
+    """The coordinator publishes jobs, serves the API, manages streams and holds the
+    leader lease (a KV bucket, ``$KV.…``): all of ours."""
+    return [f"{PREFIX}.>", "$JS.>", "$KV.>", "_INBOX.>"]
+
+
+def operator_publish_allow() -> list[str]:
+    """Operator CLIs send API requests and follow one job's events with an ephemeral
+    ordered consumer on the events stream (``watch_job``)."""
+    return [
+        f"{PREFIX}.api.>",
+        f"{JS_API}.STREAM.NAMES",
+        f"{JS_API}.STREAM.INFO.{EVENTS_STREAM}",
+        f"{JS_API}.CONSUMER.CREATE.{EVENTS_STREAM}",  # ordered consumers: no name
+        f"{JS_API}.CONSUMER.CREATE.{EVENTS_STREAM}.>",
+        f"{JS_API}.CONSUMER.DELETE.{EVENTS_STREAM}.>",
+        f"{JS_API}.CONSUMER.INFO.{EVENTS_STREAM}.>",
+        f"$JS.FC.{EVENTS_STREAM}.>",
+    ]
+
+
+def operator_subscribe_allow() -> list[str]:
+    return ["_INBOX.>"]
+
+
+# --- coordinator lease (added with coordinator/leader.py) -------------------------------
+#
+#     KV bucket mosaic_lease, key ``leader`` = "<coordinator name>/<instance id>"
+#
+# Entries expire after the bucket's ttl, so a dead coordinator's lease ends by itself.
+
+LEADER_BUCKET = "mosaic_lease"

@@ -116,9 +116,16 @@ async def running_stack(
     agent_name: str | None = None,
     http: bool = False,
     hooks: HookConfig | None = None,
+    agent_user: str | None = None,
+    agent_password_file: str | None = None,
+    coordinator_user: str | None = None,
+    coordinator_password_file: str | None = None,
+    client_user: str | None = None,
+    client_password: str | None = None,
 ) -> AsyncIterator[Stack]:
     """A coordinator and (optionally) an agent in this process, for one dataset; with
-    ``http``, the coordinator also serves its HTTP API on a free loopback port."""
+    ``http``, the coordinator also serves its HTTP API on a free loopback port. The
+    ``*_user`` arguments connect each part as that NATS user (``nats-config``)."""
     name = agent_name or unique("agent")
     dataset = unique("ds")
     agent_cfg = AgentConfig(
@@ -129,6 +136,8 @@ async def running_stack(
         ack_wait_s=5.0,
         progress_interval_s=0.2,
         hooks={dataset: hooks} if hooks else {},
+        nats_user=agent_user,
+        nats_password_file=agent_password_file,
     )
     coord_cfg = CoordinatorConfig(
         name=unique("coord"),
@@ -136,6 +145,8 @@ async def running_stack(
         catalog=CatalogConfig(url=catalog_url or f"sqlite:///{work / 'catalog.db'}"),
         datasets={dataset: DatasetConfig(agent=name, target="t", source=_source(source))},
         http=HttpConfig(port=0) if http else None,
+        nats_user=coordinator_user,
+        nats_password_file=coordinator_password_file,
     )
     catalog = await open_catalog(coord_cfg.catalog.url)
     try:
@@ -150,7 +161,9 @@ async def running_stack(
                 key, _ = await prepare_key(agent_cfg, targets)
                 runner = AgentRunner(agent_cfg, key, targets)
                 await tg.start(runner.run)
-            bus = await Bus.connect(nats_url, name="test")
+            bus = await Bus.connect(
+                nats_url, name="test", user=client_user, password=client_password
+            )
             try:
                 yield Stack(bus, agent_cfg, coord_cfg, dataset, source, http_url)
             finally:

@@ -1,0 +1,140 @@
+"""``mosaic-backup nats-config``: a nats-server config with one user per agent.
+
+Why: without it every agent can read every other agent's jobs (restore jobs name paths
+and backup ids) and publish events in another agent's name, which the coordinator would
+record as that agent's backups. The generated ``authorization`` block gives each agent
+a user that may only pull its own consumer and publish its own events
+(``shared.subjects.agent_publish_allow``), the coordinator a user for all of mosaic's
+subjects, and operators a user for API requests.
+
+Files written under ``--out``::
+
+    nats-server.conf           listen, jetstream, authorization (bcrypt hashes only)
+    creds/<user>.password      one random password per user, mode 0600
+
+nats-server treats a password that starts with ``$2a$`` as a bcrypt hash, so the server
+config holds no secret; it is still written 0600. Point an agent at its password with
+``nats_user`` and ``nats_password_file`` in agent.toml (coordinator.toml alike).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcrypt
+
+from shared import subjects
+from shared.errors import ConfigError
+
+DEFAULT_COORDINATOR_USER = "coordinator"
+DEFAULT_OPERATOR_USER = "operator"
+BCRYPT_ROUNDS = 11  # nats-server's own `nats server passwd` default
+
+
+@dataclass(frozen=True)
+class NatsUser:
+    """One ``authorization.users`` entry; ``password`` is the plaintext, for the file."""
+
+    name: str
+    password: str
+    publish: list[str]
+    subscribe: list[str]
+
+    def entry(self) -> dict[str, object]:
+        hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS))
+        return {
+            "user": self.name,
+            "password": hashed.decode(),
+            "permissions": {
+                "publish": {"allow": self.publish},
+                "subscribe": {"allow": self.subscribe},
+            },
+        }
+
+
+def plan_users(
+    agents: list[str],
+    coordinator_user: str = DEFAULT_COORDINATOR_USER,
+    operator_user: str = DEFAULT_OPERATOR_USER,
+) -> list[NatsUser]:
+    """Users and their permissions; agents' users carry the agents' names."""
+    if not agents:
+        raise ConfigError("nats-config: no agent given (pass --agents NAME[,NAME…])")
+    names = [subjects.check_token("agent name", a) for a in agents]
+    names += [subjects.check_token("user name", u) for u in (coordinator_user, operator_user)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(
+            f"nats-config: user name {dupes[0]!r} is given twice (each agent, the coordinator "
+            "and the operator need a user of their own: rename one or pass --coordinator-user)"
+        )
+    coord = subjects.coordinator_allow()
+    users = [NatsUser(coordinator_user, secrets.token_urlsafe(32), coord, coord)]
+    users.append(
+        NatsUser(
+            operator_user,
+            secrets.token_urlsafe(32),
+            subjects.operator_publish_allow(),
+            subjects.operator_subscribe_allow(),
+        )
+    )
+    users += [
+        NatsUser(
+            a,
+            secrets.token_urlsafe(32),
+            subjects.agent_publish_allow(a),
+            subjects.agent_subscribe_allow(a),
+        )
+        for a in agents
+    ]
+    return users
+
+
+def render(users: list[NatsUser], *, store_dir: Path, host: str, port: int) -> str:
+    """The server config text. JSON values are valid in nats-server's config syntax,
+    and quoting every subject keeps ``$JS…`` from being read as a variable."""
+    lines = [
+        "# Written by `mosaic-backup nats-config`; regenerate rather than edit.",
+        f"listen: {json.dumps(f'{host}:{port}')}",
+        f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
+        "authorization {",
+        "  users: [",
+    ]
+    lines += [f"    {json.dumps(u.entry())}" for u in users]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create or replace ``path`` readable by its owner only, never briefly wider."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_config(
+    out: Path,
+    agents: list[str],
+    *,
+    coordinator_user: str = DEFAULT_COORDINATOR_USER,
+    operator_user: str = DEFAULT_OPERATOR_USER,
+    host: str = "0.0.0.0",
+    port: int = 4222,
+    store_dir: Path | None = None,
+) -> Path:
+    """Write the server config and one password file per user; return the config path."""
+    users = plan_users(agents, coordinator_user, operator_user)
+    creds = out / "creds"
+    creds.mkdir(parents=True, exist_ok=True)
+    os.chmod(creds, 0o700)
+    for u in users:
+        _write_private(creds / f"{u.name}.password", u.password + "\n")
+    conf = out / "nats-server.conf"
+    store = store_dir if store_dir is not None else out / "jetstream"
+    _write_private(conf, render(users, store_dir=store.resolve(), host=host, port=port))
+    return conf
