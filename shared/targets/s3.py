@@ -22,7 +22,7 @@ s3:DeleteObjectVersion and s3:GetBucketObjectLockConfiguration.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,6 +44,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from shared.config import S3TargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
 from shared.targets.base import ObjectInfo, SpaceInfo, check_key
+from shared.targets.s3_versions import delete_version, versions_of
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -459,55 +460,19 @@ class S3Target:
         # Non-current versions first and the current one last: the key keeps its value (or
         # stays absent behind a delete marker) until every version is gone, so a delete
         # stopped by a locked version changes nothing that readers see.
-        versions = await self._call("delete", key, lambda: self._versions_of(k))
+        versions = await self._call(
+            "delete", key, lambda: versions_of(self._client, self.cfg.bucket, k)
+        )
         for version_id, _latest in sorted(versions, key=lambda v: v[1]):
-            why = await self._call("delete", key, partial(self._delete_version, k, version_id))
+            why = await self._call(
+                "delete", key, partial(delete_version, self._client, self.cfg.bucket, k, version_id)
+            )
             if why is not None:
                 raise TargetError(
                     f"{self.describe()}: cannot delete {key!r}: it is {why} (version "
                     f"{version_id}); S3 Object Lock refuses to delete it before then",
                     retryable=False,
                 )
-
-    def _versions_of(self, k: str) -> Sequence[tuple[str, bool]]:
-        """(version id, is latest) of every version and delete marker of exactly ``k``."""
-        found: list[tuple[str, bool]] = []
-        pages = self._client.get_paginator("list_object_versions").paginate(
-            Bucket=self.cfg.bucket, Prefix=k
-        )
-        for page in pages:
-            entries = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
-            found += [(e["VersionId"], e["IsLatest"]) for e in entries if e["Key"] == k]
-            # Listings are in key order and ``k`` sorts before every longer key it prefixes.
-            if any(e["Key"] != k for e in entries):
-                break
-        return found
-
-    def _delete_version(self, k: str, version_id: str) -> str | None:
-        """Delete one version; if a lock refuses it, say until when (None: deleted)."""
-        try:
-            self._client.delete_object(Bucket=self.cfg.bucket, Key=k, VersionId=version_id)
-        except ClientError as exc:
-            if _code(exc) not in ("AccessDenied", "403"):
-                raise
-            why = self._lock_of(k, version_id)
-            if why is None:  # not a lock: a real permission problem, reported as such
-                raise
-            return why
-        return None
-
-    def _lock_of(self, k: str, version_id: str) -> str | None:
-        try:
-            head = self._client.head_object(Bucket=self.cfg.bucket, Key=k, VersionId=version_id)
-        except ClientError:
-            return None
-        if head.get("ObjectLockLegalHoldStatus") == "ON":
-            return "under an Object Lock legal hold until the hold is removed"
-        mode = head.get("ObjectLockMode")
-        until = head.get("ObjectLockRetainUntilDate")
-        if mode is None or until is None or until <= datetime.now(UTC):
-            return None
-        return f"locked ({mode}) until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
     async def space(self) -> SpaceInfo | None:
         return None  # a bucket has no fixed size
