@@ -66,6 +66,14 @@ class S3TargetConfig(
     object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
     # How long each object stays locked, in days from its upload (1 to 36500).
     object_lock_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] | None = None
+
+    def __repr__(self) -> str:
+        """Never the secret key: configs end up in logs and tracebacks."""
+        fields = {f: getattr(self, f) for f in self.__struct_fields__}
+        if fields["secret_access_key"] is not None:
+            fields["secret_access_key"] = "***"
+        return "S3TargetConfig(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
     media: str = "object"
     location: Literal["onsite", "offsite"] = "offsite"
     tier: Literal["local", "remote", "archive"] = "remote"

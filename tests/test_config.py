@@ -72,3 +72,11 @@ def test_catalog_url_scheme(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load(p, CoordinatorConfig)
     assert "catalog.url" in str(exc.value) and "secret" not in str(exc.value)
+
+
+def test_s3_secret_never_in_repr() -> None:
+    from shared.config import S3TargetConfig
+
+    cfg = S3TargetConfig(bucket="bkt", access_key_id="AKIA", secret_access_key="s3cr3t-value")
+    assert "s3cr3t-value" not in repr(cfg) and "s3cr3t-value" not in str(cfg)
+    assert "AKIA" in repr(cfg)
