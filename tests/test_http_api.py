@@ -157,7 +157,8 @@ async def test_failed_backup_shows_in_status_and_metrics(nats_url: str, tmp_path
             while True:
                 _, _, body = await get(f"{st.http_url}/api/v1/backup/status")
                 doc = msgspec.json.decode(body, type=BackupStatusDoc)
-                if doc.recent_failures:
+                # both parts of the document are read one after the other: wait for both
+                if doc.recent_failures and doc.datasets[0].last_failure is not None:
                     break
                 await anyio.sleep(0.05)
         assert doc.status in ("degraded", "failing")
