@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests need: PostgreSQL server binaries (initdb, pg_ctl) and OpenSSH
 # server (sshd for the SFTP target), Redis server and tools, zstd (export tests).
-APT_PACKAGES := postgresql-15 postgresql-client-15 openssh-server redis-server redis-tools zstd mariadb-server mariadb-backup mariadb-client
+APT_PACKAGES := postgresql-15 postgresql-client-15 openssh-server redis-server redis-tools zstd mariadb-server mariadb-backup mariadb-client systemd
 
 .PHONY: demo test lint typecheck pytest system-deps venv test-venv clean
 

@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     repo_cli.register(sub)
 
+    from mosaic import systemd
+
+    systemd.register(sub)
+
     p = sub.add_parser(
         "nats-config",
         help="write a nats-server config with one user per agent and subject permissions",
@@ -196,6 +200,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from mosaic import operator
 
         await _with_bus(args, lambda bus: operator.status(bus, out))
+    elif cmd == "install-systemd":
+        installed: int = await args.func(args, out, err)
+        return installed
     elif cmd == "repo":
         code: int = await args.func(args, out, err)
         return code
