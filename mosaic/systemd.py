@@ -37,60 +37,52 @@ def command() -> str:
     return found or f"{sys.executable} -m mosaic.cli"
 
 
-def agent_unit(exe: str, config: str) -> str:
+# Hardening both long-running services share.
+_HARDENING = """NoNewPrivileges=yes
+PrivateTmp=yes
+{extra}ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+"""
+
+
+def _daemon(description: str, exec_start: str, identity: str, extra: str, tail: str) -> str:
     return f"""[Unit]
-Description=mosaic-backup agent (receives backup jobs over NATS)
+Description={description}
 Wants=network-online.target
 After=network-online.target
 
 [Service]
 Type=simple
-ExecStart={exe} agent run --config {config}
+ExecStart={exec_start}
 Restart=always
 RestartSec=5
-# Root: it must read what it backs up, run dump tools and restore owners.
-User=root
-NoNewPrivileges=yes
-PrivateTmp=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-
+{identity}{_HARDENING.format(extra=extra)}{tail}
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def agent_unit(exe: str, config: str) -> str:
+    return _daemon(
+        "mosaic-backup agent (receives backup jobs over NATS)",
+        f"{exe} agent run --config {config}",
+        "# Root: it must read what it backs up, run dump tools and restore owners.\nUser=root\n",
+        "",
+        "",
+    )
 
 
 def coordinator_unit(exe: str, config: str) -> str:
-    return f"""[Unit]
-Description=mosaic-backup coordinator (schedules, catalog, alerts, status API)
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=simple
-ExecStart={exe} coordinator run --config {config}
-Restart=always
-RestartSec=5
-DynamicUser=yes
-StateDirectory=mosaic-backup
-NoNewPrivileges=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectSystem=strict
-ProtectHome=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-
-[Install]
-WantedBy=multi-user.target
-"""
+    return _daemon(
+        "mosaic-backup coordinator (schedules, catalog, alerts, status API)",
+        f"{exe} coordinator run --config {config}",
+        "DynamicUser=yes\nStateDirectory=mosaic-backup\n",
+        "PrivateDevices=yes\nProtectSystem=strict\nProtectHome=yes\n",
+        "MemoryDenyWriteExecute=yes\n",
+    )
 
 
 def single_host_units(exe: str, config: str, paths: list[str]) -> dict[str, str]:
