@@ -117,6 +117,9 @@ class RestoreJob(_Msg, frozen=True, kw_only=True, tag="restore"):
     requested_at: datetime
     requested_by: str = "operator"
     paths: list[str] = []  # empty: everything
+    # point-in-time restore (database sources with archived transaction logs): replay
+    # the logs up to this instant; None restores the backup as it is
+    pitr: datetime | None = None
 
 
 Job = BackupJob | RestoreJob
@@ -212,6 +215,7 @@ class RestoreRequest(_Msg, frozen=True, kw_only=True, tag="restore_request"):
     destination: str
     requested_by: str = "operator"
     paths: list[str] = []  # empty: everything
+    pitr: datetime | None = None  # see RestoreJob.pitr
 
 
 class ListRequest(_Msg, frozen=True, kw_only=True, tag="list_request"):
