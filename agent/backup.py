@@ -22,12 +22,22 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from opentelemetry import context as otel_context
 
-from agent.pipeline import READ_BATCH_BYTES, Emit, Plain, Sealed, run_pipeline
+from agent.pipeline import (
+    READ_BATCH_BYTES,
+    Emit,
+    Plain,
+    Sealed,
+    run_pipeline,
+    upload_open_pack,
+)
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.sources import streams_of
 from agent.sources.base import Stream
 from agent.sources.files import Entry, WalkStats, walk
+from agent.sources.snapshot import snapshot_root
+from shared import tracing
 from shared.errors import SourceError
 from shared.messages import BackupSummary, BackupType, FilesSource, Source, utcnow
 from shared.repository import format as fmt
@@ -84,6 +94,7 @@ def _node(
         ctime_ns=st.st_ctime_ns if regular else 0,
         chunks=chunks or [],
         target=target,
+        xattrs=entry.xattrs or {},
     )
 
 
@@ -189,7 +200,9 @@ class _Reader:
             with open(entry.abspath, "rb") as f:
                 return self._consume(chunker.cut_stream(f), emit)
         except OSError as exc:
-            raise SourceError(f"cannot read {os.fsdecode(entry.abspath)}: {exc.strerror}") from exc
+            # a secret file's name stays out of errors (they travel in events)
+            what = "a secret file" if entry.secret else os.fsdecode(entry.abspath)
+            raise SourceError(f"cannot read {what}: {exc.strerror}") from exc
 
     def _consume(self, chunks: Iterator[Any], emit: Emit) -> tuple[list[bytes], int]:
         """Hash every chunk, claim the new ones and hand them to the sealers."""
@@ -228,8 +241,12 @@ async def backup_tree(
     *,
     parent: dict[bytes, Node] | None = None,
     report: ProgressFn = no_progress,
+    streams: list[Stream] | None = None,
+    root: str | None = None,
 ) -> tuple[list[bytes], BackupCounters, WalkStats]:
     """Back up ``source`` into ``repo``; return the tree's chunk ids and counters.
+
+    ``root``: read a files source's tree from there (its snapshot) instead of its path.
 
     The caller commits the manifest; until then nothing references the new packs.
     """
@@ -237,17 +254,30 @@ async def backup_tree(
     items: list[Entry | Stream]
     if isinstance(source, FilesSource):
         files_source = source
-        entries = await anyio.to_thread.run_sync(lambda: list(walk(files_source, walk_stats)))
+        entries = await anyio.to_thread.run_sync(
+            lambda: list(walk(files_source, walk_stats, root=root))
+        )
         files = [e for e in entries if stat.S_ISREG(e.st.st_mode)]
         progress = Progress(bytes_total=sum(e.st.st_size for e in files), files_total=len(files))
         items = list(entries)
     else:
-        items = list(streams_of(source))
+        # ``streams`` replaces the source's own (a log backup stores archived logs)
+        items = list(streams if streams is not None else streams_of(source))
         progress = Progress()  # streams have no size until they end
     reader = _Reader(repo, items, parent, progress)
+    # The reader's span, a sibling of the pack uploads (both children of the job's span).
+    job_context = otel_context.get_current()
+
+    def traced_reader(emit: Emit) -> list[Node]:
+        with tracing.span("read source", scope="mosaic.agent", context=job_context) as sp:
+            nodes = reader(emit)
+            sp.set_attribute("mosaic.bytes_read", reader.counters.bytes_read)
+            sp.set_attribute("mosaic.files", reader.counters.files)
+            return nodes
+
     async with task_group() as tg:
         tg.start_soon(_report_every, progress, report, 0.25)
-        nodes = await run_pipeline(repo, reader)
+        nodes = await run_pipeline(repo, traced_reader)
         tg.cancel_scope.cancel()
     await report(progress)
     tree_ids = await anyio.to_thread.run_sync(_store_tree, repo, encode_tree(nodes))
@@ -276,6 +306,8 @@ class BackupSpec:
     source: Source
     backup_type: BackupType = "full"
     parent_backup_id: str | None = None
+    streams: list[Stream] | None = None  # instead of the source's own (log backups)
+    state_dir: str | None = None  # the agent's; snapshots record themselves there
 
 
 async def backup_dataset(
@@ -296,8 +328,16 @@ async def backup_dataset(
         # The index the repository was opened with may predate a garbage collection
         # that has since hidden packs it is about to delete: read it again under the lease.
         await repo.reload_index()
-        tree, c, _ = await backup_tree(repo, spec.source, parent=parent, report=report)
-        await repo.write_index()
+        snap = snapshot_root(
+            spec.source, spec.backup_id, state_dir=spec.state_dir, agent=spec.agent
+        )
+        async with snap as root:  # a snapshot, when asked for: always removed on exit
+            tree, c, _ = await backup_tree(
+                repo, spec.source, parent=parent, report=report, streams=spec.streams, root=root
+            )
+        await upload_open_pack(repo)
+        with tracing.span("write index", scope="mosaic.agent"):
+            await repo.write_index()
         summary = BackupSummary(
             files=c.files,
             dirs=c.dirs,
@@ -323,5 +363,10 @@ async def backup_dataset(
             summary=summary,
             hostname=socket.gethostname(),
         )
-        await repo.commit_manifest(manifest)
+        with tracing.span(
+            "commit manifest",
+            scope="mosaic.agent",
+            attributes={"mosaic.backup_id": spec.backup_id, "mosaic.bytes_new": c.bytes_new},
+        ):
+            await repo.commit_manifest(manifest)
     return manifest

@@ -73,3 +73,15 @@ def check_point_in_time(base: Manifest, logs: list[Manifest], pitr: datetime) ->
             f"archived log was stored at {newest.isoformat()}; pick an earlier time or "
             "run an incremental backup first"
         )
+
+
+async def base_for_log_backup(repo: Repository, parent_id: str | None) -> Manifest | None:
+    """The base a new log backup extends: the root of ``parent_id``'s chain, or None when
+    there is no usable base (no parent, or a chain broken by prune): then the backup
+    must be a new base backup instead."""
+    if parent_id is None or not await repo.has_manifest(parent_id):
+        return None
+    try:
+        return await base_of(repo, await repo.load_manifest(parent_id))
+    except ChainError:
+        return None

@@ -12,18 +12,25 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 
 from agent.backup import BackupSpec, backup_dataset
+from agent.heartbeat import send_heartbeats
 from agent.hooks import run_post, run_pre
+from agent.logchain import base_for_log_backup
+from agent.maintenance import MaintenanceContext, run_maintenance
+from agent.pitr import needs_logs, restore_with_logs
 from agent.progress import Progress
 from agent.restore import restore_backup
-from shared import subjects
+from agent.sources import LogShipment, archives_logs, ship_logs
+from agent.sources.snapshot import cleanup_leftovers
+from shared import subjects, tracing
 from shared.bus import Bus, fetch_one
-from shared.config import AgentConfig, nats_password
+from shared.config import AgentConfig, nats_password, nats_tls
 from shared.errors import ConfigError, KeyFileError, MosaicError, WrongKeyError
 from shared.messages import (
     BackupCompleted,
@@ -35,7 +42,9 @@ from shared.messages import (
     JobStarted,
     RestoreCompleted,
     RestoreJob,
+    event_kind,
     job_decoder,
+    job_kind,
     utcnow,
 )
 from shared.repository.keys import KEEP_A_COPY, create_key_file, load_key_file
@@ -97,12 +106,15 @@ class AgentRunner:
         self.key = key
         self.targets = targets or {n: open_target(n, t) for n, t in cfg.targets.items()}
         self.hostname = socket.gethostname()
+        self.running_job: str | None = None  # reported by the heartbeat
 
     async def aclose(self) -> None:
         for t in self.targets.values():
             await t.aclose()
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        # snapshots a crashed run left behind are removed before any new job runs
+        await anyio.to_thread.run_sync(cleanup_leftovers, self.cfg.state_dir, self.cfg.name)
         bus = await Bus.connect(
             self.cfg.nats_url,
             name=f"agent-{self.cfg.name}",
@@ -110,6 +122,7 @@ class AgentRunner:
             user=self.cfg.nats_user,
             password=nats_password(self.cfg),
             inbox_prefix=subjects.agent_inbox(self.cfg.name),
+            tls=nats_tls(self.cfg),
         )
         try:
             # An agent with its own NATS user runs under `nats-config` permissions,
@@ -118,10 +131,12 @@ class AgentRunner:
             sub = await bus.job_consumer(self.cfg.name, self.cfg.ack_wait_s)
             log.info("agent %s ready on %s", self.cfg.name, bus.url)
             task_status.started()
-            while True:
-                msg = await fetch_one(sub, timeout=5.0)
-                if msg is not None:
-                    await self.handle(bus, msg)
+            async with task_group() as tg:
+                tg.start_soon(send_heartbeats, bus, self.cfg, self.targets, self._running)
+                while True:
+                    msg = await fetch_one(sub, timeout=5.0)
+                    if msg is not None:
+                        await self.handle(bus, msg)
         finally:
             with anyio.CancelScope(shield=True):
                 await bus.aclose()
@@ -133,8 +148,31 @@ class AgentRunner:
             log.error("dropping undecodable job on %s: %s", msg.subject, exc)
             await msg.term()
             return
+        kind = job_kind(job)
+        # The coordinator's dispatch span (traceparent in the job's headers) is the parent:
+        # this job's spans, events and logs join the trace that dispatched it.
+        with tracing.span(
+            f"{kind} {job.dataset}",
+            scope="mosaic.agent",
+            context=tracing.extract(msg.headers),
+            attributes={
+                "mosaic.job_id": job.job_id,
+                "mosaic.agent": self.cfg.name,
+                "mosaic.dataset": job.dataset,
+                "mosaic.target": job.target,
+            },
+        ):
+            self.running_job = job.job_id
+            try:
+                await self._handle_job(bus, msg, job, kind)
+            finally:
+                self.running_job = None
+
+    def _running(self) -> str | None:
+        return self.running_job
+
+    async def _handle_job(self, bus: Bus, msg: Any, job: Job, kind: str) -> None:
         delivery = int(msg.metadata.num_delivered or 1)
-        kind = "backup" if isinstance(job, BackupJob) else "restore"
         await bus.publish_event(
             JobStarted(
                 job_id=job.job_id,
@@ -150,8 +188,10 @@ class AgentRunner:
             try:
                 if isinstance(job, BackupJob):
                     result = await self.run_backup(bus, job)
-                else:
+                elif isinstance(job, RestoreJob):
                     result = await self.run_restore(bus, job)
+                else:
+                    result = await run_maintenance(self._maintenance_context(), job)
             except MosaicError as exc:
                 result = JobFailed(
                     job_id=job.job_id,
@@ -173,6 +213,9 @@ class AgentRunner:
                     at=utcnow(),
                 )
             tg.cancel_scope.cancel()
+        if isinstance(result, JobFailed):
+            tracing.mark_error(f"{result.code}: {result.message}")
+        log.info("%s job %s (%s): %s", kind, job.job_id, job.dataset, event_kind(result))
         await bus.publish_event(result)
         await msg.ack()
 
@@ -204,6 +247,9 @@ class AgentRunner:
 
         return report
 
+    def _maintenance_context(self) -> MaintenanceContext:
+        return MaintenanceContext(self.cfg.name, self._target, self._open)
+
     def _target(self, name: str) -> Target:
         try:
             return self.targets[name]
@@ -231,6 +277,7 @@ class AgentRunner:
         repo = await self._open(self._target(job.target), create=True)
         if await repo.has_manifest(job.backup_id):
             return self._completed(job, await repo.load_manifest(job.backup_id), repo)
+        job, shipment = await self._log_backup(repo, job)
         spec = BackupSpec(
             backup_id=job.backup_id,
             dataset=job.dataset,
@@ -238,11 +285,13 @@ class AgentRunner:
             source=job.source,
             backup_type=job.backup_type,
             parent_backup_id=job.parent_backup_id,
+            streams=shipment.streams if shipment else None,
+            state_dir=self.cfg.state_dir,
         )
         hooks = self.cfg.hooks.get(job.dataset)
         if hooks is None:
             manifest = await backup_dataset(repo, spec, report=self._reporter(bus, job.job_id))
-            return self._completed(job, manifest, repo)
+            return await self._shipped(job, manifest, repo, shipment)
         await run_pre(hooks, job.dataset)
         ok = False
         try:
@@ -251,7 +300,29 @@ class AgentRunner:
         finally:
             with anyio.CancelScope(shield=True):
                 await run_post(hooks, job.dataset, ok)
-        return self._completed(job, manifest, repo)
+        return await self._shipped(job, manifest, repo, shipment)
+
+    async def _log_backup(
+        self, repo: Repository, job: BackupJob
+    ) -> tuple[BackupJob, LogShipment | None]:
+        """An incremental of a source with archived logs is a log backup extending the
+        dataset's base (its parent); without a base it becomes a base backup."""
+        if job.backup_type != "incremental" or not archives_logs(job.source):
+            return job, None
+        base = await base_for_log_backup(repo, job.parent_backup_id)
+        if base is None:
+            return msgspec.structs.replace(job, backup_type="full", parent_backup_id=None), None
+        shipment = await anyio.to_thread.run_sync(ship_logs, job.source)
+        return msgspec.structs.replace(job, parent_backup_id=base.backup_id), shipment
+
+    async def _shipped(
+        self, job: BackupJob, m: Manifest, repo: Repository, shipment: LogShipment | None
+    ) -> BackupCompleted:
+        """The manifest is stored: only now may the shipped logs leave the spool."""
+        if shipment is None:
+            return self._completed(job, m, repo)
+        await anyio.to_thread.run_sync(shipment.shipped)
+        return msgspec.structs.replace(self._completed(job, m, repo), log_lag_s=shipment.lag_s)
 
     def _completed(self, job: BackupJob, m: Manifest, repo: Repository) -> BackupCompleted:
         return BackupCompleted(
@@ -271,13 +342,19 @@ class AgentRunner:
         t0 = time.monotonic()
         repo = await self._open(self._target(job.target), create=False)
         manifest = await repo.load_manifest(job.backup_id)
-        files, nbytes = await restore_backup(
-            repo,
-            manifest,
-            job.destination,
-            include=job.paths or None,
-            report=self._reporter(bus, job.job_id),
-        )
+        with tracing.span("restore data", scope="mosaic.agent"):
+            if needs_logs(manifest, job.pitr, job.paths):
+                files, nbytes = await restore_with_logs(
+                    repo, manifest, Path(job.destination), job.pitr, self._reporter(bus, job.job_id)
+                )
+            else:
+                files, nbytes = await restore_backup(
+                    repo,
+                    manifest,
+                    job.destination,
+                    include=job.paths or None,
+                    report=self._reporter(bus, job.job_id),
+                )
         return RestoreCompleted(
             job_id=job.job_id,
             agent=self.cfg.name,

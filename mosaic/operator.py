@@ -133,7 +133,12 @@ async def backup(
         summary_table(
             f"backup {ev.backup_id}",
             ev.summary,
-            {"dataset": ev.dataset, "target": ev.target, "type": ev.backup_type},
+            {
+                "dataset": ev.dataset,
+                "target": ev.target,
+                "type": ev.backup_type,
+                **({"log lag": f"{ev.log_lag_s:.1f} s"} if ev.log_lag_s is not None else {}),
+            },
         )
     )
     return ev
@@ -164,11 +169,14 @@ async def restore(
     wait: bool = True,
     timeout: float = 600.0,
     paths: list[str] | None = None,
+    pitr: datetime | None = None,
 ) -> RestoreCompleted | JobAccepted:
     acc = _expect(
         await bus.request(
             "restore",
-            RestoreRequest(backup_id=backup_id, destination=destination, paths=paths or []),
+            RestoreRequest(
+                backup_id=backup_id, destination=destination, paths=paths or [], pitr=pitr
+            ),
         ),
         JobAccepted,
     )

@@ -34,19 +34,73 @@ class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
 # --- sources -------------------------------------------------------------------------
 
 
+class LvmSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="lvm"):
+    """``lvcreate -s -n NAME -L size VG/LV``, mounted read-only at ``mount_point``.
+    ``origin`` is where the live LV is mounted (default: the source path itself)."""
+
+    volume_group: str
+    logical_volume: str
+    size: str = "1G"
+    mount_point: str
+    origin: str | None = None
+
+
+class ZfsSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="zfs"):
+    """``zfs snapshot DATASET@NAME``, read from ``<mountpoint>/.zfs/snapshot/NAME``.
+    ``mountpoint`` unset: asked from ``zfs get mountpoint``."""
+
+    dataset: str
+    mountpoint: str | None = None
+
+
+class BtrfsSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="btrfs"):
+    """``btrfs subvolume snapshot -r SUBVOLUME DIR/NAME``; ``snapshot_dir`` defaults to
+    the subvolume's parent folder (it must be on the same btrfs file system)."""
+
+    subvolume: str
+    snapshot_dir: str | None = None
+
+
+Snapshot = LvmSnapshot | ZfsSnapshot | BtrfsSnapshot
+
+
+DEFAULT_SECRET_GLOBS = ["*.env", ".env", "*.key", "id_*", "*.pem"]
+
+
 class FilesSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="files"):
-    """A directory tree on the agent's host."""
+    """A directory tree on the agent's host.
+
+    Globs are matched against the '/'-separated path relative to ``path``: one without
+    '/' matches a name at any depth, one with '/' the whole relative path; ``*`` and
+    ``?`` stay inside one name, ``**`` spans any number of folders. ``exclude`` wins over
+    ``include``; an excluded folder is not descended; with ``include`` only matching
+    entries (a matching folder with all its content) and the folders above them are
+    kept. ``secret`` files are backed up, but their names and contents never appear in
+    logs, events or errors. ``one_file_system`` stops at mount points (recorded as empty
+    folders and logged). ``snapshot``: read from an LVM/ZFS/btrfs snapshot taken for
+    this backup and always removed afterwards."""
 
     path: str
     exclude: list[str] = []
+    include: list[str] = []
+    secret: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SECRET_GLOBS))
+    one_file_system: bool = False
+    xattrs: bool = True
+    snapshot: Snapshot | None = None
 
 
 class RedisSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="redis"):
-    """A Redis server's RDB snapshot (the password comes from REDISCLI_AUTH on the agent)."""
+    """A Redis server's RDB snapshot (the password comes from REDISCLI_AUTH on the agent)
+    and, with ``aof`` and when the server has ``appendonly yes``, its AOF files. The AOF
+    is read from the server's own folder (CONFIG GET dir), so the agent must run on the
+    Redis host; ``aof_dir`` names that folder where the agent sees it under another path
+    (a container volume)."""
 
     host: str = "127.0.0.1"
     port: int = 6379
     user: str | None = None
+    aof: bool = True
+    aof_dir: str | None = None
 
 
 class PostgresSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="postgres"):
@@ -60,6 +114,9 @@ class PostgresSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     user: str = "postgres"
     mode: Literal["basebackup", "dump"] = "basebackup"
     database: str | None = None
+    # the folder archive_command (``mosaic-backup wal-archive --spool DIR %p %f``) copies
+    # finished WAL into; set, an incremental backup stores that WAL (a log backup)
+    wal_spool: str | None = None
 
 
 class MariaDBSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="mariadb"):
@@ -75,6 +132,10 @@ class MariaDBSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
     user: str = "root"
     mode: Literal["mariabackup", "dump"] = "mariabackup"
     databases: list[str] = []
+    # log backups (incremental jobs of a mariabackup source) read the closed binlogs
+    # from the server's folder (@@log_bin_basename); set this where the agent sees that
+    # folder under another path (a container volume). The agent runs on the DB host.
+    binlog_dir: str | None = None
 
 
 class SystemSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="system"):
@@ -88,7 +149,52 @@ class SystemSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", 
     optional_missing: bool = True
 
 
-Source = FilesSource | RedisSource | PostgresSource | MariaDBSource | SystemSource
+DOCKER_URL = "unix:///var/run/docker.sock"
+
+
+class DockerVolumeSource(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="docker_volume"
+):
+    """A named Docker volume, exported as one tar stream ``<volume>.tar`` while its
+    service keeps running (a stopped helper container from ``helper_image`` mounts it
+    read-only; nothing runs in it). ``helper_image`` must be present locally; None uses
+    the image of a container that mounts the volume. Containers in ``pause`` are paused
+    and those in ``stop`` stopped around the export, and always resumed. A restore gives
+    the tar back as a file; ``mosaic-backup docker restore-volume`` puts it into a volume."""
+
+    volume: str
+    docker_url: str = DOCKER_URL
+    pause: list[str] = []
+    stop: list[str] = []
+    helper_image: str | None = None
+
+
+class DockerExecSource(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="docker_exec"
+):
+    """An application's own backup command run inside a running container (``gitea
+    dump``, ``manage.py dumpdata``). ``output`` None: the command's stdout is the stream;
+    else the file the command writes inside the container, fetched after it succeeds.
+    The stream is stored as ``stream_name`` (default: the output's file name, or
+    ``<container>.out``). A non-zero exit fails the job with the tail of its stderr."""
+
+    container: str
+    command: list[str]
+    output: str | None = None
+    stream_name: str | None = None
+    user: str | None = None
+    docker_url: str = DOCKER_URL
+
+
+Source = (
+    FilesSource
+    | RedisSource
+    | PostgresSource
+    | MariaDBSource
+    | SystemSource
+    | DockerVolumeSource
+    | DockerExecSource
+)
 
 
 # --- jobs ----------------------------------------------------------------------------
@@ -122,7 +228,76 @@ class RestoreJob(_Msg, frozen=True, kw_only=True, tag="restore"):
     pitr: datetime | None = None
 
 
-Job = BackupJob | RestoreJob
+# Maintenance jobs (issue 5): ordered by the coordinator on its maintenance schedule,
+# run by an agent that holds the target. ``dataset`` names the dataset for drills and
+# is empty for jobs about a whole target (a repository holds many datasets).
+
+
+class VerifyJob(_Msg, frozen=True, kw_only=True, tag="verify"):
+    """Check the repository on ``target``: structure, and with ``read_data`` a seeded
+    random ``subset`` (percent of packs) downloaded and every blob authenticated."""
+
+    job_id: str
+    dataset: str = ""
+    agent: str
+    target: str
+    read_data: bool = True
+    subset: float = 5.0
+    seed: int = 0
+    requested_at: datetime
+    requested_by: str = "scheduler"
+
+
+class PruneJob(_Msg, frozen=True, kw_only=True, tag="prune"):
+    """Forget ``forget`` (the coordinator's retention decision for this target's tier),
+    then run the lease-safe garbage collection; ``gc_margin_s`` is its wait (prune.py)."""
+
+    job_id: str
+    dataset: str = ""
+    agent: str
+    target: str
+    forget: list[str] = []
+    dry_run: bool = False
+    gc_margin_s: float = 300.0
+    requested_at: datetime
+    requested_by: str = "scheduler"
+
+
+class ReplicateJob(_Msg, frozen=True, kw_only=True, tag="replicate"):
+    """Copy the repository on ``target`` to ``to_target`` as ciphertext; report the lag
+    of ``datasets`` (empty: every dataset found)."""
+
+    job_id: str
+    dataset: str = ""
+    agent: str
+    target: str
+    to_target: str = ""
+    datasets: list[str] = []
+    requested_at: datetime
+    requested_by: str = "scheduler"
+
+
+class DrillJob(_Msg, frozen=True, kw_only=True, tag="drill"):
+    """Restore ``backup_id`` into a fresh folder under ``scratch`` (empty: the agent's
+    temporary folder), check it is usable, remove it. ``newest_at`` is when the newest
+    restorable backup of the dataset finished (the catalog's view): the RPO is its age
+    when the drill starts."""
+
+    job_id: str
+    dataset: str
+    agent: str
+    target: str
+    backup_id: str
+    scratch: str = ""
+    newest_at: datetime | None = None
+    requested_at: datetime
+    requested_by: str = "scheduler"
+
+
+MaintenanceJob = VerifyJob | PruneJob | ReplicateJob | DrillJob
+
+
+Job = BackupJob | RestoreJob | VerifyJob | PruneJob | ReplicateJob | DrillJob
 
 
 # --- events --------------------------------------------------------------------------
@@ -170,6 +345,9 @@ class BackupCompleted(_Msg, frozen=True, kw_only=True, tag="backup_completed"):
     started_at: datetime
     finished_at: datetime
     summary: BackupSummary
+    # log backups: age in seconds of the oldest archived log file not yet in the
+    # repository when this backup shipped it (how far the repository trailed the server)
+    log_lag_s: float | None = None
 
 
 class RestoreCompleted(_Msg, frozen=True, kw_only=True, tag="restore_completed"):
@@ -193,7 +371,96 @@ class JobFailed(_Msg, frozen=True, kw_only=True, tag="failed"):
     at: datetime
 
 
-Event = JobStarted | JobProgress | BackupCompleted | RestoreCompleted | JobFailed
+class VerifyCompleted(_Msg, frozen=True, kw_only=True, tag="verify_completed"):
+    """``damaged`` objects (packs, manifests, index segments) by name, and the backups
+    they break; zero damaged means the verify passed."""
+
+    job_id: str
+    agent: str
+    target: str
+    backups: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+    damaged: int = 0
+    damaged_objects: list[str] = []
+    damaged_backups: list[str] = []
+    started_at: datetime | None = None
+    at: datetime
+
+
+class PruneCompleted(_Msg, frozen=True, kw_only=True, tag="prune_completed"):
+    job_id: str
+    agent: str
+    target: str
+    forgotten: list[str] = []  # backup ids whose manifests were deleted
+    packs_removed: int = 0
+    bytes_freed: int = 0
+    locked: int = 0  # Object-Locked packs left until their retention ends
+    locked_objects: list[str] = []
+    deferred: str | None = None  # why garbage collection did not sweep (a live writer)
+    dry_run: bool = False
+    started_at: datetime | None = None
+    at: datetime
+
+
+class ReplicateCompleted(_Msg, frozen=True, kw_only=True, tag="replicate_completed"):
+    job_id: str
+    agent: str
+    target: str
+    to_target: str
+    copied: int = 0
+    copied_bytes: int = 0
+    lag_s: dict[str, float | None] = {}  # dataset → seconds behind (0: in sync)
+    started_at: datetime | None = None
+    at: datetime
+
+
+class DrillCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """One check of a drill: ``name`` (restore, rehash, pg_amcheck, rows, …), whether it
+    passed, and what it found (counts, or the tool's error)."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+class DrillCompleted(_Msg, frozen=True, kw_only=True, tag="drill_completed"):
+    """A restore drill: ``rto_s`` from the drill's start until the data was restored
+    and checked; ``rpo_s`` the age of the dataset's newest restorable backup then."""
+
+    job_id: str
+    agent: str
+    dataset: str
+    target: str
+    backup_id: str
+    outcome: Literal["passed", "failed"]
+    rto_s: float
+    rpo_s: float | None = None
+    checks: list[DrillCheck] = []
+    started_at: datetime
+    at: datetime
+
+
+MaintenanceEvent = VerifyCompleted | PruneCompleted | ReplicateCompleted | DrillCompleted
+
+
+Event = (
+    JobStarted
+    | JobProgress
+    | BackupCompleted
+    | RestoreCompleted
+    | JobFailed
+    | VerifyCompleted
+    | PruneCompleted
+    | ReplicateCompleted
+    | DrillCompleted
+)
+
+
+def job_kind(job: Job) -> str:
+    """The kind of a job (its tag): backup, restore, verify, prune, replicate, drill."""
+    return str(type(job).__struct_config__.tag)
 
 
 def event_kind(ev: Event) -> str:
@@ -225,7 +492,9 @@ class ListRequest(_Msg, frozen=True, kw_only=True, tag="list_request"):
 
 
 class StatusRequest(_Msg, frozen=True, kw_only=True, tag="status_request"):
-    pass
+    # one page of per-dataset detail (problems first); the totals cover every dataset
+    limit: int = 1000
+    offset: int = 0
 
 
 class BackupRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -272,12 +541,66 @@ class BackupList(_Msg, frozen=True, kw_only=True, tag="backup_list"):
     backups: list[BackupRecord]
 
 
+class TargetCopy(msgspec.Struct, frozen=True, kw_only=True):
+    """A dataset's backups on one target, from the catalog. ``lag_s`` (replicas only):
+    how long the primary target's newest backup has waited for a copy here (0: caught
+    up; None on the primary)."""
+
+    target: str
+    primary: bool = False
+    last_backup_at: datetime | None = None
+    backups: int = 0
+    bytes_stored: int = 0
+    lag_s: float | None = None
+
+
+class Compliance321(msgspec.Struct, frozen=True, kw_only=True):
+    """3-2-1 of one dataset (coordinator/compliance.py). ``compliant`` is None when a
+    target's tags are unknown (its agent has sent no heartbeat yet)."""
+
+    compliant: bool | None = None
+    copies: int = 0
+    media: list[str] = []
+    offsite: int = 0
+    reasons: list[str] = []
+
+
 class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
     dataset: str
     agent: str
     target: str
     last_backup: BackupRecord | None = None
     last_failure: JobRecord | None = None
+    next_backup: datetime | None = None  # from the schedules; None: not scheduled
+    storage_used: int = 0  # bytes its backups added to their repositories (catalog)
+    storage_free: int | None = None  # free bytes on its primary target (heartbeat)
+    targets: list[TargetCopy] = []
+    compliance: Compliance321 | None = None
+
+
+class TargetSpaceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent's target as its last heartbeat described it, plus the catalog's sum."""
+
+    agent: str
+    target: str
+    kind: str = ""
+    media: str = ""
+    location: str = ""
+    tier: str = ""
+    total: int | None = None
+    free: int | None = None
+    used_percent: float | None = None
+    catalog_bytes: int = 0  # bytes_stored of the catalogued backups on this target
+
+
+class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    hostname: str = ""
+    version: str = ""
+    last_heartbeat: datetime | None = None  # None: never heard from (since start)
+    running_job: str | None = None
+    uptime_s: float = 0.0
+    lost: bool = False  # no heartbeat for 3 of its intervals
 
 
 class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
@@ -289,6 +612,57 @@ class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
     # whether the answering coordinator holds the lease (runs the scheduler and alerts);
     # None from coordinators that predate the lease
     active: bool | None = None
+    # ``datasets`` is one page (problems first, then by name) of ``datasets_total``
+    datasets_total: int = 0
+    datasets_failing: int = 0
+    datasets_without_backup: int = 0
+    datasets_not_compliant: int = 0
+    next_backup: datetime | None = None
+    last_backup_at: datetime | None = None  # the newest backup of any dataset
+    agents: list[AgentStatus] = []
+    targets: list[TargetSpaceStatus] = []
+
+
+class DrillRequest(_Msg, frozen=True, kw_only=True, tag="drill_request"):
+    """Run a restore drill of ``dataset`` now (a random backup of the past week, or
+    ``backup_id``)."""
+
+    dataset: str
+    backup_id: str | None = None
+    requested_by: str = "operator"
+
+
+class MaintenanceListRequest(_Msg, frozen=True, kw_only=True, tag="maintenance_list_request"):
+    """Past maintenance results, newest first (``job_kind``: verify, prune, replicate,
+    drill; None: all)."""
+
+    job_kind: str | None = None
+    dataset: str | None = None
+    limit: int = 100
+
+
+class MaintenanceRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One maintenance result as the catalog keeps it. ``dataset`` is empty for jobs about
+    a whole target; ``rto_s``/``rpo_s`` only for drills; ``summary`` is one line;
+    ``detail`` the full result event (JSON)."""
+
+    job_id: str
+    kind: str
+    agent: str
+    target: str
+    dataset: str = ""
+    backup_id: str | None = None
+    outcome: Literal["passed", "failed"]
+    started_at: datetime
+    finished_at: datetime
+    rto_s: float | None = None
+    rpo_s: float | None = None
+    summary: str = ""
+    detail: str = ""
+
+
+class MaintenanceList(_Msg, frozen=True, kw_only=True, tag="maintenance_list"):
+    results: list[MaintenanceRecord]
 
 
 class ApiError(_Msg, frozen=True, kw_only=True, tag="error"):
@@ -296,8 +670,15 @@ class ApiError(_Msg, frozen=True, kw_only=True, tag="error"):
     message: str
 
 
-ApiRequest = BackupRequest | RestoreRequest | ListRequest | StatusRequest
-ApiReply = JobAccepted | BackupList | StatusReply | ApiError
+ApiRequest = (
+    BackupRequest
+    | RestoreRequest
+    | ListRequest
+    | StatusRequest
+    | DrillRequest
+    | MaintenanceListRequest
+)
+ApiReply = JobAccepted | BackupList | StatusReply | ApiError | MaintenanceList
 
 _enc = msgspec.json.Encoder()
 job_decoder = msgspec.json.Decoder(Job)
@@ -346,3 +727,34 @@ class Alert(_Msg, frozen=True, kw_only=True, tag="alert"):
 
 
 alert_decoder = msgspec.json.Decoder(Alert)
+
+
+# --- heartbeats (``mosaic.heartbeat.<agent>``, stream MOSAIC_HEARTBEATS) ----------------
+
+
+class TargetSpace(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the agent's targets: its tags and, where the medium knows, its space."""
+
+    name: str
+    kind: str  # local, s3, sftp
+    media: str
+    location: str
+    tier: str
+    total: int | None = None  # None: unknown (object stores, servers without statvfs)
+    free: int | None = None
+
+
+class Heartbeat(_Msg, frozen=True, kw_only=True, tag="heartbeat"):
+    """An agent is alive: sent every ``interval_s``; the last one per agent is kept."""
+
+    agent: str
+    hostname: str
+    version: str
+    at: datetime
+    interval_s: float
+    uptime_s: float
+    running_job: str | None = None
+    targets: list[TargetSpace] = []
+
+
+heartbeat_decoder = msgspec.json.Decoder(Heartbeat)

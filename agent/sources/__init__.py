@@ -5,9 +5,18 @@ directory from a base-backup tar)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from agent.sources.base import Stream
-from shared.messages import MariaDBSource, PostgresSource, RedisSource, Source, SystemSource
+from shared.messages import (
+    DockerExecSource,
+    DockerVolumeSource,
+    MariaDBSource,
+    PostgresSource,
+    RedisSource,
+    Source,
+    SystemSource,
+)
 
 
 def streams_of(source: Source) -> list[Stream]:
@@ -27,6 +36,10 @@ def streams_of(source: Source) -> list[Stream]:
         from agent.sources import system
 
         return system.streams(source)
+    if isinstance(source, DockerVolumeSource | DockerExecSource):
+        from agent.sources import docker
+
+        return docker.streams(source)
     raise TypeError(f"a {type(source).__name__} is walked, not streamed")
 
 
@@ -39,3 +52,37 @@ def after_restore(source: Source, destination: Path, *, partial: bool) -> None:
         from agent.sources import mariadb
 
         mariadb.after_restore(source, destination)
+
+
+class LogShipment(Protocol):
+    """The archived log files one log backup stores (see agent.logchain)."""
+
+    streams: list[Stream]
+    lag_s: float | None  # age of the oldest log file shipped, in seconds
+
+    def shipped(self) -> None:
+        """Called once the backup's manifest is stored: drop the files from the spool."""
+
+
+def archives_logs(source: Source) -> bool:
+    """Whether an incremental backup of ``source`` is a log backup (archived logs)."""
+    if isinstance(source, PostgresSource):
+        from agent.sources import postgres
+
+        return postgres.archives_logs(source)
+    if isinstance(source, MariaDBSource):
+        return source.mode == "mariabackup"
+    return False
+
+
+def ship_logs(source: Source) -> LogShipment:
+    """Close the current log file and list what is archived (blocking: run in a thread)."""
+    if isinstance(source, PostgresSource):
+        from agent.sources import postgres
+
+        return postgres.ship_wal(source)
+    if isinstance(source, MariaDBSource):
+        from agent.sources import mariadb
+
+        return mariadb.ship_binlogs(source)
+    raise TypeError(f"a {type(source).__name__} has no archived logs")

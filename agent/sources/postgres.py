@@ -1,20 +1,37 @@
-"""PostgreSQL: hot physical base backups and logical dumps, streamed, never staged.
+"""PostgreSQL: hot physical base backups, WAL archiving and logical dumps, streamed.
 
 - ``basebackup``: ``pg_basebackup -Ft -Xf -c fast -D -`` writes ONE tar of the whole
   cluster to stdout, with the WAL needed to make it consistent fetched at the end (``-Xs``
   cannot stream to stdout; ``-c fast`` avoids waiting for a spread checkpoint). It is
   stored as ``base.tar``; restore extracts it into ``DEST/pgdata``, ready for
   ``pg_ctl -D DEST/pgdata start``.
+- **log backups** (``wal_spool`` set, ``backup_type="incremental"``): PostgreSQL's
+  ``archive_command`` (``mosaic-backup wal-archive``, :mod:`agent.walarchive`) copies
+  every finished WAL file into the spool folder. A log backup commits a tiny marker
+  transaction (so every instant up to now has a commit record after it for recovery to
+  stop at), switches to a new segment, waits until the archiver has that segment, and
+  stores every spooled file as ``wal/<name>``. The spooled files are deleted only after
+  the manifest is stored (``.history`` files are kept: they are tiny and every restore
+  of a later timeline needs them).
+- :func:`recover` turns a restored base plus the WAL of the log backups into a data
+  directory that replays to the latest state or to a point in time when started.
 - ``dump``: ``pg_dump -Fc`` of one database, stored as ``<database>.dump`` for
   ``pg_restore``.
-Point-in-time recovery (continuous WAL archiving) is a later step of issue 4.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import shlex
 import tarfile
+import time
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import IO
+
+import psycopg
 
 from agent.sources.base import Stream, StreamHandle
 from agent.sources.command import CommandStream
@@ -23,6 +40,10 @@ from shared.messages import PostgresSource
 
 BASE_TAR = b"base.tar"
 DATA_DIR = "pgdata"
+LOG_DIR = "wal-archive"  # restore: where the log backups' WAL files are gathered
+WAL_PREFIX = "wal/"
+WAL_REACH = "mosaic-wal-reach"  # a log backup's own file: the instant its WAL reaches
+ARCHIVE_WAIT_S = 120.0
 
 
 def streams(src: PostgresSource) -> list[Stream]:
@@ -57,3 +78,180 @@ def after_restore(src: PostgresSource, destination: Path) -> None:
         tar.extractall(data, filter="data")  # refuses absolute paths, '..' and odd links
     os.chmod(data, 0o700)
     tar_path.unlink()
+
+
+# --- log backups: the spooled WAL ----------------------------------------------------
+
+
+def archives_logs(src: PostgresSource) -> bool:
+    return src.mode == "basebackup" and src.wal_spool is not None
+
+
+class _SpoolFile:
+    """A spooled WAL file as a stream (complete by construction: archived atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.reader: IO[bytes] = path.open("rb")
+        except OSError as exc:
+            raise SourceError(f"cannot read spooled WAL file {path}: {exc.strerror}") from exc
+
+    def finish(self) -> None:
+        self.reader.close()
+
+    def abort(self) -> None:
+        self.reader.close()
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.reader: IO[bytes] = io.BytesIO(data)
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class WalShipment:
+    """The spooled files one log backup stores; :meth:`shipped` removes them from the
+    spool once the backup's manifest is stored."""
+
+    def __init__(self, spool: Path, names: list[str], lag_s: float | None, reach: datetime) -> None:
+        self.spool = spool
+        self.names = names
+        self.lag_s = lag_s  # age of the oldest spooled segment: how far the repository trails
+        self.streams = [
+            Stream(f"{WAL_PREFIX}{n}".encode(), partial(_SpoolFile, spool / n)) for n in names
+        ]
+        # the latest instant this WAL can recover to (just before the marker commit)
+        end = reach.astimezone(UTC).isoformat().encode()
+        self.streams.append(Stream(f"{WAL_PREFIX}{WAL_REACH}".encode(), partial(_Bytes, end)))
+
+    def shipped(self) -> None:
+        for name in self.names:
+            if not name.endswith(".history"):
+                (self.spool / name).unlink(missing_ok=True)
+        fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _is_segment(name: str) -> bool:
+    head = name[:24]
+    return len(head) == 24 and all(c in "0123456789ABCDEF" for c in head)
+
+
+def _connect(src: PostgresSource) -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(
+            host=src.host,
+            port=src.port,
+            user=src.user,
+            dbname="postgres",
+            connect_timeout=10,
+            autocommit=True,
+        )
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(
+            f"cannot connect to PostgreSQL at {src.host}:{src.port} as {src.user}: {reason}"
+        ) from exc
+
+
+def ship_wal(src: PostgresSource, *, wait_s: float = ARCHIVE_WAIT_S) -> WalShipment:
+    """Close the current WAL segment, wait until it is archived, list the spool."""
+    assert src.wal_spool is not None
+    where = f"{src.host}:{src.port}"
+    spool = Path(src.wal_spool)
+    hint = f"archive_command = 'mosaic-backup wal-archive --spool {spool} %p %f'"
+    if not spool.is_dir():
+        raise SourceError(
+            f"postgres {where}: wal_spool {spool} does not exist; create it (writable by the "
+            f"postgres user) and set {hint}"
+        )
+    with _connect(src) as conn:
+        try:
+            mode = conn.execute("SHOW archive_mode").fetchone()
+            if mode is None or mode[0] == "off":
+                raise SourceError(
+                    f"postgres {where}: archive_mode is off; set archive_mode = on and {hint}, "
+                    "then restart PostgreSQL"
+                )
+            # the marker commit; recovery can stop at any instant before its commit time
+            marker = conn.execute("SELECT pg_current_xact_id(), clock_timestamp()").fetchone()
+            assert marker is not None and isinstance(marker[1], datetime)
+            reach = marker[1]
+            row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+            assert row is not None
+            segment = str(row[0])
+            deadline = time.monotonic() + wait_s
+            while not (spool / segment).exists():
+                stats = conn.execute(
+                    "SELECT last_archived_wal, failed_count, last_failed_wal FROM pg_stat_archiver"
+                ).fetchone()
+                assert stats is not None
+                last = str(stats[0] or "")
+                if _is_segment(last) and last[:24] >= segment:
+                    break  # archived and already shipped by an earlier run
+                if time.monotonic() > deadline:
+                    raise SourceError(
+                        f"postgres {where}: WAL segment {segment} was not archived into "
+                        f"{spool} within {wait_s:.0f} s (pg_stat_archiver: failed_count="
+                        f"{stats[1]}, last_failed_wal={stats[2] or 'none'}); check that "
+                        f"{hint} works (see the PostgreSQL log)"
+                    )
+                time.sleep(0.1)
+        except psycopg.Error as exc:
+            raise SourceError(
+                f"postgres {where}: cannot switch the WAL segment: {exc}".strip()
+            ) from exc
+    names = sorted(e.name for e in os.scandir(spool) if not e.name.startswith(".") and e.is_file())
+    now = time.time()
+    ages = [now - (spool / n).stat().st_mtime for n in names if _is_segment(n)]
+    return WalShipment(spool, names, max(ages) if ages else None, reach)
+
+
+# --- restore: base + WAL → a data directory that recovers --------------------------
+
+
+def _conf(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def recover(src: PostgresSource, destination: Path, log_dir: Path, pitr: datetime | None) -> None:
+    """Make ``destination/pgdata`` replay the WAL in ``log_dir`` when it starts: up to
+    ``pitr`` (then promote), or to the end of the archived WAL when ``pitr`` is None.
+
+    Archiving is switched off in the restored copy (``archive_mode = 'off'`` in
+    postgresql.auto.conf): it would otherwise write its new timeline into the original
+    server's spool. Turn it back on once the copy is to replace the original.
+    """
+    data = destination / DATA_DIR
+    if not (data / "PG_VERSION").is_file():
+        raise SourceError(f"{data} is not a PostgreSQL data directory; nothing to recover")
+    reach_file = log_dir / WAL_REACH  # the newest log backup's, gathered last
+    if pitr is not None and reach_file.exists():
+        reach = datetime.fromisoformat(reach_file.read_text().strip())
+        if pitr > reach:
+            # PostgreSQL would refuse to start ("recovery ended before configured
+            # recovery target was reached"): say so now, in one line
+            raise SourceError(
+                f"cannot recover to {pitr.isoformat()}: the archived WAL reaches "
+                f"{reach.isoformat()}; pick an earlier time or run an incremental backup first"
+            )
+    (data / "recovery.signal").write_bytes(b"")
+    lines = [
+        "",
+        "# mosaic-backup restore: replay the archived WAL, then open for writes",
+        f"restore_command = {_conf(f'cp {shlex.quote(str(log_dir))}/%f %p')}",
+        "recovery_target_action = 'promote'",
+        "archive_mode = 'off'  # a restored copy must not archive into the original's spool",
+    ]
+    if pitr is not None:
+        lines.append(f"recovery_target_time = {_conf(pitr.astimezone(UTC).isoformat())}")
+    with (data / "postgresql.auto.conf").open("a") as conf:
+        conf.write("\n".join(lines) + "\n")
