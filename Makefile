@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests need: PostgreSQL server binaries (initdb, pg_ctl) and OpenSSH
-# server (sshd for the SFTP target), Redis server and tools, zstd (export tests).
-APT_PACKAGES := postgresql-15 postgresql-client-15 openssh-server redis-server redis-tools zstd mariadb-server mariadb-backup mariadb-client systemd
+# server (sshd for the SFTP target), Redis server and tools, zstd (export tests), docker.io
+# and busybox-static (a private dockerd and an offline test image for the Docker sources).
+APT_PACKAGES := postgresql-15 postgresql-client-15 openssh-server redis-server redis-tools zstd mariadb-server mariadb-backup mariadb-client systemd docker.io busybox-static
 
 .PHONY: demo test lint typecheck pytest system-deps venv test-venv clean
 

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.mariadb",
     "tests.fixtures.sftp",
+    "tests.fixtures.docker",
 ]
