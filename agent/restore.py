@@ -10,7 +10,9 @@ re-hashed, and each file's size is checked against the manifest.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -23,6 +25,8 @@ from shared.errors import IntegrityError, RepositoryError, UnsafePathError
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
 from shared.tasks import task_group
+
+log = logging.getLogger(__name__)
 
 
 def check_paths(nodes: list[Node], backup_id: str) -> None:
@@ -71,10 +75,35 @@ def _prepare_destination(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
 
 
-def _set_meta(path: bytes, node: Node, *, link: bool = False) -> None:
+@dataclass(slots=True)
+class XattrFailures:
+    """Extended attributes that could not be set (a file system without support, a
+    ``security.*`` name needing privileges): counted, reported once, never fatal."""
+
+    count: int = 0
+    first: str = ""
+
+
+def _set_xattrs(path: bytes, node: Node, failures: XattrFailures) -> None:
+    for name, value in node.xattrs.items():
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as exc:
+            failures.count += 1
+            if not failures.first:
+                failures.first = f"{name} ({exc.strerror})"
+
+
+def _set_meta(
+    path: bytes, node: Node, *, link: bool = False, xattrs: XattrFailures | None = None
+) -> None:
     if os.geteuid() == 0:
         with contextlib.suppress(PermissionError):
             os.lchown(path, node.uid, node.gid)
+    if xattrs is not None and node.xattrs:
+        # after chown (which drops security.capability), before chmod (a read-only mode
+        # would refuse an unprivileged user's user.* attributes)
+        _set_xattrs(path, node, xattrs)
     if not link:
         os.chmod(path, node.mode)
     os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=not link)
@@ -116,8 +145,9 @@ def _create_layout(root: bytes, nodes: list[Node]) -> None:
             os.close(fd)
 
 
-def _finish(root: bytes, nodes: list[Node]) -> None:
+def _finish(root: bytes, nodes: list[Node]) -> XattrFailures:
     """Sizes checked, then metadata; symlinks last, folders' times after their content."""
+    xf = XattrFailures()
     for node in nodes:
         if node.type == "file":
             path = os.path.join(root, node.path)
@@ -126,7 +156,7 @@ def _finish(root: bytes, nodes: list[Node]) -> None:
                 raise IntegrityError(
                     f"{os.fsdecode(node.path)}: restored {size} bytes, manifest says {node.size}"
                 )
-            _set_meta(path, node)
+            _set_meta(path, node, xattrs=xf)
     for node in nodes:
         if node.type == "hardlink":
             os.link(os.path.join(root, node.target), os.path.join(root, node.path))
@@ -135,10 +165,11 @@ def _finish(root: bytes, nodes: list[Node]) -> None:
             path = os.path.join(root, node.path)
             os.symlink(node.target, path)
             with contextlib.suppress(NotImplementedError, OSError):
-                _set_meta(path, node, link=True)
+                _set_meta(path, node, link=True, xattrs=xf)
     for node in reversed(nodes):
         if node.type == "dir":
-            _set_meta(os.path.join(root, node.path), node)
+            _set_meta(os.path.join(root, node.path), node, xattrs=xf)
+    return xf
 
 
 async def restore_tree(
@@ -169,7 +200,15 @@ async def restore_tree(
         tg.start_soon(report_every)
         await fetch_and_write(repo, files, progress)
         tg.cancel_scope.cancel()
-    await anyio.to_thread.run_sync(_finish, root, nodes)
+    xf = await anyio.to_thread.run_sync(_finish, root, nodes)
+    if xf.count:
+        log.warning(
+            "restore to %s: %d extended attribute(s) could not be set, e.g. %s; "
+            "the file system may not support them",
+            dest,
+            xf.count,
+            xf.first,
+        )
     progress.files_done = len(files)
     await report(progress)
     return len(files), progress.bytes_done

@@ -3,12 +3,28 @@
 Yields entries in a stable order (sorted by name, parents before children) so trees of
 unchanged folders produce identical tree streams and deduplicate. Sockets, FIFOs and
 device nodes are counted and skipped: they hold no data to restore.
+
+Filters (``FilesSource``): globs are matched against the '/'-separated path relative to
+the source root. A glob without '/' matches an entry's name at any depth (``*.log``);
+one with '/' matches the whole relative path (``etc/nginx/*.conf``, a leading '/' is
+ignored); ``*``, ``?`` and ``[...]`` stay inside one name, ``**`` as a whole segment spans
+any number of folders (``var/**/*.log``); a glob ending in '/' matches folders only.
+``exclude`` wins over ``include``, and an excluded folder is not descended. With
+``include``, an entry is kept when it matches or lies under a matching folder; the
+folders above kept entries are kept too (so restore has their modes and owners), and
+folders that cannot lead to a match are not descended.
+
+Secrets: an entry matching a ``secret`` glob (or under a matching folder) is backed up
+like any other, but its name is replaced by ``<secret>`` in every log line and error
+(see :func:`shown`); no code path here or in the backup ever prints file contents.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import errno
+import logging
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,12 +33,18 @@ from pathlib import Path
 from shared.errors import SourceError
 from shared.messages import FilesSource
 
+log = logging.getLogger(__name__)
+
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     rel: bytes  # '/'-separated path relative to the source root
     abspath: bytes
     st: os.stat_result
+    xattrs: dict[str, bytes] | None = None
+    secret: bool = False
 
 
 @dataclass(slots=True)
@@ -30,51 +52,211 @@ class WalkStats:
     skipped_special: int = 0
     excluded: int = 0
     skipped: list[str] = field(default_factory=list)
+    mount_points: list[str] = field(default_factory=list)  # not crossed (shown names)
+    xattr_errors: int = 0
 
 
-def _excluded(rel: str, patterns: list[str]) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+def _segment_regex(seg: str) -> str:
+    """One path segment of a glob as a regex that never crosses '/'."""
+    out: list[str] = []
+    i = 0
+    while i < len(seg):
+        c = seg[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and (j := seg.find("]", i + 2)) != -1:
+            body = seg[i + 1 : j]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
 
 
-def walk(source: FilesSource, stats: WalkStats | None = None) -> Iterator[Entry]:
-    """Every directory, regular file and symlink under ``source.path`` (not the root)."""
-    stats = stats if stats is not None else WalkStats()
-    root = os.fsencode(Path(source.path))
+def _path_regex(segs: list[str]) -> str:
+    parts: list[str] = []
+    for i, seg in enumerate(segs):
+        last = i == len(segs) - 1
+        if seg == "**":
+            parts.append(".*" if last else "(?:[^/]+/)*")
+        else:
+            parts.append(_segment_regex(seg) + ("" if last else "/"))
+    return "".join(parts)
+
+
+def _either(regexes: list[str]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{r})" for r in regexes), re.S) if regexes else None
+
+
+class Globs:
+    """A compiled list of globs with the semantics in the module docstring; a glob
+    ending in '/' matches folders only."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.empty = not patterns
+        names: tuple[list[str], list[str]] = ([], [])  # (any kind, folders only)
+        paths: tuple[list[str], list[str]] = ([], [])
+        self._prefixes: list[list[re.Pattern[str] | None]] = []  # None = "**"
+        for raw in patterns:
+            pat = raw.strip("/")
+            if not pat:
+                continue
+            dir_only = int(raw.endswith("/"))
+            if "/" not in pat and pat != "**":
+                names[dir_only].append(_segment_regex(pat))
+                continue
+            segs = pat.split("/")
+            paths[dir_only].append(_path_regex(segs))
+            self._prefixes.append(
+                [None if s == "**" else re.compile(_segment_regex(s), re.S) for s in segs]
+            )
+        self._any_name = bool(names[0] or names[1])
+        self._names = (_either(names[0]), _either(names[1]))
+        self._paths = (_either(paths[0]), _either(paths[1]))
+
+    def match(self, rel: str, is_dir: bool = False) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        for kind in (0, 1) if is_dir else (0,):
+            by_name, by_path = self._names[kind], self._paths[kind]
+            if by_name is not None and by_name.fullmatch(name):
+                return True
+            if by_path is not None and by_path.fullmatch(rel):
+                return True
+        return False
+
+    def may_match_below(self, rel_dir: str) -> bool:
+        """Whether an entry under the folder ``rel_dir`` could match (include pruning)."""
+        if self._any_name:
+            return True
+        dir_segs = rel_dir.split("/")
+        for segs in self._prefixes:
+            ok = True
+            for i, d in enumerate(dir_segs):
+                if i >= len(segs) - 1:  # the pattern's last segment names this level
+                    ok = segs[-1] is None
+                    break
+                seg = segs[i]
+                if seg is None:
+                    break  # "**" can span the rest
+                if not seg.fullmatch(d):
+                    ok = False
+                    break
+            if ok:
+                return True
+        return False
+
+
+def shown(rel: str, secret: Globs) -> str:
+    """``rel`` as it may appear in logs and errors: from the first component that is a
+    secret on, the name is withheld (``conf/<secret>``)."""
+    parts = rel.split("/")
+    for i in range(len(parts)):
+        if secret.match("/".join(parts[: i + 1]), True):
+            return "/".join([*parts[:i], "<secret>"])
+    return rel
+
+
+def read_xattrs(path: bytes, stats: WalkStats) -> dict[str, bytes] | None:
+    """Every readable extended attribute of ``path`` (never following a symlink)."""
     try:
-        st = os.stat(root)
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_XATTRS:
+            stats.xattr_errors += 1
+        return None
+    out: dict[str, bytes] = {}
+    for name in names:
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            stats.xattr_errors += 1
+    return out or None
+
+
+class _Walker:
+    def __init__(self, source: FilesSource, stats: WalkStats, root_dev: int) -> None:
+        self.exclude = Globs(source.exclude)
+        self.include = Globs(source.include)
+        self.secret = Globs(source.secret)
+        self.one_fs = source.one_file_system
+        self.xattrs = source.xattrs
+        self.stats = stats
+        self.root_dev = root_dev
+
+    def entry(self, rel: bytes, path: bytes, st: os.stat_result, secret: bool) -> Entry:
+        xattrs = read_xattrs(path, self.stats) if self.xattrs else None
+        return Entry(rel, path, st, xattrs, secret)
+
+    def walk_dir(
+        self, absdir: bytes, reldir: bytes, included: bool, secret_dir: bool
+    ) -> Iterator[Entry]:
+        try:
+            with os.scandir(absdir) as it:
+                names = sorted(e.name for e in it)
+        except OSError as exc:
+            where = shown(os.fsdecode(reldir), self.secret) if reldir else "the source root"
+            raise SourceError(f"cannot list {where}: {exc.strerror}") from exc
+        for name in names:
+            rel = reldir + b"/" + name if reldir else name
+            rels = os.fsdecode(rel)
+            path = os.path.join(absdir, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # vanished while we walked
+            except OSError as exc:
+                raise SourceError(
+                    f"cannot stat {shown(rels, self.secret)}: {exc.strerror}"
+                ) from exc
+            mode = st.st_mode
+            is_dir = stat.S_ISDIR(mode)
+            if not self.exclude.empty and self.exclude.match(rels, is_dir):
+                self.stats.excluded += 1
+                continue
+            secret = secret_dir or self.secret.match(rels, is_dir)
+            inc = included or self.include.empty or self.include.match(rels, is_dir)
+            if self.one_fs and st.st_dev != self.root_dev:
+                if stat.S_ISDIR(mode) and inc:
+                    yield self.entry(rel, path, st, secret)  # the empty mount point
+                if inc or stat.S_ISDIR(mode):
+                    name_shown = shown(rels, self.secret)
+                    self.stats.mount_points.append(name_shown)
+                    log.info("one_file_system: not crossing into the mount at %s", name_shown)
+                continue
+            if stat.S_ISDIR(mode):
+                if inc:
+                    yield self.entry(rel, path, st, secret)
+                    yield from self.walk_dir(path, rel, True, secret)
+                elif self.include.may_match_below(rels):
+                    below = list(self.walk_dir(path, rel, False, secret))
+                    if below:
+                        yield self.entry(rel, path, st, secret)
+                        yield from below
+            elif stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+                if inc:
+                    yield self.entry(rel, path, st, secret)
+            else:
+                self.stats.skipped_special += 1
+
+
+def walk(
+    source: FilesSource, stats: WalkStats | None = None, *, root: str | None = None
+) -> Iterator[Entry]:
+    """Every directory, regular file and symlink under ``source.path`` (not the root).
+
+    ``root`` reads the same tree from elsewhere (a snapshot of it); the relative paths,
+    and so the backup, look as if read from ``source.path``."""
+    stats = stats if stats is not None else WalkStats()
+    top = os.fsencode(Path(root if root is not None else source.path))
+    try:
+        st = os.stat(top)
     except OSError as exc:
         raise SourceError(f"source path {source.path}: {exc.strerror}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise SourceError(f"source path {source.path}: not a directory")
-    yield from _walk_dir(root, b"", source.exclude, stats)
-
-
-def _walk_dir(
-    absdir: bytes, reldir: bytes, exclude: list[str], stats: WalkStats
-) -> Iterator[Entry]:
-    try:
-        with os.scandir(absdir) as it:
-            names = sorted(e.name for e in it)
-    except OSError as exc:
-        raise SourceError(f"cannot list {os.fsdecode(absdir)}: {exc.strerror}") from exc
-    for name in names:
-        rel = reldir + b"/" + name if reldir else name
-        if exclude and _excluded(os.fsdecode(rel), exclude):
-            stats.excluded += 1
-            continue
-        path = os.path.join(absdir, name)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue  # vanished while we walked
-        except OSError as exc:
-            raise SourceError(f"cannot stat {os.fsdecode(path)}: {exc.strerror}") from exc
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            yield Entry(rel, path, st)
-            yield from _walk_dir(path, rel, exclude, stats)
-        elif stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-            yield Entry(rel, path, st)
-        else:
-            stats.skipped_special += 1
+    yield from _Walker(source, stats, st.st_dev).walk_dir(top, b"", False, False)

@@ -39,6 +39,13 @@ Trees: a backup's file tree is a stream of records (u32 LE length + msgpack ``No
 cut into chunks like any data and stored as TREE blobs; the manifest lists the tree's
 chunk ids. So a manifest stays small however many files a backup has, and unchanged
 parts of trees deduplicate.
+
+Node fields (msgpack map, defaults omitted): path, type (file/dir/symlink/hardlink),
+mode, mtime_ns, size, uid, gid, inode, ctime_ns, chunks, target, and — added later
+within version 1 — ``xattrs`` (map of attribute name → raw bytes; every attribute that
+was readable, including ``security.*``/``system.*`` ones). Readers ignore fields they do
+not know, so a tree with ``xattrs`` stays readable by code that predates it (its restore
+just does not set them); that is why adding a field with a default needs no version bump.
 """
 
 from __future__ import annotations

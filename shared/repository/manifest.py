@@ -22,7 +22,11 @@ class Node(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     ``target`` is a symlink's target, or for a ``hardlink`` the path of the first name of
     the same file in this tree (a hardlink also carries that file's chunks and size, so
-    it can be restored as a plain copy when its first name is not restored)."""
+    it can be restored as a plain copy when its first name is not restored).
+
+    ``xattrs`` (added in format v1 without a version bump) maps extended attribute names
+    to values; it is omitted when empty, and older readers ignore it (msgspec skips
+    unknown fields), so their restores just lack the attributes."""
 
     path: bytes
     type: NodeType
@@ -35,6 +39,7 @@ class Node(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ctime_ns: int = 0
     chunks: list[bytes] = []
     target: bytes = b""
+    xattrs: dict[str, bytes] = {}
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
