@@ -48,12 +48,16 @@ class Scheduler:
         *,
         interval_s: float,
         clock: Callable[[], datetime] = utcnow,
+        job_ids: Callable[[Run], str] | None = None,
     ) -> None:
         self.schedules = {ds: list(s) for ds, s in schedules.items() if s}
         self.catalog = catalog
         self.dispatch = dispatch
         self.interval_s = interval_s
         self.clock = clock
+        # A run's job id; the maintenance schedules (coordinator/maintenance.py) name
+        # their jobs after the task instead of a backup tier and type.
+        self.job_ids = job_ids or (lambda run: run.job_id)
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Catch up on runs inside their grace window, signal readiness, then loop."""
@@ -92,15 +96,16 @@ class Scheduler:
         return now if ok else last_checked
 
     async def _dispatch_once(self, run: Run) -> None:
-        job = await self.catalog.get_job(run.job_id)
+        job_id = self.job_ids(run)
+        job = await self.catalog.get_job(job_id)
         if job is not None:
             # real time, not self.clock: JetStream's duplicate window runs on real time
             age = (utcnow() - job.requested_at).total_seconds()
             if job.status != "dispatched" or age >= JOBS_DUPLICATE_WINDOW_S - _MARGIN_S:
-                log.debug("scheduled job %s already %s", run.job_id, job.status)
+                log.debug("scheduled job %s already %s", job_id, job.status)
                 return
-        reply = await self.dispatch(run.dataset, run.schedule.backup_type, run.job_id)
+        reply = await self.dispatch(run.dataset, run.schedule.backup_type, job_id)
         if isinstance(reply, ApiError):
-            log.error("scheduled job %s refused: %s", run.job_id, reply.message)
+            log.error("scheduled job %s refused: %s", job_id, reply.message)
         else:
-            log.info("dispatched scheduled job %s (due %s)", run.job_id, run.fire_time.isoformat())
+            log.info("dispatched scheduled job %s (due %s)", job_id, run.fire_time.isoformat())

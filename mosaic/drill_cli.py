@@ -1,0 +1,167 @@
+"""``mosaic-backup drill run DATASET`` and ``drill report``: restore drills on demand.
+
+``run`` asks the coordinator for a drill (``mosaic.api.drill``): it picks a random backup
+of the dataset from the past week (or ``--backup``), the dataset's agent restores it into
+a scratch folder, checks it and removes it. The command follows the job's events and
+prints the checks, RTO and RPO; it exits 1 when the drill failed. ``report`` lists past
+drills from the catalog (``mosaic.api.maintenance``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from contextlib import aclosing
+
+from rich.console import Console
+from rich.table import Table
+
+from mosaic.operator import OperatorError
+from shared.bus import Bus
+from shared.messages import (
+    ApiError,
+    DrillCompleted,
+    DrillRequest,
+    JobAccepted,
+    JobFailed,
+    MaintenanceList,
+    MaintenanceListRequest,
+)
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def _nats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nats",
+        default=os.environ.get("MOSAIC_NATS_URL", DEFAULT_NATS),
+        help=f"NATS URL of the coordinator's bus (default: $MOSAIC_NATS_URL or {DEFAULT_NATS})",
+    )
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="default 10")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    drill = sub.add_parser("drill", help="restore drills: prove backups restore")
+    drill_sub = drill.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = drill_sub.add_parser("run", help="restore a recent backup into scratch space and check it")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--backup", default=None, metavar="BACKUP_ID", help="drill this backup")
+    p.add_argument("--no-wait", action="store_true", help="return once the job is accepted")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="give up when no event arrives for S seconds (default 3600)",
+    )
+    _nats_args(p)
+    p.set_defaults(func=run_cmd)
+    p = drill_sub.add_parser("report", help="past drills: outcome, RTO, RPO, checks")
+    p.add_argument("--dataset", default=None, help="only this dataset")
+    p.add_argument("--limit", type=int, default=50, help="newest N drills (default 50)")
+    _nats_args(p)
+    p.set_defaults(func=report_cmd)
+
+
+async def _connect(args: argparse.Namespace) -> Bus:
+    return await Bus.connect(args.nats, name="mosaic-cli", timeout=args.connect_timeout)
+
+
+def _secs(v: float | None) -> str:
+    return "—" if v is None else f"{v:,.1f} s"
+
+
+async def run_drill(
+    bus: Bus,
+    dataset: str,
+    out: Console,
+    err: Console,
+    *,
+    backup_id: str | None = None,
+    wait: bool = True,
+    timeout: float = 3600.0,
+) -> DrillCompleted | JobAccepted:
+    reply = await bus.request("drill", DrillRequest(dataset=dataset, backup_id=backup_id))
+    if isinstance(reply, ApiError):
+        raise OperatorError(reply.message)
+    if not isinstance(reply, JobAccepted):
+        raise OperatorError(f"unexpected reply {type(reply).__name__}")
+    err.print(f"drill job {reply.job_id} sent to agent {reply.agent}")
+    if not wait:
+        return reply
+    with err.status(f"drill of {dataset}: restoring and checking on {reply.agent}"):
+        async with aclosing(bus.watch_job(reply.job_id, timeout=timeout)) as events:
+            async for ev in events:
+                if isinstance(ev, JobFailed):
+                    raise OperatorError(f"drill job {ev.job_id} failed on {ev.agent}: {ev.message}")
+                if isinstance(ev, DrillCompleted):
+                    out.print(_drill_table(ev))
+                    return ev
+    raise OperatorError(f"drill job {reply.job_id}: event stream ended")
+
+
+def _drill_table(ev: DrillCompleted) -> Table:
+    t = Table(title=f"drill of {ev.dataset}: {ev.outcome.upper()}")
+    t.add_column("check")
+    t.add_column("result")
+    t.add_column("detail")
+    t.add_row("backup", ev.backup_id, f"on {ev.target}, agent {ev.agent}")
+    t.add_row("RTO", _secs(ev.rto_s), "drill start → data restored and checked")
+    t.add_row("RPO", _secs(ev.rpo_s), "age of the newest restorable backup")
+    for c in ev.checks:
+        t.add_row(c.name, "ok" if c.ok else "FAILED", c.detail)
+    return t
+
+
+async def run_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+    bus = await _connect(args)
+    try:
+        ev = await run_drill(
+            bus,
+            args.dataset,
+            out,
+            err,
+            backup_id=args.backup,
+            wait=not args.no_wait,
+            timeout=args.timeout,
+        )
+    finally:
+        await bus.aclose()
+    if isinstance(ev, DrillCompleted) and ev.outcome != "passed":
+        err.print(f"mosaic-backup: drill of {ev.dataset} FAILED (backup {ev.backup_id})")
+        return 1
+    return 0
+
+
+async def report(bus: Bus, out: Console, *, dataset: str | None, limit: int) -> MaintenanceList:
+    reply = await bus.request(
+        "maintenance", MaintenanceListRequest(job_kind="drill", dataset=dataset, limit=limit)
+    )
+    if isinstance(reply, ApiError):
+        raise OperatorError(reply.message)
+    if not isinstance(reply, MaintenanceList):
+        raise OperatorError(f"unexpected reply {type(reply).__name__}")
+    t = Table(title=f"{len(reply.results)} drill(s)")
+    for col in ("dataset", "backup", "when", "outcome", "RTO", "RPO", "checks"):
+        t.add_column(col, justify="right" if col in ("RTO", "RPO") else "left")
+    for r in reply.results:
+        t.add_row(
+            r.dataset,
+            r.backup_id or "—",
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            r.outcome,
+            _secs(r.rto_s),
+            _secs(r.rpo_s),
+            r.summary,
+        )
+    out.print(t)
+    return reply
+
+
+async def report_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+    bus = await _connect(args)
+    try:
+        await report(bus, out, dataset=args.dataset, limit=args.limit)
+    finally:
+        await bus.aclose()
+    return 0
