@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import anyio
 
 from coordinator.alert_sinks import NatsSink, Sink, WebhookSink
-from coordinator.alerts import AlertState, DatasetSnapshot, RecentBackup, evaluate, step
+from coordinator.alerts import (
+    AlertState,
+    DatasetSnapshot,
+    Finding,
+    RecentBackup,
+    evaluate,
+    step,
+)
 from coordinator.api_models import API_PREFIX
 from coordinator.catalog.base import Catalog
 from shared.bus import Bus
@@ -83,6 +90,9 @@ class Alerter:
         self.catalog = catalog
         self.clock = clock
         self.state = AlertState()
+        # More rule inputs read elsewhere (maintenance results: coordinator/maintenance.py),
+        # each called with ``now`` on every evaluation.
+        self.sources: list[Callable[[datetime], Awaitable[list[Finding]]]] = []
 
     def firing(self) -> list[Alert]:
         """The alerts firing now, oldest first."""
@@ -123,10 +133,13 @@ class Alerter:
         now = self.clock()
         try:
             snapshots = await read_snapshots(self.catalog, self.cfg.datasets)
+            findings = evaluate(snapshots, self.cfg.alerts, now)
+            for source in self.sources:
+                findings += await source(now)
+            findings = [f for f in findings if f.rule not in self.cfg.alerts.disabled]
         except MosaicError as exc:
             log.error("alert rules not evaluated, the catalog failed: %s", exc)
             return []
-        findings = evaluate(snapshots, self.cfg.alerts, now)
         self.state, transitions = step(self.state, findings, now, coordinator=self.cfg.name)
         for a in transitions:
             log.warning("alert %s %s: %s", a.fingerprint, a.status, a.summary)

@@ -21,9 +21,17 @@ Rules:
   looking at up to :data:`DURATION_WINDOW` of them and only when there are at least
   :data:`DURATION_MIN_HISTORY`.
 - ``verification_failed``, ``replication_lag``, ``storage_low``: take their measurements
-  as arguments; their data sources (verify results, replication, target capacity) do not
-  exist yet, so :func:`evaluate` does not call them.
-- Agent heartbeat lost: left out; agents publish no heartbeats yet.
+  as arguments; :func:`evaluate` does not call them. ``coordinator/status.py`` calls
+  ``replication_lag`` (catalog, per dataset × replica target), ``storage_low`` (per
+  agent × target, from heartbeats; ``dataset`` holds the agent's name), and the two
+  below, and the alerter adds those findings.
+- ``heartbeat_lost``: no heartbeat from an agent for :data:`HEARTBEATS_MISSED` of its
+  intervals (``dataset`` holds the agent's name); resolves with the next heartbeat.
+- ``not_compliant``: a dataset's 3-2-1 evaluation has reasons (coordinator/compliance.py).
+- ``verify_failed``: the newest scheduled verify of a target found damage (or failed);
+  one alert per dataset stored there; resolves when a later verify passes.
+- ``drill_failed``: the newest restore drill of a dataset failed; resolves when a later
+  drill passes. Both are fed by ``coordinator/maintenance.py`` from the catalog.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ DURATION_WINDOW = 5
 DURATION_MIN_HISTORY = 3
 STORAGE_MIN_FREE = 0.20
 REPLICATION_MAX_LAG_S = 3600.0
+HEARTBEATS_MISSED = 3
 
 
 @dataclass(frozen=True)
@@ -211,6 +220,69 @@ def storage_low(
         severity="warning",
         summary=f"target {target} of {dataset} has {free_ratio:.0%} free",
         description=f"less than {min_free:.0%} free",
+    )
+
+
+def heartbeat_lost(
+    agent: str, last_seen: datetime | None, interval_s: float, now: datetime, since: datetime
+) -> Finding | None:
+    """``last_seen``: when the agent's newest heartbeat arrived (None: none since
+    ``since``, when the coordinator started listening)."""
+    limit = timedelta(seconds=HEARTBEATS_MISSED * interval_s)
+    if now - (last_seen or since) <= limit:
+        return None
+    seen = f"last heartbeat at {last_seen.isoformat()}" if last_seen else "no heartbeat yet"
+    return Finding(
+        rule="heartbeat_lost",
+        dataset=agent,
+        severity="critical",
+        summary=f"agent {agent} is silent ({seen})",
+        description=(
+            f"no heartbeat for more than {HEARTBEATS_MISSED} × {interval_s:g}s: the agent is "
+            "down, cannot reach NATS, or its clock is far off"
+        ),
+    )
+
+
+def not_compliant(dataset: str, reasons: Sequence[str]) -> Finding | None:
+    """``reasons``: the dataset's 3-2-1 shortfalls (empty: compliant or unknown)."""
+    if not reasons:
+        return None
+    return Finding(
+        rule="not_compliant",
+        dataset=dataset,
+        severity="warning",
+        summary=f"{dataset} does not meet 3-2-1: {', '.join(reasons)}",
+        description="3 copies (production counts), on 2 media, 1 offsite",
+    )
+
+
+def verify_failed(
+    dataset: str, target: str, passed: bool | None, detail: str = ""
+) -> Finding | None:
+    """``passed``: the outcome of the newest verify of ``target`` (None: never verified)."""
+    if passed is None or passed:
+        return None
+    return Finding(
+        rule="verify_failed",
+        dataset=dataset,
+        target=target,
+        severity="critical",
+        summary=f"verify of target {target} holding {dataset} failed",
+        description=detail,
+    )
+
+
+def drill_failed(dataset: str, passed: bool | None, detail: str = "") -> Finding | None:
+    """``passed``: the outcome of the dataset's newest restore drill (None: none yet)."""
+    if passed is None or passed:
+        return None
+    return Finding(
+        rule="drill_failed",
+        dataset=dataset,
+        severity="critical",
+        summary=f"restore drill of {dataset} failed",
+        description=detail,
     )
 
 

@@ -13,7 +13,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from shared.messages import BackupRecord, DatasetStatus, JobRecord
+from shared.messages import (
+    AgentStatus,
+    BackupRecord,
+    DatasetStatus,
+    JobRecord,
+    TargetSpaceStatus,
+)
 
 API_PREFIX = "/api/v1"
 # Times are always UTC-aware; saying so makes the schema read ``format: date-time``.
@@ -21,18 +27,34 @@ UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class BackupStatusDoc(msgspec.Struct, frozen=True, kw_only=True):
-    """``GET /api/v1/backup/status``: the strategy's health document."""
+    """``GET /api/v1/backup/status``: the strategy's health document.
+
+    Totals and counters cover every dataset; ``datasets`` is one page of per-dataset
+    detail (``?limit``, default 100, and ``?offset``), the datasets that need attention
+    (failing, never backed up, not 3-2-1 compliant, replication over 1 h behind) first,
+    then the others by name; ``?dataset=NAME`` shows one. ``storage_used``: bytes the
+    catalogued backups take in their repositories; ``storage_free``: free bytes the
+    agents' targets report in heartbeats (null: none can tell, as for S3).
+    """
 
     status: Literal["healthy", "degraded", "failing"]
     coordinator: str
     last_backup: UtcTime | None = None
-    # Schedules are not known to this API yet; null means "not scheduled / unknown".
+    # the soonest scheduled run of any dataset; null: nothing is scheduled
     next_backup: UtcTime | None = None
     storage_used: int = 0
     storage_free: int | None = None
     backups_total: int = 0
     recent_failures: list[JobRecord] = []
+    datasets_total: int = 0
+    datasets_failing: int = 0
+    datasets_without_backup: int = 0
+    datasets_not_compliant: int = 0
+    offset: int = 0
+    limit: int = 100
     datasets: list[DatasetStatus] = []
+    agents: list[AgentStatus] = []
+    targets: list[TargetSpaceStatus] = []
 
 
 class BackupPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,9 +107,23 @@ def openapi_document(version: str) -> dict[str, Any]:
             f"{API_PREFIX}/backup/status": {
                 "get": {
                     "operationId": "backupStatus",
-                    "summary": "Overall health, last backup, storage, recent failures",
+                    "summary": "Overall health, last/next backup, storage, agents, 3-2-1",
+                    "parameters": [
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+                            "datasets detailed in this page (problems first)",
+                        ),
+                        _query(
+                            "offset",
+                            {"type": "integer", "minimum": 0, "default": 0},
+                            "datasets to skip",
+                        ),
+                        _query("dataset", {"type": "string"}, "only this dataset's detail"),
+                    ],
                     "responses": {
                         "200": _json(status, "the status document"),
+                        "400": bad,
                         "500": failed,
                     },
                 }

@@ -39,9 +39,11 @@ from shared.messages import Alert, StatusReply, utcnow
 
 log = logging.getLogger(__name__)
 
-StatusFn = Callable[[], Awaitable[StatusReply]]
+StatusFn = Callable[..., Awaitable[StatusReply]]  # (limit=, offset=, dataset=)
 AlertsFn = Callable[[], list[Alert]]
 MAX_LIMIT = 10_000
+# Datasets detailed in one status document by default (problems first; ?limit, ?offset).
+STATUS_PAGE = 100
 _enc = msgspec.json.Encoder()
 
 
@@ -156,34 +158,41 @@ class HttpApi:
 
     # --- handlers ----------------------------------------------------------------------
 
-    async def status_document(self) -> BackupStatusDoc:
-        """The strategy's status document: the NATS ``status`` reply plus totals."""
-        st = await self._status()
-        finished = [r.last_backup.finished_at for r in st.datasets if r.last_backup]
+    async def status_document(
+        self, *, limit: int = STATUS_PAGE, offset: int = 0, dataset: str | None = None
+    ) -> BackupStatusDoc:
+        """The strategy's status document: the NATS ``status`` reply plus totals.
+
+        ``storage_used`` is what the catalogued backups take in their repositories (after
+        dedup and compression; kept as a per-target sum by the catalog), ``storage_free``
+        the free space the agents' targets report in heartbeats (None: none reports)."""
+        st = await self._status(limit=limit, offset=offset, dataset=dataset)
+        frees = [t.free for t in st.targets if t.free is not None]
         return BackupStatusDoc(
             status=st.status,
             coordinator=st.coordinator,
-            last_backup=max(finished, default=None),
-            next_backup=None,
-            storage_used=await self._storage_used(st.backups_total),
-            storage_free=None,
+            last_backup=st.last_backup_at,
+            next_backup=st.next_backup,
+            storage_used=sum(t.catalog_bytes for t in st.targets),
+            storage_free=sum(frees) if frees else None,
             backups_total=st.backups_total,
             recent_failures=st.recent_failures,
+            datasets_total=st.datasets_total,
+            datasets_failing=st.datasets_failing,
+            datasets_without_backup=st.datasets_without_backup,
+            datasets_not_compliant=st.datasets_not_compliant,
+            offset=offset,
+            limit=limit,
             datasets=st.datasets,
+            agents=st.agents,
+            targets=st.targets,
         )
 
-    async def _storage_used(self, total: int) -> int:
-        # bytes_stored is what each backup added to its repository (after dedup and
-        # compression), so the sum is the space the catalogued backups take. The catalog
-        # has no aggregate query yet, so this reads every row: fine for thousands of
-        # backups, a catalog-side SUM is needed for millions.
-        if total == 0:
-            return 0
-        rows = await self.catalog.list_backups(limit=total)
-        return sum(b.bytes_stored for b in rows)
-
     async def get_status(self, request: web.Request) -> web.Response:
-        return _json(await self.status_document())
+        limit = _int_param(request, "limit", 1, MAX_LIMIT) or STATUS_PAGE
+        offset = _int_param(request, "offset", 0, None) or 0
+        dataset = request.query.get("dataset") or None
+        return _json(await self.status_document(limit=limit, offset=offset, dataset=dataset))
 
     async def list_backups(self, request: web.Request) -> web.Response:
         days = _int_param(request, "days", 1, 36500)

@@ -5,7 +5,9 @@ and two coordinators would disagree. The catalog is the durable record both shar
 every scrape reads it once (:func:`read_snapshot`, async) and a custom collector turns
 that snapshot into metric families (plain values in, metrics out, so it is testable
 without a server). The collector lives in its own ``CollectorRegistry``, never the
-process-global one, so importing this module registers nothing anywhere.
+process-global one, so importing this module registers nothing anywhere. Storage, lag,
+3-2-1 and heartbeat series come from the same status read (coordinator/status.py), which
+adds the agents' last heartbeats to the catalog's aggregates.
 
 Limitation: ``backup_failure_total`` is counted from the newest
 :data:`FAILURE_SCAN_LIMIT` failed jobs (the catalog has no per-dataset failure count).
@@ -39,9 +41,15 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     failures: list[JobRecord]
 
 
-async def read_snapshot(catalog: Catalog, status: Callable[[], Awaitable[StatusReply]]) -> Snapshot:
+# Every dataset, not one page: metrics carry one series per dataset.
+ALL_DATASETS = 1 << 31
+
+
+async def read_snapshot(
+    catalog: Catalog, status: Callable[..., Awaitable[StatusReply]]
+) -> Snapshot:
     return Snapshot(
-        status=await status(),
+        status=await status(limit=ALL_DATASETS),
         failures=await catalog.recent_failures(limit=FAILURE_SCAN_LIMIT),
     )
 
@@ -80,13 +88,49 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     for name in sorted({r.dataset for r in snap.status.datasets} | set(failed)):
         failures.add_metric([name], failed[name])
     yield failures
-    # backup_storage_used_percent{dataset,target} needs the targets' capacity, which
-    # agents do not report yet; it is omitted rather than exported as a made-up value.
+    yield from _heartbeat_families(snap.status)
     yield GaugeMetricFamily(
         "mosaic_catalog_backups_total",
         "Backups recorded in the catalog (a gauge: prune lowers it).",
         value=snap.status.backups_total,
     )
+
+
+def _heartbeat_families(st: StatusReply) -> Iterator[Metric]:
+    """Series from heartbeats, replication and 3-2-1 (coordinator/status.py)."""
+    used = GaugeMetricFamily(
+        "backup_storage_used_percent",
+        "Used space of a target, as its agent's last heartbeat reported it.",
+        labels=("agent", "target"),
+    )
+    for t in st.targets:
+        if t.used_percent is not None:
+            used.add_metric([t.agent, t.target], t.used_percent)
+    lag = GaugeMetricFamily(
+        "backup_replication_lag_seconds",
+        "How long the primary target's newest backup has waited for a copy on this target.",
+        labels=("dataset", "target"),
+    )
+    compliant = GaugeMetricFamily(
+        "backup_321_compliant",
+        "1 if the dataset meets 3-2-1 (3 copies, 2 media, 1 offsite), else 0.",
+        labels=("dataset",),
+    )
+    for row in st.datasets:
+        for c in row.targets:
+            if c.lag_s is not None:
+                lag.add_metric([row.dataset, c.target], c.lag_s)
+        if row.compliance is not None and row.compliance.compliant is not None:
+            compliant.add_metric([row.dataset], 1.0 if row.compliance.compliant else 0.0)
+    heartbeat = GaugeMetricFamily(
+        "backup_agent_last_heartbeat_timestamp",
+        "Unix time of the agent's last heartbeat (absent: none since the coordinator started).",
+        labels=("agent",),
+    )
+    for a in st.agents:
+        if a.last_heartbeat is not None:
+            heartbeat.add_metric([a.agent], a.last_heartbeat.timestamp())
+    yield from (used, lag, compliant, heartbeat)
 
 
 class CatalogCollector:

@@ -16,7 +16,7 @@ import pytest
 
 from coordinator.catalog import Catalog, open_catalog
 from shared.errors import CatalogError
-from shared.messages import BackupRecord, JobRecord
+from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
 from tests.fixtures.postgres import free_port
 
 T0 = datetime(2024, 3, 10, 2, 15, 30, 123456, tzinfo=UTC)
@@ -273,3 +273,137 @@ async def test_postgres_unreachable_fails_fast_without_password() -> None:
     assert secret not in message and "\n" not in message
     assert f"127.0.0.1:{port}/catalog" in message and "mosaic@" in message
     assert caught.value.retryable
+
+
+# --- aggregates for status at scale (target_summaries, last_failures, get_backups) ------
+
+
+async def test_target_summaries_follow_inserts_and_deletes(catalog: Catalog) -> None:
+    assert await catalog.target_summaries() == []
+    rows = [
+        backup("b1", T0, bytes_stored=100),
+        backup("b2", T0 + timedelta(hours=1), bytes_stored=20),
+        backup("b3", T0 + timedelta(hours=1), bytes_stored=3),  # same time: id breaks tie
+        backup("r1", T0, target="offsite", bytes_stored=7),
+        backup("o1", T0 + timedelta(days=1), dataset="other", bytes_stored=1),
+    ]
+    for row in rows:
+        await catalog.record_backup(row)
+    await catalog.record_backup(rows[0])  # a replayed event changes nothing
+    got = {(s.dataset, s.target): s for s in await catalog.target_summaries()}
+    assert list(got) == [("gitea-db", "local"), ("gitea-db", "offsite"), ("other", "local")]
+    local = got["gitea-db", "local"]
+    assert (local.backup_id, local.finished_at) == ("b3", T0 + timedelta(hours=1))
+    assert (local.backups, local.bytes_stored) == (3, 123)
+    assert (got["gitea-db", "offsite"].backups, got["gitea-db", "offsite"].bytes_stored) == (1, 7)
+    assert await catalog.count_backups() == 5
+
+
+async def test_last_failures_is_the_newest_failed_job_per_dataset(catalog: Catalog) -> None:
+    for i, (dataset, kind) in enumerate(
+        [("a", "backup"), ("a", "backup"), ("a", "restore"), ("b", "backup"), ("c", "backup")]
+    ):
+        await catalog.record_job(job(f"j{i}", dataset=dataset, job_kind=kind))
+        if dataset != "c":
+            await catalog.update_job(
+                f"j{i}", "failed", T0 + timedelta(minutes=i), error_code="x", error_message="y"
+            )
+    newest = await catalog.last_failures()
+    assert {d: j.job_id for d, j in newest.items()} == {"a": "j2", "b": "j3"}
+    backups_only = await catalog.last_failures(job_kind="backup")
+    assert {d: j.job_id for d, j in backups_only.items()} == {"a": "j1", "b": "j3"}
+    assert backups_only["a"] == await catalog.get_job("j1")
+
+
+async def test_get_backups_returns_those_that_exist(catalog: Catalog) -> None:
+    assert await catalog.get_backups([]) == []
+    rows = [backup(f"b{i}", T0 + timedelta(minutes=i)) for i in range(3)]
+    for row in rows:
+        await catalog.record_backup(row)
+    got = await catalog.get_backups(["b2", "nope", "b0"])
+    assert sorted(got, key=lambda b: b.backup_id) == [rows[0], rows[2]]
+
+
+# --- maintenance results and drills (coordinator/maintenance.py) -----------------------
+
+
+def maint(job_id: str, kind: str, finished_at: datetime, **changes: Any) -> MaintenanceRecord:
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "kind": kind,
+        "agent": "host-a",
+        "target": "local",
+        "dataset": "gitea-db" if kind == "drill" else "",
+        "backup_id": "b1" if kind == "drill" else None,
+        "outcome": "passed",
+        "started_at": finished_at - timedelta(seconds=42),
+        "finished_at": finished_at,
+        "rto_s": 41.5 if kind == "drill" else None,
+        "rpo_s": 3600.25 if kind == "drill" else None,
+        "summary": "restore: ok (3 files)",
+        "detail": '{"kind": "x"}',
+    }
+    return MaintenanceRecord(**(fields | changes))
+
+
+async def test_maintenance_results_round_trip_newest_first_and_filtered(catalog: Catalog) -> None:
+    rows = [
+        maint("v1", "verify", T0),
+        maint("d1", "drill", T0 + timedelta(hours=1), outcome="failed"),
+        maint("d2", "drill", T0 + timedelta(hours=2), dataset="other"),
+        maint("p1", "prune", T0 + timedelta(hours=3), target="offsite"),
+    ]
+    for r in rows:
+        await catalog.record_maintenance(r)
+    await catalog.record_maintenance(maint("d1", "drill", T0, outcome="passed"))  # replay
+    assert await catalog.list_maintenance() == rows[::-1]
+    assert await catalog.list_maintenance(kind="drill") == [rows[2], rows[1]]
+    assert await catalog.list_maintenance(kind="drill", dataset="gitea-db") == [rows[1]]
+    assert await catalog.list_maintenance(target="offsite") == [rows[3]]
+    assert await catalog.list_maintenance(kind="drill", limit=1) == [rows[2]]
+
+
+async def test_forget_backups_removes_only_that_targets_rows(catalog: Catalog) -> None:
+    await catalog.record_backup(backup("b1", T0))
+    await catalog.record_backup(backup("b2", T0 + timedelta(hours=1)))
+    await catalog.record_backup(backup("b3", T0 + timedelta(hours=2), target="offsite"))
+    assert await catalog.forget_backups(["b1", "b3", "nope"], target="local") == 1
+    assert [b.backup_id for b in await catalog.list_backups()] == ["b3", "b2"]
+    assert await catalog.forget_backups([], target="local") == 0
+    assert await catalog.count_backups() == 2
+
+
+async def test_summaries_and_marker_follow_forget_and_failures(catalog: Catalog) -> None:
+    markers = {await catalog.summary_marker()}
+    for i in range(3):
+        await catalog.record_backup(backup(f"b{i}", T0 + timedelta(hours=i), bytes_stored=10))
+    markers.add(await catalog.summary_marker())
+    assert await catalog.forget_backups(["b2"], target="local") == 1  # the newest goes
+    [s] = await catalog.target_summaries()
+    assert (s.backup_id, s.finished_at, s.backups, s.bytes_stored) == (
+        "b1",
+        T0 + timedelta(hours=1),
+        2,
+        20,
+    )
+    markers.add(await catalog.summary_marker())
+    await catalog.record_job(job("j1"))
+    await catalog.update_job("j1", "failed", T0, error_code="x", error_message="y")
+    markers.add(await catalog.summary_marker())
+    assert len(markers) == 4  # every change changed it
+    assert await catalog.summary_marker() in markers  # and nothing else did
+    await catalog.forget_backups(["b0", "b1"], target="local")
+    assert await catalog.target_summaries() == [] and await catalog.count_backups() == 0
+
+
+async def test_unresolved_failures_and_failures_of_some_datasets(catalog: Catalog) -> None:
+    for i, dataset in enumerate(["a", "b", "c"]):
+        await catalog.record_job(job(f"j{i}", dataset=dataset))
+        await catalog.update_job(f"j{i}", "failed", T0, error_code="x", error_message="y")
+    await catalog.record_backup(backup("later", T0 + timedelta(hours=1), dataset="a"))
+    await catalog.record_backup(backup("earlier", T0 - timedelta(hours=1), dataset="b"))
+    failing = await catalog.last_failures(unresolved=True)
+    assert sorted(failing) == ["b", "c"]  # a backed up after its failure
+    some = await catalog.last_failures(datasets=["a", "c", "zz"])
+    assert {d: j.job_id for d, j in some.items()} == {"a": "j0", "c": "j2"}
+    assert await catalog.last_failures(datasets=[]) == {}

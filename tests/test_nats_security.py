@@ -23,14 +23,16 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig
 from rich.console import Console
 
+from agent.heartbeat import heartbeat
+from coordinator.heartbeats import HeartbeatStore
 from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.natsconfig import write_config
 from shared import subjects
 from shared.bus import Bus, fetch_one
-from shared.config import LocalTargetConfig
+from shared.config import AgentConfig, LocalTargetConfig
 from shared.errors import BusError
-from shared.messages import BackupCompleted, RestoreCompleted
+from shared.messages import BackupCompleted, RestoreCompleted, encode
 from shared.natsserver import free_port, nats_server_binary
 from tests.harness import cli, make_tree, running_stack
 
@@ -295,3 +297,38 @@ def test_nats_config_command(tmp_path: Path) -> None:
     clash = cli("nats-config", "--agents", "coordinator", "--out", str(tmp_path / "x"))
     assert clash.returncode == 1
     assert clash.stderr.strip().count("\n") == 0 and "'coordinator'" in clash.stderr
+
+
+async def test_agent_heartbeats_only_as_itself(
+    secure_nats: SecureNats, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """An agent's heartbeat reaches the coordinator; another agent cannot send one in its
+    name (it could otherwise hide that the first one is down)."""
+    coord = await coordinator_with_streams(secure_nats)
+    alpha = await secure_nats.connect("alpha")
+    beta = await secure_nats.connect("beta")
+    store = HeartbeatStore()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run, coord)
+            cfg = AgentConfig(
+                name="alpha",
+                key_file=str(tmp_path / "k"),
+                targets={"t": LocalTargetConfig(path=str(tmp_path))},
+            )
+            hb = await heartbeat(cfg, {}, started=time.monotonic(), running_job=None)
+            with caplog.at_level(logging.WARNING, logger="shared.bus"):
+                await beta.nc.publish(subjects.heartbeat("alpha"), encode(hb))
+                await beta.nc.flush()
+                await refused(caplog, 'publish to "mosaic.heartbeat.alpha"')
+            assert "alpha" not in store.last()
+            await alpha.nc.publish(subjects.heartbeat("alpha"), encode(hb))
+            with anyio.fail_after(5):
+                while "alpha" not in store.last():  # noqa: ASYNC110 (a plain dict)
+                    await anyio.sleep(0.02)
+            assert store.last()["alpha"].heartbeat.targets[0].media == "disk"
+            tg.cancel_scope.cancel()
+    finally:
+        await beta.aclose()
+        await alpha.aclose()
+        await coord.aclose()

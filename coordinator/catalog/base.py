@@ -7,10 +7,48 @@ PostgreSQL for production); tests/test_catalog_contract.py runs one suite on bot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from shared.messages import BackupRecord, JobRecord
+import msgspec
+
+from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
+
+
+class TargetSummary(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A dataset's backups on one target: the newest, how many, and their stored bytes.
+
+    Kept by the catalog itself (triggers on insert and delete) in a table of one row per
+    (dataset, target), so status and metrics read a few thousand rows instead of
+    scanning millions of backups. ``gc=False``: tens of thousands of them are read at
+    once, and they hold no references that could form a cycle."""
+
+    dataset: str
+    target: str
+    backup_id: str  # the newest (by finished_at, then backup_id)
+    finished_at: datetime
+    backups: int
+    bytes_stored: int
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the audit trail: who (``actor``) did what (``action``) to what.
+
+    Also the JSON body of the ``mosaic.audit.<action>`` events (coordinator/audit.py),
+    so other systems read the same fields. ``entry_id`` is deterministic where the
+    action has an id (``restore_requested:<job id>``): a replayed request or a
+    re-published scheduled job never adds a second line.
+    """
+
+    entry_id: str
+    at: datetime
+    action: str  # backup_requested, backup_scheduled, restore_requested, config_changed, …
+    actor: str  # requested_by of the request; "scheduler"; the coordinator's name
+    dataset: str | None = None
+    backup_id: str | None = None
+    job_id: str | None = None
+    detail: str = ""
 
 
 class Catalog(Protocol):
@@ -61,5 +99,52 @@ class Catalog(Protocol):
     async def last_failure(self, dataset: str) -> JobRecord | None: ...
 
     async def count_backups(self) -> int: ...
+
+    async def target_summaries(self) -> list[TargetSummary]:
+        """One row per (dataset, target) holding backups, in that order; one query."""
+
+    async def summary_marker(self) -> str:
+        """A value that changes whenever ``target_summaries`` or any failed job changes;
+        cheap (a few aggregates over small tables and a partial index), so a reader
+        can keep what it computed from them until it changes."""
+
+    async def last_failures(
+        self,
+        *,
+        job_kind: str | None = None,
+        datasets: Sequence[str] | None = None,
+        unresolved: bool = False,
+    ) -> dict[str, JobRecord]:
+        """The newest failed job (of ``job_kind``, if given) of every dataset (of
+        ``datasets``, if given); one query. ``unresolved``: only where it failed after the
+        dataset's newest backup on any target (the datasets failing right now)."""
+
+    async def get_backups(self, backup_ids: Sequence[str]) -> list[BackupRecord]:
+        """The backups with these ids that exist, in no particular order."""
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        """Append one audit entry; an ``entry_id`` already there is left as it was.
+        The table refuses UPDATE and DELETE (triggers): the trail is append-only."""
+
+    async def list_audit(self, *, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
+        """Audit entries newest first (in the order they were appended)."""
+
+    async def record_maintenance(self, rec: MaintenanceRecord) -> None:
+        """Insert a maintenance result (verify, prune, replicate, drill); idempotent by
+        ``job_id`` (the first result recorded for a job stays)."""
+
+    async def list_maintenance(
+        self,
+        *,
+        kind: str | None = None,
+        dataset: str | None = None,
+        target: str | None = None,
+        limit: int = 100,
+    ) -> list[MaintenanceRecord]:
+        """Maintenance results newest first (by ``finished_at``), filtered when given."""
+
+    async def forget_backups(self, backup_ids: Sequence[str], *, target: str) -> int:
+        """Remove the rows of backups a prune forgot on ``target``; returns how many.
+        Unknown ids and rows of other targets are left alone."""
 
     async def aclose(self) -> None: ...

@@ -21,14 +21,24 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from coordinator.catalog.base import AuditEntry, TargetSummary
 from shared.errors import CatalogError
-from shared.messages import BackupRecord, JobRecord
+from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
 
 _T = TypeVar("_T")
 
 _JOB_STATUSES = frozenset({"dispatched", "running", "completed", "failed"})
 # Any constant works; it only has to be the same in every coordinator ("mosaic" in ASCII).
 _MIGRATION_LOCK = 0x6D6F73616963
+
+# Recomputes target_summary from the backups (migration 2; bench/catalog_scale.py after
+# a bulk load with the triggers disabled).
+REBUILD_TARGET_SUMMARY = """INSERT INTO target_summary
+    SELECT DISTINCT ON (dataset, target) dataset, target, backup_id, finished_at,
+        count(*) OVER w, sum(bytes_stored) OVER w
+    FROM backups
+    WINDOW w AS (PARTITION BY dataset, target)
+    ORDER BY dataset, target, finished_at DESC, backup_id DESC"""
 
 # Each entry is one schema version (index + 1); never edit a released entry, append one.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -54,6 +64,76 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX backups_by_dataset_finished
             ON backups (dataset, finished_at DESC, backup_id DESC)""",
     ),
+    # 2: status at scale — one summary row per (dataset, target), kept by triggers.
+    (
+        """CREATE INDEX backups_by_dataset_target_finished
+            ON backups (dataset, target, finished_at DESC, backup_id DESC)""",
+        """CREATE TABLE target_summary (
+            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
+            finished_at timestamptz NOT NULL, backups bigint NOT NULL,
+            bytes_stored bigint NOT NULL, PRIMARY KEY (dataset, target))""",
+        REBUILD_TARGET_SUMMARY,
+        """CREATE FUNCTION target_summary_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO target_summary AS s VALUES
+                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
+            ON CONFLICT (dataset, target) DO UPDATE SET
+                backups = s.backups + 1,
+                bytes_stored = s.bytes_stored + EXCLUDED.bytes_stored,
+                backup_id = CASE WHEN (EXCLUDED.finished_at, EXCLUDED.backup_id)
+                    > (s.finished_at, s.backup_id) THEN EXCLUDED.backup_id ELSE s.backup_id END,
+                finished_at = GREATEST(s.finished_at, EXCLUDED.finished_at);
+            RETURN NULL;
+        END $$""",
+        """CREATE FUNCTION target_summary_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE target_summary SET backups = backups - 1,
+                bytes_stored = bytes_stored - OLD.bytes_stored
+                WHERE dataset = OLD.dataset AND target = OLD.target;
+            DELETE FROM target_summary
+                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
+            UPDATE target_summary s SET backup_id = b.backup_id, finished_at = b.finished_at
+                FROM (SELECT backup_id, finished_at FROM backups
+                      WHERE dataset = OLD.dataset AND target = OLD.target
+                      ORDER BY finished_at DESC, backup_id DESC LIMIT 1) b
+                WHERE s.dataset = OLD.dataset AND s.target = OLD.target
+                  AND s.backup_id = OLD.backup_id;
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER backups_summary_insert AFTER INSERT ON backups
+            FOR EACH ROW EXECUTE FUNCTION target_summary_insert()""",
+        """CREATE TRIGGER backups_summary_delete AFTER DELETE ON backups
+            FOR EACH ROW EXECUTE FUNCTION target_summary_delete()""",
+    ),
+    # 3: the audit trail, append-only (triggers refuse UPDATE and DELETE)
+    (
+        """CREATE TABLE audit (
+            seq bigserial PRIMARY KEY, entry_id text NOT NULL UNIQUE,
+            at timestamptz NOT NULL, action text NOT NULL, actor text NOT NULL,
+            dataset text, backup_id text, job_id text, detail text NOT NULL)""",
+        """CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'the audit table is append-only: % refused', TG_OP;
+        END $$""",
+        """CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+            FOR EACH ROW EXECUTE FUNCTION audit_append_only()""",
+        """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
+    ),
+    # 4: maintenance results (verify, prune, replicate) and restore drills
+    (
+        """CREATE TABLE maintenance (
+            job_id text PRIMARY KEY, kind text NOT NULL, agent text NOT NULL,
+            target text NOT NULL, dataset text NOT NULL, backup_id text,
+            outcome text NOT NULL CHECK (outcome IN ('passed', 'failed')),
+            started_at timestamptz NOT NULL, finished_at timestamptz NOT NULL,
+            rto_s double precision, rpo_s double precision,
+            summary text NOT NULL, detail text NOT NULL)""",
+        """CREATE INDEX maintenance_by_kind_finished
+            ON maintenance (kind, finished_at DESC, job_id DESC)""",
+        """CREATE INDEX maintenance_by_dataset_kind_finished
+            ON maintenance (dataset, kind, finished_at DESC, job_id DESC)""",
+    ),
 )
 
 # Explicit, not derived from the Structs: a field added to a record (with a default)
@@ -67,6 +147,11 @@ _BACKUP_COLUMNS = (
     *("started_at", "finished_at", "files", "bytes_read", "bytes_new", "bytes_stored"),
     "duration_s",
 )
+_MAINTENANCE_COLUMNS = (
+    *("job_id", "kind", "agent", "target", "dataset", "backup_id", "outcome"),
+    *("started_at", "finished_at", "rto_s", "rpo_s", "summary", "detail"),
+)
+_AUDIT_COLUMNS = ("entry_id", "at", "action", "actor", "dataset", "backup_id", "job_id", "detail")
 _JOBS = ", ".join(_JOB_COLUMNS)
 _BACKUPS = ", ".join(_BACKUP_COLUMNS)
 
@@ -82,6 +167,13 @@ def _decode(row: dict[str, Any], kind: type[_T]) -> _T:
         if isinstance(value, datetime):
             row[name] = value.astimezone(UTC)
     return msgspec.convert(row, kind)
+
+
+# What summary_marker() reads: it changes with any summary row or failed job.
+_MARKER = """ROW((SELECT count(*) FROM target_summary), (SELECT sum(backups) FROM target_summary),
+    (SELECT sum(bytes_stored) FROM target_summary), (SELECT max(finished_at) FROM target_summary),
+    (SELECT count(*) FROM jobs WHERE status = 'failed'),
+    (SELECT max(updated_at) FROM jobs WHERE status = 'failed'))::text"""
 
 
 async def _use_utc(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -211,7 +303,10 @@ class PostgresCatalog:
             return await cur.fetchall()
 
     async def _insert(
-        self, table: str, columns: tuple[str, ...], record: JobRecord | BackupRecord
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        record: JobRecord | BackupRecord | MaintenanceRecord,
     ) -> None:
         """Insert ``record`` unless its primary key (the first column) exists: idempotent."""
         values = [getattr(record, name) for name in columns]
@@ -322,8 +417,119 @@ class PostgresCatalog:
         return [_decode(row, JobRecord) for row in rows]
 
     async def count_backups(self) -> int:
-        rows = await self._fetch("SELECT count(*) AS n FROM backups", ())
+        # From the summary: count(*) over millions of rows is a full scan in PostgreSQL.
+        rows = await self._fetch("SELECT COALESCE(sum(backups), 0) AS n FROM target_summary", ())
         return int(rows[0]["n"])
+
+    async def target_summaries(self) -> list[TargetSummary]:
+        # Plain tuples: this reads one row per dataset × target on every status after a
+        # change, and dict rows plus conversion cost more than the query (10,000s of rows).
+        async with self._connection() as conn, conn.cursor(binary=True) as cur:
+            await cur.execute(
+                "SELECT dataset, target, backup_id, finished_at, backups, bytes_stored"
+                " FROM target_summary ORDER BY dataset, target"
+            )
+            rows = await cur.fetchall()
+        return [
+            TargetSummary(
+                dataset=d,
+                target=t,
+                backup_id=b,
+                finished_at=f.astimezone(UTC),
+                backups=n,
+                bytes_stored=size,
+            )
+            for d, t, b, f, n, size in rows
+        ]
+
+    async def summary_marker(self) -> str:
+        rows = await self._fetch(f"SELECT {_MARKER} AS m", ())
+        return str(rows[0]["m"])
+
+    async def last_failures(
+        self,
+        *,
+        job_kind: str | None = None,
+        datasets: Sequence[str] | None = None,
+        unresolved: bool = False,
+    ) -> dict[str, JobRecord]:
+        where, params = "", list[object]()
+        if job_kind is not None:
+            where, params = "AND job_kind = %s", [job_kind]
+        if datasets is not None:
+            where += " AND dataset = ANY(%s)"
+            params.append(list(datasets))
+        newest = (
+            f"SELECT DISTINCT ON (dataset) {_JOBS} FROM jobs WHERE status = 'failed' {where}"
+            " ORDER BY dataset, updated_at DESC, job_id DESC"
+        )
+        if unresolved:  # few rows: most datasets' newest failure was followed by a backup
+            newest = (
+                f"SELECT * FROM ({newest}) f WHERE NOT EXISTS (SELECT 1 FROM target_summary s"
+                " WHERE s.dataset = f.dataset AND s.finished_at >= f.updated_at)"
+            )
+        rows = await self._fetch(newest, params)
+        return {row["dataset"]: _decode(row, JobRecord) for row in rows}
+
+    async def get_backups(self, backup_ids: Sequence[str]) -> list[BackupRecord]:
+        if not backup_ids:
+            return []
+        rows = await self._fetch(
+            f"SELECT {_BACKUPS} FROM backups WHERE backup_id = ANY(%s)", (list(backup_ids),)
+        )
+        return [_decode(row, BackupRecord) for row in rows]
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        values = [getattr(entry, name) for name in _AUDIT_COLUMNS]
+        await self._execute(
+            f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)})"
+            f" VALUES ({', '.join(['%s'] * len(_AUDIT_COLUMNS))})"
+            " ON CONFLICT (entry_id) DO NOTHING",
+            [_aware(v) if isinstance(v, datetime) else v for v in values],
+        )
+
+    async def list_audit(self, *, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
+        where, params = ("WHERE action = %s", [action]) if action is not None else ("", [])
+        rows = await self._fetch(
+            f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit {where} ORDER BY seq DESC LIMIT %s",
+            (*params, max(limit, 0)),
+        )
+        return [_decode(row, AuditEntry) for row in rows]
+
+    async def record_maintenance(self, rec: MaintenanceRecord) -> None:
+        await self._insert("maintenance", _MAINTENANCE_COLUMNS, rec)
+
+    async def list_maintenance(
+        self,
+        *,
+        kind: str | None = None,
+        dataset: str | None = None,
+        target: str | None = None,
+        limit: int = 100,
+    ) -> list[MaintenanceRecord]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (("kind", kind), ("dataset", dataset), ("target", target)):
+            if value is not None:
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._fetch(
+            f"SELECT {', '.join(_MAINTENANCE_COLUMNS)} FROM maintenance {where}"
+            " ORDER BY finished_at DESC, job_id DESC LIMIT %s",
+            (*params, max(limit, 0)),
+        )
+        return [_decode(row, MaintenanceRecord) for row in rows]
+
+    async def forget_backups(self, backup_ids: Sequence[str], *, target: str) -> int:
+        if not backup_ids:
+            return 0
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM backups WHERE target = %s AND backup_id = ANY(%s)",
+                (target, list(backup_ids)),
+            )
+            return int(cur.rowcount)
 
     async def aclose(self) -> None:
         async with self._open_lock:

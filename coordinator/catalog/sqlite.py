@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import msgspec
 
+from coordinator.catalog.base import AuditEntry, TargetSummary
 from shared.errors import CatalogError
-from shared.messages import BackupRecord, JobRecord
+from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
 
 _T = TypeVar("_T")
 
@@ -53,6 +54,69 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX backups_by_dataset_finished
             ON backups (dataset, finished_at DESC, backup_id DESC)""",
     ),
+    # 2: status at scale — one summary row per (dataset, target), kept by triggers.
+    (
+        """CREATE INDEX backups_by_dataset_target_finished
+            ON backups (dataset, target, finished_at DESC, backup_id DESC)""",
+        """CREATE TABLE target_summary (
+            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
+            finished_at INTEGER NOT NULL, backups INTEGER NOT NULL,
+            bytes_stored INTEGER NOT NULL, PRIMARY KEY (dataset, target))""",
+        """INSERT INTO target_summary
+            SELECT dataset, target,
+                (SELECT b.backup_id FROM backups b
+                 WHERE b.dataset = g.dataset AND b.target = g.target
+                 ORDER BY b.finished_at DESC, b.backup_id DESC LIMIT 1),
+                max(finished_at), count(*), sum(bytes_stored)
+            FROM backups g GROUP BY dataset, target""",
+        """CREATE TRIGGER backups_summary_insert AFTER INSERT ON backups BEGIN
+            INSERT INTO target_summary VALUES
+                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
+            ON CONFLICT (dataset, target) DO UPDATE SET
+                backups = backups + 1,
+                bytes_stored = bytes_stored + excluded.bytes_stored,
+                backup_id = CASE WHEN (excluded.finished_at, excluded.backup_id)
+                    > (finished_at, backup_id) THEN excluded.backup_id ELSE backup_id END,
+                finished_at = max(finished_at, excluded.finished_at);
+        END""",
+        """CREATE TRIGGER backups_summary_delete AFTER DELETE ON backups BEGIN
+            UPDATE target_summary SET backups = backups - 1,
+                bytes_stored = bytes_stored - OLD.bytes_stored
+                WHERE dataset = OLD.dataset AND target = OLD.target;
+            DELETE FROM target_summary
+                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
+            UPDATE target_summary SET (backup_id, finished_at) = (
+                SELECT backup_id, finished_at FROM backups
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                ORDER BY finished_at DESC, backup_id DESC LIMIT 1)
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                  AND backup_id = OLD.backup_id;
+        END""",
+    ),
+    # 3: the audit trail, append-only (triggers refuse UPDATE and DELETE)
+    (
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, entry_id text NOT NULL UNIQUE,
+            at INTEGER NOT NULL, action text NOT NULL, actor text NOT NULL,
+            dataset text, backup_id text, job_id text, detail text NOT NULL)""",
+        """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit table is append-only: UPDATE refused'); END""",
+        """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit table is append-only: DELETE refused'); END""",
+    ),
+    # 4: maintenance results (verify, prune, replicate) and restore drills
+    (
+        """CREATE TABLE maintenance (
+            job_id text PRIMARY KEY, kind text NOT NULL, agent text NOT NULL,
+            target text NOT NULL, dataset text NOT NULL, backup_id text,
+            outcome text NOT NULL CHECK (outcome IN ('passed', 'failed')),
+            started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,
+            rto_s REAL, rpo_s REAL, summary text NOT NULL, detail text NOT NULL)""",
+        """CREATE INDEX maintenance_by_kind_finished
+            ON maintenance (kind, finished_at DESC, job_id DESC)""",
+        """CREATE INDEX maintenance_by_dataset_kind_finished
+            ON maintenance (dataset, kind, finished_at DESC, job_id DESC)""",
+    ),
 )
 
 # Explicit, not derived from the Structs: a field added to a record (with a default)
@@ -66,6 +130,11 @@ _BACKUP_COLUMNS = (
     *("started_at", "finished_at", "files", "bytes_read", "bytes_new", "bytes_stored"),
     "duration_s",
 )
+_MAINTENANCE_COLUMNS = (
+    *("job_id", "kind", "agent", "target", "dataset", "backup_id", "outcome"),
+    *("started_at", "finished_at", "rto_s", "rpo_s", "summary", "detail"),
+)
+_AUDIT_COLUMNS = ("entry_id", "at", "action", "actor", "dataset", "backup_id", "job_id", "detail")
 _JOBS = ", ".join(_JOB_COLUMNS)
 _BACKUPS = ", ".join(_BACKUP_COLUMNS)
 
@@ -142,7 +211,10 @@ class SqliteCatalog:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     async def _insert(
-        self, table: str, columns: tuple[str, ...], record: JobRecord | BackupRecord
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        record: JobRecord | BackupRecord | MaintenanceRecord,
     ) -> None:
         """Insert ``record`` unless its primary key (the first column) exists: idempotent."""
         values = [getattr(record, name) for name in columns]
@@ -266,8 +338,130 @@ class SqliteCatalog:
         return [_decode(row, JobRecord) for row in rows]
 
     async def count_backups(self) -> int:
-        rows = await self._fetch("SELECT COUNT(*) FROM backups", ())
+        rows = await self._fetch("SELECT COALESCE(SUM(backups), 0) FROM target_summary", ())
         return int(rows[0][0])
+
+    async def target_summaries(self) -> list[TargetSummary]:
+        rows = await self._fetch(
+            "SELECT dataset, target, backup_id, finished_at, backups, bytes_stored"
+            " FROM target_summary ORDER BY dataset, target",
+            (),
+        )
+        return [_decode(row, TargetSummary) for row in rows]
+
+    async def summary_marker(self) -> str:
+        rows = await self._fetch(
+            "SELECT (SELECT count(*) FROM target_summary),"
+            " (SELECT sum(backups) FROM target_summary),"
+            " (SELECT sum(bytes_stored) FROM target_summary),"
+            " (SELECT max(finished_at) FROM target_summary),"
+            " (SELECT count(*) FROM jobs WHERE status = 'failed'),"
+            " (SELECT max(updated_at) FROM jobs WHERE status = 'failed')",
+            (),
+        )
+        return repr(tuple(rows[0]))
+
+    async def last_failures(
+        self,
+        *,
+        job_kind: str | None = None,
+        datasets: Sequence[str] | None = None,
+        unresolved: bool = False,
+    ) -> dict[str, JobRecord]:
+        kind, params = ("AND job_kind = ?", [job_kind]) if job_kind is not None else ("", [])
+        sql = (
+            f"SELECT {_JOBS} FROM jobs j WHERE status = 'failed' {kind} AND job_id = ("
+            "  SELECT job_id FROM jobs f WHERE f.status = 'failed' AND f.dataset = j.dataset"
+            f" {kind.replace('job_kind', 'f.job_kind')}"
+            "  ORDER BY f.updated_at DESC, f.job_id DESC LIMIT 1)"
+        )
+        if unresolved:
+            sql += (
+                " AND NOT EXISTS (SELECT 1 FROM target_summary s"
+                " WHERE s.dataset = j.dataset AND s.finished_at >= j.updated_at)"
+            )
+        out: dict[str, JobRecord] = {}
+        names = list(dict.fromkeys(datasets)) if datasets is not None else None
+        parts = [names[i : i + 400] for i in range(0, len(names), 400)] if names else []
+        if names is None:
+            parts = [[]]
+        for part in parts:
+            only = f" AND dataset IN ({', '.join('?' * len(part))})" if names is not None else ""
+            rows = await self._fetch(sql + only, [*params, *params, *part])
+            out.update((row["dataset"], _decode(row, JobRecord)) for row in rows)
+        return out
+
+    async def get_backups(self, backup_ids: Sequence[str]) -> list[BackupRecord]:
+        out: list[BackupRecord] = []
+        ids = list(dict.fromkeys(backup_ids))
+        for i in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+            part = ids[i : i + 500]
+            rows = await self._fetch(
+                f"SELECT {_BACKUPS} FROM backups WHERE backup_id IN ({', '.join('?' * len(part))})",
+                part,
+            )
+            out.extend(_decode(row, BackupRecord) for row in rows)
+        return out
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        values = [getattr(entry, name) for name in _AUDIT_COLUMNS]
+        await self._execute(
+            f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(_AUDIT_COLUMNS))}) ON CONFLICT (entry_id) DO NOTHING",
+            [_to_us(v) if isinstance(v, datetime) else v for v in values],
+        )
+
+    async def list_audit(self, *, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
+        where, params = ("WHERE action = ?", [action]) if action is not None else ("", [])
+        rows = await self._fetch(
+            f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit {where} ORDER BY seq DESC LIMIT ?",
+            (*params, max(limit, 0)),
+        )
+        return [
+            msgspec.convert({**dict(row), "at": _from_us(row["at"])}, AuditEntry) for row in rows
+        ]
+
+    async def record_maintenance(self, rec: MaintenanceRecord) -> None:
+        await self._insert("maintenance", _MAINTENANCE_COLUMNS, rec)
+
+    async def list_maintenance(
+        self,
+        *,
+        kind: str | None = None,
+        dataset: str | None = None,
+        target: str | None = None,
+        limit: int = 100,
+    ) -> list[MaintenanceRecord]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (("kind", kind), ("dataset", dataset), ("target", target)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._fetch(
+            f"SELECT {', '.join(_MAINTENANCE_COLUMNS)} FROM maintenance {where}"
+            " ORDER BY finished_at DESC, job_id DESC LIMIT ?",
+            (*params, max(limit, 0)),
+        )
+        return [_decode(row, MaintenanceRecord) for row in rows]
+
+    async def forget_backups(self, backup_ids: Sequence[str], *, target: str) -> int:
+        gone = 0
+        ids = list(dict.fromkeys(backup_ids))
+        for i in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+            part = ids[i : i + 500]
+
+            def delete(conn: sqlite3.Connection, part: list[str] = part) -> int:
+                cur = conn.execute(
+                    f"DELETE FROM backups WHERE target = ? AND backup_id IN"
+                    f" ({', '.join('?' * len(part))})",
+                    (target, *part),
+                )
+                return int(cur.rowcount)
+
+            gone += await self._run(delete)
+        return gone
 
     async def aclose(self) -> None:
         if self._closed:
