@@ -94,13 +94,53 @@ def plan_users(
     return users
 
 
-def render(users: list[NatsUser], *, store_dir: Path, host: str, port: int) -> str:
+@dataclass(frozen=True)
+class TlsFiles:
+    """The server's ``tls`` block (files from ``mosaic-backup pki``). ``ca`` is needed
+    only with ``verify``: then every client must show a certificate signed by it."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify: bool = False
+
+    def block(self) -> list[str]:
+        if self.verify and self.ca is None:
+            raise ConfigError(
+                "nats-config: --tls-verify needs --tls-ca (the CA that signed client certificates)"
+            )
+        files = (("--tls-cert", self.cert), ("--tls-key", self.key), ("--tls-ca", self.ca))
+        for flag, path in files:
+            if path is not None and not path.is_file():
+                raise ConfigError(
+                    f"nats-config: {flag} {path} is not a file (`mosaic-backup pki` writes it)"
+                )
+        lines = [
+            "tls {",
+            f"  cert_file: {json.dumps(str(self.cert.resolve()))}",
+            f"  key_file: {json.dumps(str(self.key.resolve()))}",
+        ]
+        if self.ca is not None:
+            lines.append(f"  ca_file: {json.dumps(str(self.ca.resolve()))}")
+        lines += [f"  verify: {json.dumps(self.verify)}", "  timeout: 2", "}"]
+        return lines
+
+
+def render(
+    users: list[NatsUser],
+    *,
+    store_dir: Path,
+    host: str,
+    port: int,
+    tls: TlsFiles | None = None,
+) -> str:
     """The server config text. JSON values are valid in nats-server's config syntax,
     and quoting every subject keeps ``$JS…`` from being read as a variable."""
     lines = [
         "# Written by `mosaic-backup nats-config`; regenerate rather than edit.",
         f"listen: {json.dumps(f'{host}:{port}')}",
         f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
+        *(tls.block() if tls is not None else []),
         "authorization {",
         "  users: [",
     ]
@@ -126,9 +166,12 @@ def write_config(
     host: str = "0.0.0.0",
     port: int = 4222,
     store_dir: Path | None = None,
+    tls: TlsFiles | None = None,
 ) -> Path:
     """Write the server config and one password file per user; return the config path."""
     users = plan_users(agents, coordinator_user, operator_user)
+    if tls is not None:
+        tls.block()  # check the files before anything is written
     creds = out / "creds"
     creds.mkdir(parents=True, exist_ok=True)
     os.chmod(creds, 0o700)
@@ -136,5 +179,5 @@ def write_config(
         _write_private(creds / f"{u.name}.password", u.password + "\n")
     conf = out / "nats-server.conf"
     store = store_dir if store_dir is not None else out / "jetstream"
-    _write_private(conf, render(users, store_dir=store.resolve(), host=host, port=port))
+    _write_private(conf, render(users, store_dir=store.resolve(), host=host, port=port, tls=tls))
     return conf

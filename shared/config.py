@@ -8,6 +8,7 @@ it, in one line. Environment variables are read only by the entry points.
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 import zoneinfo
 from datetime import UTC, datetime
@@ -135,11 +136,23 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # packs uploaded between index checkpoints: a killed backup re-uploads at most these
     index_every_packs: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 16
     hooks: dict[Name, HookConfig] = {}
+    # Seconds between heartbeats (name, host, version, running job, targets' free space);
+    # the coordinator alerts when three in a row are missing.
+    heartbeat_interval_s: PositiveFloat = 30.0
+    # The agent's own small state (snapshots in use, so a crashed agent removes them at
+    # its next start). Created when first needed, mode 0700.
+    state_dir: str = "/var/lib/mosaic-backup/agent"
     # NATS user name and a file holding only its password (``mosaic-backup nats-config``
     # writes both); the password is read when connecting and never logged. Unset: connect
     # without credentials.
     nats_user: str | None = None
     nats_password_file: str | None = None
+    # TLS to NATS (``mosaic-backup pki`` makes these): the CA that signed the server's
+    # certificate, and this client's certificate and key when the server verifies
+    # clients. Unset: plain TCP (fine on loopback only).
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
 
 
 Tier = Literal["daily", "weekly", "monthly", "yearly", "config", "translog"]
@@ -242,12 +255,55 @@ class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
       previous ones of its type raises ``duration_anomaly``.
     - ``missing_grace_s``: how long after a scheduled time a successful backup may still
       arrive before ``backup_missing`` fires.
+    - ``storage_min_free``: a target with less free space than this fraction (from its
+      agent's heartbeats) raises ``storage_low``.
+    - ``disabled``: rule names never to raise (``not_compliant`` on a deliberately
+      single-copy setup, say); the others still run.
     """
 
     webhook_url: str | None = None
     interval_s: PositiveFloat = 60.0
     duration_factor: Annotated[float, msgspec.Meta(gt=1)] = 2.0
     missing_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    storage_min_free: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.20
+    disabled: list[str] = []
+
+
+class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[maintenance]``: verify, prune, replication and restore drills that the
+    coordinator orders on a schedule and agents run (off unless the table exists).
+
+    Every ``*_cron`` is five fields read in ``timezone`` (as in schedules); ``""`` turns
+    that task off. The defaults are the strategy's: verify weekly (Sunday 04:00) reading
+    a random ``verify_subset`` percent of the packs, prune daily (04:30, after the
+    nightly backups), replicate hourly (at :15), a restore drill of every dataset monthly
+    (the 1st at 05:00).
+
+    - ``agent``: the agent in the maintenance role (it holds the credentials that may
+      delete) that runs verify, prune and replicate for every target; unset: the agent
+      of the datasets stored on that target.
+    - ``target_tiers``: target name → ``local``/``remote``/``archive``, the column of
+      ``[retention]`` that prune applies there (default ``local``).
+    - ``replicate``: source target → destination targets (names in the agent's config).
+    - ``prune_dry_run``: report what prune would remove, remove nothing.
+    - ``gc_margin_s``: how long garbage collection waits before deleting (agent/prune.py).
+    - ``drill_scratch``: folder on the agent where drills restore (default: its temp dir).
+    - ``grace_s``: a run missed while the coordinator was down still runs if this recent.
+    """
+
+    timezone: str = "UTC"
+    grace_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    verify_cron: str = "0 4 * * sun"
+    verify_subset: Annotated[float, msgspec.Meta(gt=0, le=100)] = 5.0
+    prune_cron: str = "30 4 * * *"
+    prune_dry_run: bool = False
+    gc_margin_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    replicate_cron: str = "15 * * * *"
+    replicate: dict[Name, list[Name]] = {}
+    drill_cron: str = "0 5 1 * *"
+    drill_scratch: str = ""
+    agent: Name | None = None
+    target_tiers: dict[Name, TargetTier] = {}
 
 
 class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -266,6 +322,9 @@ class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     http: HttpConfig | None = None
     # Alert rules and sinks (see AlertsConfig); on by default, with no webhook.
     alerts: AlertsConfig = AlertsConfig()
+    # Scheduled verify, prune, replication and restore drills (MaintenanceConfig); off
+    # unless the file has a ``[maintenance]`` table.
+    maintenance: MaintenanceConfig | None = None
     # Active/standby: coordinators on one NATS share a lease (coordinator/leader.py);
     # only its holder schedules and alerts. A standby takes over at most about this
     # long (plus one poll, a sixth of it) after the active one dies; between 1 and 60.
@@ -275,6 +334,12 @@ class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     # without credentials.
     nats_user: str | None = None
     nats_password_file: str | None = None
+    # TLS to NATS (``mosaic-backup pki`` makes these): the CA that signed the server's
+    # certificate, and this client's certificate and key when the server verifies
+    # clients. Unset: plain TCP (fine on loopback only).
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
 
 
 _HINTS = {
@@ -345,6 +410,8 @@ def load(path: str | Path, kind: type[T]) -> T:
 
 
 def _check(p: Path, cfg: object) -> None:
+    if isinstance(cfg, (AgentConfig, CoordinatorConfig)):
+        nats_tls(cfg, source=p)  # bad TLS files fail at load, naming the field
     if isinstance(cfg, CoordinatorConfig):
         url = cfg.catalog.url
         if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
@@ -355,6 +422,7 @@ def _check(p: Path, cfg: object) -> None:
         for name in cfg.datasets:
             check_token("dataset name", name)
         _check_alerts(p, cfg.alerts)
+        _check_maintenance(p, cfg)
         _check_schedules(p, cfg)
     if isinstance(cfg, AgentConfig) and not cfg.targets:
         raise ConfigError(f"config file {p}: field 'targets': no target defined (add one)")
@@ -422,6 +490,35 @@ def _check_schedules(p: Path, cfg: CoordinatorConfig) -> None:
                 )
 
 
+def _check_maintenance(p: Path, cfg: CoordinatorConfig) -> None:
+    m = cfg.maintenance
+    if m is None:
+        return
+    for task in ("verify", "prune", "replicate", "drill"):
+        expr: str = getattr(m, f"{task}_cron")
+        problem = _cron_problem(expr) if expr else None
+        if problem:
+            raise ConfigError(
+                f"config file {p}: field 'maintenance.{task}_cron': {expr!r}: {problem} "
+                '(or "" to turn it off)'
+            )
+    try:
+        zoneinfo.ZoneInfo(m.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"config file {p}: field 'maintenance.timezone': unknown time zone "
+            f'{m.timezone!r} (use an IANA name such as "UTC" or "Europe/Berlin")'
+        ) from None
+    known = sorted({ds.target for ds in cfg.datasets.values()})
+    for source in m.replicate:
+        if source not in known:
+            raise ConfigError(
+                f"config file {p}: field 'maintenance.replicate.{source}': no dataset is "
+                f"stored on target '{source}' (known: {', '.join(known) or 'none'}); use a "
+                "dataset's target"
+            )
+
+
 def _check_alerts(p: Path, alerts: AlertsConfig) -> None:
     url = alerts.webhook_url
     if url is not None and not re.match(r"^https?://[^/\s]+", url):
@@ -449,3 +546,56 @@ def nats_password(cfg: AgentConfig | CoordinatorConfig) -> str | None:
             f"nats_password_file {p} cannot be read: {exc.strerror} (fix the path or its "
             "permissions; `mosaic-backup nats-config` writes it)"
         ) from exc
+
+
+def nats_tls(
+    cfg: AgentConfig | CoordinatorConfig, *, source: Path | None = None
+) -> ssl.SSLContext | None:
+    """An SSLContext for NATS from ``nats_tls_*``, or None when TLS is not configured.
+
+    A missing or unreadable file names its field. The context always verifies the
+    server's certificate and host name against ``nats_tls_ca`` (the system's CAs when
+    only a client certificate is set).
+    """
+    where = f"config file {source}: " if source is not None else ""
+    return tls_context(cfg.nats_tls_ca, cfg.nats_tls_cert, cfg.nats_tls_key, where=where)
+
+
+def tls_context(
+    ca: str | None, cert: str | None, key: str | None, *, where: str = ""
+) -> ssl.SSLContext | None:
+    """:func:`nats_tls` for values from elsewhere (the operator CLI's options); ``where``
+    prefixes the messages, which name the fields ``nats_tls_ca/cert/key``."""
+    if ca is None and cert is None and key is None:
+        return None
+    if (cert is None) != (key is None):
+        missing = "nats_tls_key" if key is None else "nats_tls_cert"
+        raise ConfigError(
+            f"{where}field '{missing}': missing (a client certificate needs both "
+            "nats_tls_cert and nats_tls_key; set both or neither)"
+        )
+    for field, value in (("nats_tls_ca", ca), ("nats_tls_cert", cert), ("nats_tls_key", key)):
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(
+                f"{where}field '{field}': {value} is not a readable file (fix the path; "
+                "`mosaic-backup pki` writes these files)"
+            )
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        if ca is not None:
+            ctx.load_verify_locations(cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"{where}field 'nats_tls_ca': {ca} is not a PEM CA certificate "
+            f"({getattr(exc, 'reason', None) or exc.strerror or exc.__class__.__name__})"
+        ) from exc
+    if cert is not None and key is not None:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"{where}field 'nats_tls_cert': {cert} with key {key} cannot be loaded "
+                f"({getattr(exc, 'reason', None) or exc.strerror or exc.__class__.__name__}; "
+                "check that the key belongs to the certificate)"
+            ) from exc
+    return ctx

@@ -106,6 +106,7 @@ def agent_publish_allow(agent: str) -> list[str]:
     durable = agent_consumer(agent)
     return [
         f"{PREFIX}.event.{check_token('agent name', agent)}.>",
+        heartbeat(agent),
         f"{JS_API}.STREAM.INFO.{JOBS_STREAM}",
         f"{JS_API}.STREAM.INFO.{EVENTS_STREAM}",
         f"{JS_API}.CONSUMER.INFO.{JOBS_STREAM}.{durable}",
@@ -152,3 +153,39 @@ def operator_subscribe_allow() -> list[str]:
 # Entries expire after the bucket's ttl, so a dead coordinator's lease ends by itself.
 
 LEADER_BUCKET = "mosaic_lease"
+
+
+# --- heartbeats (added with agent/heartbeat.py) -----------------------------------------
+#
+#     mosaic.heartbeat.<agent>                  one agent is alive  (stream MOSAIC_HEARTBEATS)
+#
+# Published with core NATS (no ack to wait for, so a slow server never stalls an agent);
+# the stream keeps only the last message per agent, so a coordinator that starts or takes
+# over reads every agent's last heartbeat at once. The coordinator creates the stream.
+
+HEARTBEATS_STREAM = "MOSAIC_HEARTBEATS"
+
+
+def heartbeats_all() -> str:
+    return f"{PREFIX}.heartbeat.*"
+
+
+def heartbeat(agent: str) -> str:
+    return f"{PREFIX}.heartbeat.{check_token('agent name', agent)}"
+
+
+# --- audit trail (added with coordinator/audit.py) --------------------------------------
+#
+#     mosaic.audit.<action>                     who did what       (stream MOSAIC_AUDIT, limits)
+#
+# Published by the coordinator only, after the catalog's append-only table has the entry.
+
+AUDIT_STREAM = "MOSAIC_AUDIT"
+
+
+def audit_all() -> str:
+    return f"{PREFIX}.audit.>"
+
+
+def audit(action: str) -> str:
+    return f"{PREFIX}.audit.{check_token('audit action', action)}"
