@@ -7,24 +7,29 @@ replays them (catalog writes are idempotent).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import msgspec
 from nats.errors import Error as NatsError
 
 from coordinator.alerter import Alerter
+from coordinator.audit import AuditTrail
 from coordinator.catalog.base import Catalog
+from coordinator.heartbeats import HeartbeatStore
 from coordinator.http import HttpApi
 from coordinator.leader import Leader
+from coordinator.maintenance import Maintenance
 from coordinator.scheduler import Scheduler
-from shared import subjects
+from coordinator.status import StatusBuilder
+from shared import subjects, tracing
 from shared.bus import Bus
-from shared.config import CoordinatorConfig, nats_password
+from shared.config import CoordinatorConfig, nats_password, nats_tls
 from shared.errors import BusError
 from shared.messages import (
     ApiError,
@@ -36,7 +41,7 @@ from shared.messages import (
     BackupRecord,
     BackupRequest,
     BackupType,
-    DatasetStatus,
+    DrillRequest,
     Event,
     JobAccepted,
     JobFailed,
@@ -44,6 +49,9 @@ from shared.messages import (
     JobRecord,
     JobStarted,
     ListRequest,
+    MaintenanceList,
+    MaintenanceListRequest,
+    PruneCompleted,
     RestoreCompleted,
     RestoreJob,
     RestoreRequest,
@@ -57,7 +65,7 @@ from shared.tasks import task_group
 
 log = logging.getLogger(__name__)
 
-API_VERBS = ("backup", "restore", "list", "status")
+API_VERBS = ("backup", "restore", "list", "status", "drill", "maintenance")
 
 
 def new_job_id(kind: str, dataset: str) -> str:
@@ -83,7 +91,17 @@ class Coordinator:
             interval_s=cfg.scheduler_interval_s,
             clock=clock,
         )
+        self.heartbeats = HeartbeatStore()
+        self.status_builder = StatusBuilder(
+            cfg, catalog, self.heartbeats, clock=clock, active=self._is_active
+        )
         self.alerter = Alerter(cfg, catalog, clock=clock)
+        # heartbeat lost, storage low, replication lag, 3-2-1 (coordinator/status.py)
+        self.alerter.sources.append(self.status_builder.findings)
+        # verify, prune, replicate, drills: schedule, results, two alert rules
+        self.maintenance = Maintenance(cfg, catalog, lambda: self.bus, clock=clock)
+        self.alerter.sources.append(self.maintenance.findings)
+        self.audit = AuditTrail(catalog)
         self.http = HttpApi(cfg.http, catalog, self.status, alerts=self.alerter.firing)
 
     @property
@@ -98,9 +116,13 @@ class Coordinator:
             timeout=self.cfg.connect_timeout_s,
             user=self.cfg.nats_user,
             password=nats_password(self.cfg),
+            tls=nats_tls(self.cfg),
         )
         try:
             await bus.ensure_streams()
+            self.audit.bus = bus
+            await self.audit.ensure_stream()
+            await self.audit.record_policy(self.cfg)  # a changed policy leaves a line
             for verb in API_VERBS:
                 await bus.serve(verb, self.handle)
             sub = await bus.events_consumer(subjects.COORDINATOR_EVENTS_CONSUMER)
@@ -110,6 +132,7 @@ class Coordinator:
                 # The coordinator's long-running parts, one line each. Every instance
                 # records events and answers; only the lease holder schedules and alerts.
                 tg.start_soon(self._consume_events, sub)
+                await tg.start(self.heartbeats.run, bus)
                 await tg.start(self.http.serve)
                 await tg.start(self.leader.run_when_leader, self._run_active)
                 log.info("coordinator %s ready on %s", self.cfg.name, bus.url)
@@ -123,6 +146,7 @@ class Coordinator:
         assert self.bus is not None
         async with task_group() as tg:
             await tg.start(self.scheduler.run)  # returns at once if nothing is scheduled
+            await tg.start(self.maintenance.scheduler.run)
             await tg.start(self.alerter.run, self.bus, self.http_port)
             task_status.started()
 
@@ -144,7 +168,19 @@ class Coordinator:
                 if not await self._authentic(msg.subject, ev):
                     await msg.term()
                     continue
-                await self.record(ev)
+                # One span per recorded event, in the trace of the job (its traceparent
+                # came with the event); progress ticks are not recorded, so no span.
+                with (
+                    contextlib.nullcontext()
+                    if isinstance(ev, JobProgress)
+                    else tracing.span(
+                        f"record {event_kind(ev)}",
+                        scope="mosaic.coordinator",
+                        context=tracing.extract(msg.headers),
+                        attributes={"mosaic.job_id": ev.job_id, "mosaic.agent": ev.agent},
+                    )
+                ):
+                    await self.record(ev)
                 await msg.ack()
 
     async def _authentic(self, subject: str, ev: Event) -> bool:
@@ -206,6 +242,9 @@ class Coordinator:
             await cat.update_job(
                 ev.job_id, "failed", ev.at, error_code=ev.code, error_message=ev.message
             )
+        await self.maintenance.record(ev)  # maintenance results and failures
+        if isinstance(ev, PruneCompleted) and ev.forgotten and not ev.dry_run:
+            await self.audit.record_prune(ev)  # deletes are audited with what went
 
     # --- operator API -----------------------------------------------------------------
 
@@ -221,10 +260,58 @@ class Coordinator:
             )
             return BackupList(backups=rows)
         if isinstance(req, StatusRequest):
-            return await self.status()
+            return await self.status(limit=max(req.limit, 0), offset=max(req.offset, 0))
+        if isinstance(req, DrillRequest):
+            drill = await self.maintenance.start_drill(req)
+            if isinstance(drill, JobAccepted) and not drill.duplicate:
+                await self.audit.record(  # a drill restores a backup (into scratch)
+                    "drill_requested",
+                    req.requested_by,
+                    job_id=drill.job_id,
+                    dataset=req.dataset,
+                    backup_id=req.backup_id,
+                )
+            return drill
+        if isinstance(req, MaintenanceListRequest):
+            done = await self.catalog.list_maintenance(
+                kind=req.job_kind, dataset=req.dataset, limit=max(min(req.limit, 10_000), 0)
+            )
+            return MaintenanceList(results=done)
         return ApiError(code="bad_request", message=f"unknown request {type(req).__name__}")
 
     async def _dispatch(self, job: BackupJob | RestoreJob, kind: str) -> JobAccepted:
+        # The root of the job's trace; its traceparent travels in the job's NATS headers.
+        with tracing.span(
+            f"dispatch {kind} {job.dataset}",
+            scope="mosaic.coordinator",
+            attributes={
+                "mosaic.job_id": job.job_id,
+                "mosaic.dataset": job.dataset,
+                "mosaic.agent": job.agent,
+                "mosaic.target": job.target,
+                "mosaic.requested_by": job.requested_by,
+            },
+        ):
+            return await self._dispatch_traced(job, kind)
+
+    async def _audit_job(self, job: BackupJob | RestoreJob, kind: str) -> None:
+        scheduled = kind == "backup" and job.requested_by == "scheduler"
+        action = "backup_scheduled" if scheduled else f"{kind}_requested"
+        detail = ""
+        if isinstance(job, RestoreJob):
+            detail = f"to {job.destination}"
+            detail += f" paths {', '.join(job.paths)}" if job.paths else ""
+        await self.audit.record(
+            action,
+            job.requested_by,
+            entry_id=f"{action}:{job.job_id}",
+            dataset=job.dataset,
+            backup_id=job.backup_id,
+            job_id=job.job_id,
+            detail=detail,
+        )
+
+    async def _dispatch_traced(self, job: BackupJob | RestoreJob, kind: str) -> JobAccepted:
         assert self.bus is not None
         await self.catalog.record_job(
             JobRecord(
@@ -239,7 +326,15 @@ class Coordinator:
                 backup_id=job.backup_id,
             )
         )
+        await self._audit_job(job, kind)  # stored before the job can run
         duplicate = await self.bus.publish_job(job)
+        log.info(
+            "dispatched %s job %s to agent %s%s",
+            kind,
+            job.job_id,
+            job.agent,
+            " (duplicate, dropped by JetStream)" if duplicate else "",
+        )
         return JobAccepted(job_id=job.job_id, agent=job.agent, duplicate=duplicate)
 
     async def _backup_job(
@@ -304,39 +399,15 @@ class Coordinator:
             requested_at=utcnow(),
             requested_by=req.requested_by,
             paths=req.paths,
+            pitr=req.pitr,
         )
         return await self._dispatch(job, "restore")
 
-    async def status(self) -> StatusReply:
-        rows = []
-        for name, ds in sorted(self.cfg.datasets.items()):
-            last = await self.catalog.last_backup(name)
-            fail = await self.catalog.last_failure(name)
-            rows.append(
-                DatasetStatus(
-                    dataset=name,
-                    agent=ds.agent,
-                    target=ds.target,
-                    last_backup=last,
-                    last_failure=fail,
-                )
-            )
-        failing = [
-            r
-            for r in rows
-            if r.last_failure
-            and (r.last_backup is None or r.last_failure.updated_at > r.last_backup.finished_at)
-        ]
-        status: Literal["healthy", "degraded", "failing"] = "healthy"
-        if failing and len(failing) == len(rows):
-            status = "failing"
-        elif failing or any(r.last_backup is None for r in rows):
-            status = "degraded"
-        return StatusReply(
-            status=status,
-            coordinator=self.cfg.name,
-            datasets=rows,
-            recent_failures=await self.catalog.recent_failures(limit=10),
-            backups_total=await self.catalog.count_backups(),
-            active=self.leader.is_leader if self.leader is not None else None,
-        )
+    async def status(
+        self, *, limit: int = 1000, offset: int = 0, dataset: str | None = None
+    ) -> StatusReply:
+        """Totals over every dataset, detail for one page of them (coordinator/status.py)."""
+        return await self.status_builder.reply(limit=limit, offset=offset, dataset=dataset)
+
+    def _is_active(self) -> bool | None:
+        return self.leader.is_leader if self.leader is not None else None

@@ -12,12 +12,14 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 from rich.console import Console
 
-from shared.errors import MosaicError
+from shared import logs, tracing
+from shared.errors import ConfigError, MosaicError
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 
@@ -35,6 +37,23 @@ def _nats_args(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="give up connecting to NATS after S seconds (default 10)",
     )
+    env = os.environ.get
+    p.add_argument(
+        "--nats-user",
+        default=env("MOSAIC_NATS_USER"),
+        help="NATS user (default: $MOSAIC_NATS_USER; `nats-config` makes one named operator)",
+    )
+    p.add_argument(
+        "--nats-password-file",
+        default=env("MOSAIC_NATS_PASSWORD_FILE"),
+        help="file holding that user's password (default: $MOSAIC_NATS_PASSWORD_FILE)",
+    )
+    for part, what in (("ca", "CA certificate"), ("cert", "client certificate"), ("key", "key")):
+        p.add_argument(
+            f"--nats-tls-{part}",
+            default=env(f"MOSAIC_NATS_TLS_{part.upper()}"),
+            help=f"TLS {what} for NATS (default: $MOSAIC_NATS_TLS_{part.upper()})",
+        )
 
 
 def _wait_args(p: argparse.ArgumentParser) -> None:
@@ -50,6 +69,15 @@ def _wait_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _log_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        default=os.environ.get("MOSAIC_LOG_FORMAT", "text"),
+        help="text, or json: one object per line with trace_id/span_id inside a traced job "
+        "(default: $MOSAIC_LOG_FORMAT or text)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mosaic-backup",
@@ -61,11 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     coord_sub = coord.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = coord_sub.add_parser("run", help="run the coordinator until stopped")
     p.add_argument("--config", required=True, help="path to coordinator.toml")
+    _log_format_arg(p)
 
     agent = sub.add_parser("agent", help="the per-host daemon")
     agent_sub = agent.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = agent_sub.add_parser("run", help="run the agent until stopped")
     p.add_argument("--config", required=True, help="path to agent.toml")
+    _log_format_arg(p)
 
     p = sub.add_parser("backup", help="back up one dataset now")
     p.add_argument("--dataset", required=True, help="dataset name from coordinator.toml")
@@ -101,8 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="restore only this path of the backup (repeatable; default: everything)",
     )
+    p.add_argument(
+        "--pitr",
+        type=_instant,
+        default=None,
+        metavar="TIME",
+        help="database datasets: replay archived logs up to TIME (ISO 8601 with a zone, "
+        "e.g. 2026-11-26T10:00:00Z); restoring a log backup without it replays all",
+    )
     _nats_args(p)
     _wait_args(p)
+
+    p = sub.add_parser(
+        "wal-archive",
+        help="PostgreSQL archive_command: copy a WAL file into the agent's spool",
+        description="archive_command = 'mosaic-backup wal-archive --spool DIR %%p %%f'",
+    )
+    p.add_argument("--spool", required=True, help="the postgres source's wal_spool folder")
+    p.add_argument("wal_path", metavar="PATH", help="%%p")
+    p.add_argument("wal_name", metavar="NAME", help="%%f")
 
     p = sub.add_parser("status", help="health of every dataset")
     _nats_args(p)
@@ -111,9 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     repo_cli.register(sub)
 
+    from mosaic import drill_cli
+
+    drill_cli.register(sub)
+
+    from mosaic import docker_cli
+
+    docker_cli.register(sub)
+
     from mosaic import systemd
 
     systemd.register(sub)
+
+    from mosaic import audit_cli, pki
+
+    pki.register(sub)
+    audit_cli.register(sub)
 
     p = sub.add_parser(
         "nats-config",
@@ -126,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="0.0.0.0", help="address nats-server binds (default: all)")
     p.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
     p.add_argument("--store-dir", default=None, help="JetStream storage (default: OUT/jetstream)")
+    p.add_argument("--tls-cert", default=None, help="server certificate (mosaic-backup pki issue)")
+    p.add_argument("--tls-key", default=None, help="server key (with --tls-cert)")
+    p.add_argument("--tls-ca", default=None, help="CA of client certificates (with --tls-verify)")
+    p.add_argument(
+        "--tls-verify", action="store_true", help="require a client certificate from every client"
+    )
 
     p = sub.add_parser(
         "quickstart", help="run NATS, a coordinator and an agent locally; back up, restore, compare"
@@ -137,8 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _with_bus(args: argparse.Namespace, fn: Callable[[Any], Awaitable[object]]) -> None:
     from shared.bus import Bus
+    from shared.config import tls_context
 
-    bus = await Bus.connect(args.nats, name="mosaic-cli", timeout=args.connect_timeout)
+    password = None
+    if args.nats_password_file:
+        try:
+            text = await anyio.Path(args.nats_password_file).read_text(encoding="utf-8")
+            password = text.strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"--nats-password-file {args.nats_password_file} cannot be read: {exc.strerror}"
+            ) from exc
+    tls = tls_context(
+        args.nats_tls_ca,
+        args.nats_tls_cert,
+        args.nats_tls_key,
+        where="options --nats-tls-ca/--nats-tls-cert/--nats-tls-key: ",
+    )
+    bus = await Bus.connect(
+        args.nats,
+        name="mosaic-cli",
+        timeout=args.connect_timeout,
+        user=args.nats_user,
+        password=password,
+        tls=tls,
+    )
     try:
         await fn(bus)
     finally:
@@ -188,6 +277,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 wait=not args.no_wait,
                 timeout=args.timeout,
                 paths=args.paths,
+                pitr=args.pitr,
             ),
         )
     elif cmd == "list":
@@ -203,14 +293,30 @@ async def _dispatch(args: argparse.Namespace) -> int:
     elif cmd == "install-systemd":
         installed: int = await args.func(args, out, err)
         return installed
+    elif cmd in ("pki", "audit", "docker"):
+        done: int = await args.func(args, out, err)
+        return done
+    elif cmd == "drill":
+        drilled: int = await args.func(args, out, err)
+        return drilled
     elif cmd == "repo":
         code: int = await args.func(args, out, err)
         return code
     elif cmd == "nats-config":
         from pathlib import Path
 
-        from mosaic.natsconfig import write_config
+        from mosaic.natsconfig import TlsFiles, write_config
 
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ConfigError("nats-config: give --tls-cert and --tls-key together")
+        tls = None
+        if args.tls_cert is not None:
+            tls = TlsFiles(
+                cert=Path(args.tls_cert),
+                key=Path(args.tls_key),
+                ca=Path(args.tls_ca) if args.tls_ca else None,
+                verify=args.tls_verify,
+            )
         conf = write_config(
             Path(args.out),
             [a.strip() for a in args.agents.split(",") if a.strip()],
@@ -219,6 +325,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             host=args.listen,
             port=args.port,
             store_dir=Path(args.store_dir) if args.store_dir else None,
+            tls=tls,
         )
         out.print(f"wrote {conf} and passwords in {conf.parent / 'creds'} (mode 0600)")
     elif cmd == "quickstart":
@@ -254,29 +361,65 @@ def _one_malloc_arena() -> None:
         pass
 
 
+def _instant(text: str) -> datetime:
+    """``--pitr``: an ISO 8601 instant with its zone (a bare time would be ambiguous)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time; write e.g. 2026-11-26T10:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone; add Z (UTC) or an offset like +01:00"
+        )
+    return when.astimezone(UTC)
+
+
+def _last_words(line: str, log_format: logs.LogFormat, level: int) -> None:
+    """The command's final line; with JSON logs a JSON line too, so that a log collector
+    reading the daemon's stderr gets nothing else."""
+    if log_format == "json":
+        logging.getLogger("mosaic.cli").log(level, line)
+    else:
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    arg_list = sys.argv[1:] if argv is None else argv
+    if arg_list[:1] == ["wal-archive"]:
+        # run by PostgreSQL for every WAL file: start fast, no event loop, no threads
+        from agent.walarchive import main as wal_archive
+
+        return wal_archive(arg_list[1:])
     _one_malloc_arena()
     args = build_parser().parse_args(argv)
     if getattr(args, "destination", None):
         args.destination = os.path.abspath(args.destination)
-    default_level = "INFO" if getattr(args, "action", None) == "run" else "WARNING"
-    logging.basicConfig(
-        level=os.environ.get("MOSAIC_LOG_LEVEL", default_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    daemon = getattr(args, "action", None) == "run"
+    default_level = "INFO" if daemon else "WARNING"
+    try:
+        log_format = logs.parse_format(getattr(args, "log_format", "text"), "--log-format")
+    except MosaicError as exc:
+        print(f"mosaic-backup: error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(os.environ.get("MOSAIC_LOG_LEVEL", default_level), log_format, sys.stderr)
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    if daemon:  # the standard OTEL_* variables; without an endpoint tracing stays off
+        tracing.setup_from_env(os.environ, f"mosaic-backup-{args.command}")
     try:
         return anyio.run(_dispatch, args)
     except (MosaicError, BaseExceptionGroup) as exc:
         err = _user_error(exc)
         if err is None:
             raise
-        print(f"mosaic-backup: error: {err}", file=sys.stderr)
+        _last_words(f"mosaic-backup: error: {err}", log_format, logging.ERROR)
         return 1
     except KeyboardInterrupt:
-        print("mosaic-backup: interrupted", file=sys.stderr)
+        _last_words("mosaic-backup: interrupted", log_format, logging.INFO)
         return 130
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from shared import subjects
+from shared import subjects, tracing
 from shared.errors import BusError
 from shared.messages import (
     ApiError,
@@ -59,6 +60,13 @@ MAX_DELIVER = 5
 def strip_credentials(url: str) -> str:
     """``nats://user:secret@host:4222`` → ``nats://host:4222`` for messages."""
     return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """One line from an SSL error: the verification message when there is one."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    return str(exc.reason or exc.strerror or type(exc).__name__).lower().replace("_", " ")
 
 
 async def _quiet(exc: Exception) -> None:
@@ -88,13 +96,16 @@ class Bus:
         user: str | None = None,
         password: str | None = None,
         inbox_prefix: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Bus:
         """Connect, retrying until ``timeout``; BusError naming the URL if it never works.
 
         After the first connection, nats-py reconnects forever (daemons ride out NATS
         restarts); only the initial wait is bounded. Refused credentials fail at once:
         retrying cannot help. ``inbox_prefix`` gives an agent inboxes that only its own
-        NATS user may subscribe to (``subjects.agent_inbox``).
+        NATS user may subscribe to (``subjects.agent_inbox``). ``tls`` (see
+        ``shared.config.nats_tls``) verifies the server; a failed TLS handshake fails at
+        once, naming the problem: retrying cannot fix a certificate.
         """
         nc = NATS()
         auth: dict[str, Any] = {}
@@ -102,16 +113,22 @@ class Bus:
             auth = {"user": user, "password": password or ""}
         if inbox_prefix is not None:
             auth["inbox_prefix"] = inbox_prefix
+        if tls is not None:
+            auth["tls"] = tls
         scope = anyio.move_on_after(timeout)
         refused = False
+        tls_problem: str | None = None
 
         async def on_error(exc: Exception) -> None:
             # nats-py retries refused credentials forever and only tells error_cb. Stop
             # in its back-off sleep (reconnect_time_wait=1): cancelled right here, it
             # would leave the refused attempt's socket open.
-            nonlocal refused
+            nonlocal refused, tls_problem
             if not nc.is_connected and "authorization violation" in str(exc).lower():
                 refused = True
+                scope.deadline = min(scope.deadline, anyio.current_time() + 0.2)
+            if not nc.is_connected and isinstance(exc, ssl.SSLError):
+                tls_problem = _tls_reason(exc)
                 scope.deadline = min(scope.deadline, anyio.current_time() + 0.2)
             await _quiet(exc)
 
@@ -133,8 +150,17 @@ class Bus:
                 pass  # reported below, with the URL
         with anyio.CancelScope(shield=True):
             await nc.close()
+        if tls_problem is not None:
+            raise BusError(
+                f"NATS at {strip_credentials(url)}: TLS handshake failed: {tls_problem} (set "
+                "nats_tls_ca to the CA that signed the server's certificate, and nats_tls_cert "
+                "and nats_tls_key if the server verifies clients)",
+                retryable=False,
+            )
         if refused:
             who = f"user {user!r}" if user else "a client without credentials"
+            if not user and strip_credentials(url) != url:
+                who = "the credentials in the URL"
             raise BusError(
                 f"NATS at {strip_credentials(url)} refused {who}: wrong or missing "
                 "credentials (check nats_user and nats_password_file)",
@@ -225,14 +251,17 @@ class Bus:
             subjects.job(job.agent),
             encode(job),
             stream=subjects.JOBS_STREAM,
-            headers={"Nats-Msg-Id": job.job_id},
+            headers=tracing.inject({"Nats-Msg-Id": job.job_id}),
         )
         return bool(ack.duplicate)
 
     async def publish_event(self, ev: Event) -> None:
-        """Publish and wait until the events stream has stored it."""
+        """Publish and wait until the events stream has stored it (with the current
+        span's ``traceparent``, so recording it joins the job's trace)."""
         subject = subjects.event(ev.agent, ev.job_id, event_kind(ev))
-        await self.js.publish(subject, encode(ev), stream=subjects.EVENTS_STREAM)
+        await self.js.publish(
+            subject, encode(ev), stream=subjects.EVENTS_STREAM, headers=tracing.inject({}) or None
+        )
 
     async def watch_job(self, job_id: str, timeout: float) -> AsyncGenerator[Event, None]:
         """Every event of one job from the start (stored ones first), until ``timeout``
