@@ -24,11 +24,13 @@ Contract of a source module (``agent.sources.<kind>``) that supports this:
   runs in a worker thread after steps 1–3. With ``pitr`` None, make the restored server
   replay everything in ``log_dir`` (the latest archived state); otherwise stop at
   ``pitr`` (aware, UTC) and leave the server ready to open. Raise a one-line
-  :class:`~shared.errors.SourceError` when that is impossible. It must not start a
-  server the operator did not ask for.
+  :class:`~shared.errors.SourceError` when that is impossible.
 
-PostgreSQL implements it in :func:`agent.sources.postgres.recover`; MariaDB's module
-joins by defining ``recover`` (dispatch is by source kind in :func:`_recovery_module`).
+PostgreSQL (:func:`agent.sources.postgres.recover`) only configures recovery: the
+restored server replays the logs at its first start. MariaDB has no such mode, so
+:func:`agent.sources.mariadb.recover` replays the binary logs into a throwaway server
+on the prepared data directory (private socket, no TCP) and stops it before returning.
+Dispatch is by source kind in :func:`_recovery_module`.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _recovery_module(source: Source) -> ModuleType | None:
     if isinstance(source, MariaDBSource) and source.mode == "mariabackup":
         from agent.sources import mariadb
 
-        return mariadb if hasattr(mariadb, "recover") else None
+        return mariadb
     return None
 
 

@@ -41,7 +41,9 @@ def restored_server(dest: Path) -> Iterator[str]:
     sock.mkdir()
     log = dest / "server.log"
     log.touch()
-    subprocess.run(["chown", "-R", "postgres:postgres", str(dest)], check=True)
+    # the restore hands pgdata and the gathered WAL to postgres by itself; only what the
+    # test adds here needs it
+    subprocess.run(["chown", "postgres:postgres", str(sock), str(log)], check=True)
     ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60"]
     opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1"
     started = subprocess.run(_as_postgres([*ctl, "-o", opts, "start"]), capture_output=True)

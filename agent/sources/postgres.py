@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import shlex
 import tarfile
 import time
@@ -75,9 +76,36 @@ def after_restore(src: PostgresSource, destination: Path) -> None:
     data = destination / DATA_DIR
     data.mkdir(mode=0o700)
     with tarfile.open(tar_path) as tar:
+        owner = _tar_owner(tar)
         tar.extractall(data, filter="data")  # refuses absolute paths, '..' and odd links
     os.chmod(data, 0o700)
     tar_path.unlink()
+    give_to(data, owner)
+
+
+def _tar_owner(tar: tarfile.TarFile) -> tuple[int, int] | None:
+    """The (uid, gid) that owned the cluster, by name on this host when it is known
+    here (uids differ between hosts), else as recorded."""
+    first = tar.next()
+    if first is None:
+        return None
+    try:
+        pw = pwd.getpwnam(first.uname) if first.uname else None
+    except KeyError:
+        pw = None
+    return (pw.pw_uid, pw.pw_gid) if pw else (first.uid, first.gid)
+
+
+def give_to(top: Path, owner: tuple[int, int] | None) -> None:
+    """Hand a restored tree to the server's user: PostgreSQL refuses a data directory it
+    does not own. Only root can (and needs to); others restore as themselves."""
+    if owner is None or os.geteuid() != 0:
+        return
+    uid, gid = owner
+    os.chown(top, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
 # --- log backups: the spooled WAL ----------------------------------------------------
@@ -244,6 +272,10 @@ def recover(src: PostgresSource, destination: Path, log_dir: Path, pitr: datetim
                 f"{reach.isoformat()}; pick an earlier time or run an incremental backup first"
             )
     (data / "recovery.signal").write_bytes(b"")
+    # the server's own user runs restore_command: it must read the gathered WAL
+    st = data.stat()
+    give_to(log_dir, (st.st_uid, st.st_gid))
+    give_to(data / "recovery.signal", (st.st_uid, st.st_gid))
     lines = [
         "",
         "# mosaic-backup restore: replay the archived WAL, then open for writes",
