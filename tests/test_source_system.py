@@ -16,6 +16,7 @@ from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import SourceError
 from shared.messages import BackupCompleted, SystemSource
+from tests.fixtures.docker import Dockerd
 from tests.harness import running_stack
 
 QUIET = Console(quiet=True)
@@ -113,21 +114,23 @@ def test_a_failing_tool_is_listed_and_the_others_still_run(
 
 
 def test_docker_inspect_redacts_secret_environment_values(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dockerd: Dockerd, docker_image: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inspect = [{"Id": "c1", "Config": {"Env": ["POSTGRES_PASSWORD=hunter2", "TZ=UTC"]}}]
-    (tmp_path / "inspect.json").write_text(json.dumps(inspect))
-    _fake(
-        tmp_path,
-        "docker",
-        f'if [ "$1" = ps ]; then echo c1; else cat {tmp_path / "inspect.json"}; fi',
+    # a real daemon and the real docker CLI: a created container with a secret in its env
+    client = dockerd.client()
+    box = client.containers.create(
+        docker_image, ["true"], environment={"POSTGRES_PASSWORD": "hunter2", "TZ": "UTC"}
     )
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")  # no socket probe for tcp://
-    got = json.loads(
-        _read_all(SystemSource(include=["containers"]))["containers/docker-inspect.json"]
-    )
-    assert got[0]["Config"]["Env"] == ["POSTGRES_PASSWORD=<redacted>", "TZ=UTC"]
+    try:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        raw = _read_all(SystemSource(include=["containers"]))["containers/docker-inspect.json"]
+    finally:
+        box.remove(force=True)
+        client.close()
+    assert b"hunter2" not in raw
+    (mine,) = [c for c in json.loads(raw) if c["Id"] == box.id]
+    env = mine["Config"]["Env"]
+    assert "POSTGRES_PASSWORD=<redacted>" in env and "TZ=UTC" in env
 
 
 def test_unknown_include_is_refused() -> None:
