@@ -24,6 +24,7 @@ import anyio
 import anyio.to_thread
 from opentelemetry import context as otel_context
 
+from agent import filecache
 from agent.pipeline import (
     READ_BATCH_BYTES,
     Emit,
@@ -243,6 +244,7 @@ async def backup_tree(
     report: ProgressFn = no_progress,
     streams: list[Stream] | None = None,
     root: str | None = None,
+    nodes_out: list[Node] | None = None,
 ) -> tuple[list[bytes], BackupCounters, WalkStats]:
     """Back up ``source`` into ``repo``; return the tree's chunk ids and counters.
 
@@ -280,6 +282,8 @@ async def backup_tree(
         nodes = await run_pipeline(repo, traced_reader)
         tg.cancel_scope.cancel()
     await report(progress)
+    if nodes_out is not None:
+        nodes_out.extend(nodes)
     tree_ids = await anyio.to_thread.run_sync(_store_tree, repo, encode_tree(nodes))
     for bid, blob, n in tree_ids[1]:
         await repo.add_sealed(fmt.OT_TREE, bid, blob, n, reserved=True)
@@ -308,6 +312,7 @@ class BackupSpec:
     parent_backup_id: str | None = None
     streams: list[Stream] | None = None  # instead of the source's own (log backups)
     state_dir: str | None = None  # the agent's; snapshots record themselves there
+    tier: str | None = None  # the job's retention tier, recorded in the manifest
 
 
 async def backup_dataset(
@@ -317,7 +322,12 @@ async def backup_dataset(
     started = utcnow()
     t0 = time.monotonic()
     parent = None
-    if spec.backup_type == "incremental" and spec.parent_backup_id:
+    # A write-only agent cannot read the parent's tree: it keeps its own file cache.
+    local_cache = spec.state_dir if repo.write_only is not None else None
+    if spec.backup_type == "incremental" and spec.parent_backup_id and local_cache:
+        cached = await anyio.to_thread.run_sync(filecache.load, local_cache, spec.dataset)
+        parent = cached[1] if cached else None
+    elif spec.backup_type == "incremental" and spec.parent_backup_id:
         if await repo.has_manifest(spec.parent_backup_id):
             pm = await repo.load_manifest(spec.parent_backup_id)
             parent = {n.path: n for n in await repo.read_tree(pm)}
@@ -332,8 +342,15 @@ async def backup_dataset(
             spec.source, spec.backup_id, state_dir=spec.state_dir, agent=spec.agent
         )
         async with snap as root:  # a snapshot, when asked for: always removed on exit
+            nodes: list[Node] | None = [] if local_cache else None
             tree, c, _ = await backup_tree(
-                repo, spec.source, parent=parent, report=report, streams=spec.streams, root=root
+                repo,
+                spec.source,
+                parent=parent,
+                report=report,
+                streams=spec.streams,
+                root=root,
+                nodes_out=nodes,
             )
         await upload_open_pack(repo)
         with tracing.span("write index", scope="mosaic.agent"):
@@ -362,6 +379,7 @@ async def backup_dataset(
             tree=tree,
             summary=summary,
             hostname=socket.gethostname(),
+            tier=spec.tier,
         )
         with tracing.span(
             "commit manifest",
@@ -369,4 +387,6 @@ async def backup_dataset(
             attributes={"mosaic.backup_id": spec.backup_id, "mosaic.bytes_new": c.bytes_new},
         ):
             await repo.commit_manifest(manifest)
+    if local_cache and nodes is not None:
+        await anyio.to_thread.run_sync(filecache.save, local_cache, manifest, nodes)
     return manifest

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from agent import filecache
 from agent.backup import BackupSpec, backup_dataset
 from agent.heartbeat import send_heartbeats
 from agent.hooks import run_post, run_pre
@@ -35,6 +36,7 @@ from shared.errors import ConfigError, KeyFileError, MosaicError, WrongKeyError
 from shared.messages import (
     BackupCompleted,
     BackupJob,
+    BackupSummary,
     Event,
     Job,
     JobFailed,
@@ -47,7 +49,7 @@ from shared.messages import (
     job_kind,
     utcnow,
 )
-from shared.repository.keys import KEEP_A_COPY, create_key_file, load_key_file
+from shared.repository.keys import KEEP_A_COPY, RepoKey, create_key_file, load_any_key_file
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository, WriteOptions
 from shared.targets import Target, open_target
@@ -62,15 +64,16 @@ def write_options(cfg: AgentConfig) -> WriteOptions:
 
 async def prepare_key(
     cfg: AgentConfig, targets: dict[str, Target], passphrase: str | None = None
-) -> tuple[bytes, bool]:
+) -> tuple[RepoKey, bool]:
     """Load the master key; create it on first use (no repository on any target yet).
 
     Returns (key, created). A missing key file next to an existing repository is an
     error: a new key could never open the backups already there. ``passphrase`` (read
     by the entry point) opens a passphrase-protected key file, and protects a new one.
+    A write-only key file (shared/repository/writeonly.py) is returned as loaded.
     """
     try:
-        return load_key_file(cfg.key_file, passphrase), False
+        return load_any_key_file(cfg.key_file, passphrase), False
     except KeyFileError:
         if await anyio.Path(cfg.key_file).exists():
             raise
@@ -84,7 +87,7 @@ async def prepare_key(
         return create_key_file(cfg.key_file, passphrase or None), True
 
 
-async def check_repositories(cfg: AgentConfig, key: bytes, targets: dict[str, Target]) -> None:
+async def check_repositories(cfg: AgentConfig, key: RepoKey, targets: dict[str, Target]) -> None:
     """Fail fast at start when the key does not open an existing repository."""
     for name, target in targets.items():
         check = getattr(target, "check", None)
@@ -101,7 +104,7 @@ async def check_repositories(cfg: AgentConfig, key: bytes, targets: dict[str, Ta
 
 
 class AgentRunner:
-    def __init__(self, cfg: AgentConfig, key: bytes, targets: dict[str, Target] | None = None):
+    def __init__(self, cfg: AgentConfig, key: RepoKey, targets: dict[str, Target] | None = None):
         self.cfg = cfg
         self.key = key
         self.targets = targets or {n: open_target(n, t) for n, t in cfg.targets.items()}
@@ -123,11 +126,13 @@ class AgentRunner:
             password=nats_password(self.cfg),
             inbox_prefix=subjects.agent_inbox(self.cfg.name),
             tls=nats_tls(self.cfg),
+            nkeys_seed=self.cfg.nats_nkey_seed_file,
         )
         try:
             # An agent with its own NATS user runs under `nats-config` permissions,
             # which leave stream management to the coordinator.
-            await bus.ensure_streams(create=self.cfg.nats_user is None)
+            restricted = self.cfg.nats_user is not None or self.cfg.nats_nkey_seed_file is not None
+            await bus.ensure_streams(create=not restricted)
             sub = await bus.job_consumer(self.cfg.name, self.cfg.ack_wait_s)
             log.info("agent %s ready on %s", self.cfg.name, bus.url)
             task_status.started()
@@ -276,7 +281,7 @@ class AgentRunner:
     async def run_backup(self, bus: Bus, job: BackupJob) -> BackupCompleted:
         repo = await self._open(self._target(job.target), create=True)
         if await repo.has_manifest(job.backup_id):
-            return self._completed(job, await repo.load_manifest(job.backup_id), repo)
+            return self._completed(job, await self._stored(repo, job), repo)
         job, shipment = await self._log_backup(repo, job)
         spec = BackupSpec(
             backup_id=job.backup_id,
@@ -287,6 +292,7 @@ class AgentRunner:
             parent_backup_id=job.parent_backup_id,
             streams=shipment.streams if shipment else None,
             state_dir=self.cfg.state_dir,
+            tier=job.tier,
         )
         hooks = self.cfg.hooks.get(job.dataset)
         if hooks is None:
@@ -301,6 +307,25 @@ class AgentRunner:
             with anyio.CancelScope(shield=True):
                 await run_post(hooks, job.dataset, ok)
         return await self._shipped(job, manifest, repo, shipment)
+
+    async def _stored(self, repo: Repository, job: BackupJob) -> Manifest:
+        """The manifest of a backup already stored (a redelivered job). A write-only
+        agent cannot read it: it reports what its file cache recorded, or no figures."""
+        if repo.write_only is None:
+            return await repo.load_manifest(job.backup_id)
+        cached = await anyio.to_thread.run_sync(filecache.load, self.cfg.state_dir, job.dataset)
+        if cached is not None and cached[0].backup_id == job.backup_id:
+            return cached[0]
+        now = utcnow()
+        zero = BackupSummary(
+            files=0, dirs=0, symlinks=0, bytes_read=0, bytes_new=0, bytes_stored=0,
+            chunks_total=0, chunks_new=0, packs_written=0, duration_s=0.0,
+        )  # fmt: skip
+        return Manifest(
+            backup_id=job.backup_id, dataset=job.dataset, agent=self.cfg.name,
+            backup_type=job.backup_type, source=job.source, started_at=now,
+            finished_at=now, tree=[], summary=zero, tier=job.tier,
+        )  # fmt: skip
 
     async def _log_backup(
         self, repo: Repository, job: BackupJob
@@ -336,11 +361,13 @@ class AgentRunner:
             started_at=m.started_at,
             finished_at=m.finished_at,
             summary=m.summary,
+            tier=job.tier,
         )
 
     async def run_restore(self, bus: Bus, job: RestoreJob) -> RestoreCompleted:
         t0 = time.monotonic()
         repo = await self._open(self._target(job.target), create=False)
+        repo.refuse_write_only("a restore")
         manifest = await repo.load_manifest(job.backup_id)
         with tracing.span("restore data", scope="mosaic.agent"):
             if needs_logs(manifest, job.pitr, job.paths):

@@ -1,4 +1,4 @@
-"""``repo keys init|rotate|rewrap|export``: manage the master key and the data keys.
+"""``repo keys init|rotate|rewrap|export|write-only-export``: manage the repository keys.
 
 These run on the agent's host with the agent's config, like the other ``repo`` tools,
 because the key file lives there and nowhere else. This module is the entry point, so it
@@ -7,7 +7,8 @@ key file (as for ``agent run``), and ``--passphrase-from-env VAR`` names the var
 holding the passphrase for a key file being written — passphrases are never taken as
 command-line arguments, which other users can read from the process list.
 
-See shared/repository/keyops.py for what rotating and rewrapping do and do not protect.
+See shared/repository/keyops.py for what rotating and rewrapping do and do not protect,
+and shared/repository/writeonly.py (and the README's threat model) for write-only keys.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from agent.runner import write_options
 from mosaic.repo_cli import common_args, target_from
 from shared import config
 from shared.errors import ConfigError, KeyFileError, WrongKeyError
-from shared.repository.keyops import export_key_file, rewrap, rotate
+from shared.repository.keyops import export_key_file, rewrap, rotate, write_only_entry
 from shared.repository.keys import (
     KEEP_A_COPY,
     KEY_SIZE,
@@ -32,6 +33,7 @@ from shared.repository.keys import (
     load_key_file,
 )
 from shared.repository.repository import Repository
+from shared.repository.writeonly import WriteOnlyEntry, write_write_only_key
 from shared.targets import Target, open_target
 
 
@@ -71,6 +73,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _passphrase_arg(p, "protect the copy with the passphrase held in VAR")
     p.set_defaults(func=export_cmd)
 
+    p = ks.add_parser(
+        "write-only-export",
+        help="write a write-only key file: agents with it back up but cannot read any backup",
+    )
+    p.add_argument("--config", required=True, help="the agent.toml whose targets it covers")
+    p.add_argument("--out", required=True, help="new file to write")
+    p.set_defaults(func=write_only_export_cmd)
+
 
 def _passphrase_arg(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--passphrase-from-env", metavar="VAR", default=None, help=text)
@@ -94,6 +104,7 @@ def _env_passphrase(var: str | None) -> str | None:
 
 
 def _agent_key(cfg: config.AgentConfig) -> bytes:
+    # A write-only key file is refused here with the one-line explanation (keys.py).
     return load_key_file(cfg.key_file, os.environ.get(PASSPHRASE_ENV))
 
 
@@ -204,4 +215,41 @@ async def export_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
     )
     _say(out, f"Wrote a copy of {cfg.key_file} to {dest} ({how}).")
     _say(out, KEEP_A_COPY)
+    return 0
+
+
+async def write_only_export_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+    cfg = config.load(args.config, config.AgentConfig)
+    master = _agent_key(cfg)
+    if await anyio.Path(args.out).exists():
+        raise KeyFileError(f"key file {args.out} exists already; refusing to overwrite it")
+    targets = {n: open_target(n, t) for n, t in cfg.targets.items()}
+    entries: dict[str, WriteOnlyEntry] = {}
+    try:
+        for name, target in targets.items():
+            if not await Repository.exists(target):
+                _say(err, f"target '{name}' ({target.describe()}): no repository yet, skipped")
+                continue
+            try:
+                repo = await Repository.open(target, master, options=write_options(cfg))
+            except WrongKeyError:
+                raise _wrong_key(cfg, name, target) from None
+            entry = await write_only_entry(repo, master)
+            entries.setdefault(entry.repository_id, entry)  # a replica: same repository
+            _say(out, f"target '{name}' ({target.describe()}): repository {entry.repository_id}")
+    finally:
+        for target in targets.values():
+            await target.aclose()
+    if not entries:
+        raise ConfigError(
+            f"{args.config}: no target holds a repository yet; run one backup with the full "
+            "key file first (it creates the repository), then export the write-only key"
+        )
+    dest = write_write_only_key(args.out, list(entries.values()))
+    _say(
+        out,
+        f"Wrote the write-only key file {dest}. An agent whose key_file points at it backs "
+        "up with deduplication but cannot read any backup; restores, verify --read-data, "
+        f"prune and drills need {cfg.key_file}.",
+    )
     return 0

@@ -38,6 +38,10 @@ class LocalTargetConfig(
     """A repository in a folder on a local or mounted disk."""
 
     path: str
+    # The agent never deletes or replaces an object here (prune fails at once; leases are
+    # renewed and released as new objects). Pair it with ``chattr +a`` on the folders
+    # (README: append-only targets); prune runs on an agent without this flag.
+    append_only: bool = False
     media: str = "disk"
     location: Literal["onsite", "offsite"] = "onsite"
     tier: Literal["local", "remote", "archive"] = "local"
@@ -99,6 +103,10 @@ class SftpTargetConfig(msgspec.Struct, frozen=True, kw_only=True, tag_field="typ
     path: Annotated[str, msgspec.Meta(min_length=1)]
     key_file: Annotated[str, msgspec.Meta(min_length=1)]
     known_hosts: str | None = None
+    # This user is append-only on the server (sshd ``Match User`` with ``internal-sftp -P
+    # remove,…``): the agent then never deletes or replaces (uploads use plain rename,
+    # leases new objects) and refuses prune jobs; prune uses a full-rights user.
+    append_only: bool = False
     media: str = "disk"
     location: Literal["onsite", "offsite"] = "offsite"
     tier: Literal["local", "remote", "archive"] = "remote"
@@ -126,6 +134,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     name: Name
     nats_url: str = "nats://127.0.0.1:4222"
+    # The repository key file, or a write-only key file (`repo keys write-only-export`):
+    # with one the agent backs up but cannot restore, verify data, prune or drill.
     key_file: str
     targets: dict[Name, TargetConfig]
     ack_wait_s: PositiveFloat = 30.0
@@ -147,6 +157,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # without credentials.
     nats_user: str | None = None
     nats_password_file: str | None = None
+    # Or an NKEY: a file holding only this client's seed (``SU…``, written 0600 by
+    # ``mosaic-backup nats-config --nkeys DIR``); checked at load, signed per connect.
+    nats_nkey_seed_file: str | None = None
     # TLS to NATS (``mosaic-backup pki`` makes these): the CA that signed the server's
     # certificate, and this client's certificate and key when the server verifies
     # clients. Unset: plain TCP (fine on loopback only).
@@ -334,6 +347,9 @@ class CoordinatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     # without credentials.
     nats_user: str | None = None
     nats_password_file: str | None = None
+    # Or an NKEY: a file holding only this client's seed (``SU…``, written 0600 by
+    # ``mosaic-backup nats-config --nkeys DIR``); checked at load, signed per connect.
+    nats_nkey_seed_file: str | None = None
     # TLS to NATS (``mosaic-backup pki`` makes these): the CA that signed the server's
     # certificate, and this client's certificate and key when the server verifies
     # clients. Unset: plain TCP (fine on loopback only).
@@ -412,6 +428,7 @@ def load(path: str | Path, kind: type[T]) -> T:
 def _check(p: Path, cfg: object) -> None:
     if isinstance(cfg, (AgentConfig, CoordinatorConfig)):
         nats_tls(cfg, source=p)  # bad TLS files fail at load, naming the field
+        check_nkey_seed(cfg.nats_nkey_seed_file, where=f"config file {p}: ")
     if isinstance(cfg, CoordinatorConfig):
         url = cfg.catalog.url
         if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
@@ -528,6 +545,29 @@ def _check_alerts(p: Path, alerts: AlertsConfig) -> None:
             "https:// URL (write the receiver's full URL, e.g. "
             "http://alertmanager:9093/api/v2/alerts)"
         )
+
+
+def check_nkey_seed(path: str | None, *, where: str = "") -> None:
+    """Fail at load, naming the field, when the NKEY seed file is missing or not a seed."""
+    if path is None:
+        return
+    from shared.nkeys import InvalidSeed, from_seed
+
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}field 'nats_nkey_seed_file': {path} cannot be read: {exc.strerror} "
+            "(fix the path or its permissions; `mosaic-backup nats-config --nkeys DIR` "
+            "writes it)"
+        ) from exc
+    try:
+        from_seed(text).wipe()
+    except InvalidSeed as exc:
+        raise ConfigError(
+            f"{where}field 'nats_nkey_seed_file': {path} is {exc} (point it at a seed "
+            "file written by `mosaic-backup nats-config --nkeys DIR`)"
+        ) from None
 
 
 def nats_password(cfg: AgentConfig | CoordinatorConfig) -> str | None:

@@ -2,7 +2,9 @@
 
 See format.py for the byte layout. A :class:`Keyring` holds the unwrapped data keys of
 one repository (by key id), the id of the key new objects are sealed with, and the
-chunk-id key.
+chunk-id key. When the repository has an index key (write-only agents, writeonly.py),
+``meta`` is its id: index segments and leases are sealed with it, everything else with
+``current``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,31 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from shared.errors import IntegrityError, RepositoryError
 from shared.repository import format as fmt
 
+_META_TYPES = frozenset({fmt.OT_INDEX, fmt.OT_LEASE})
+
 
 class Keyring:
-    def __init__(self, data_keys: dict[bytes, bytes], current: bytes, id_key: bytes) -> None:
+    def __init__(
+        self,
+        data_keys: dict[bytes, bytes],
+        current: bytes,
+        id_key: bytes,
+        *,
+        meta: bytes | None = None,
+    ) -> None:
         self._aead = {kid: AESGCM(k) for kid, k in data_keys.items()}
         self.current = current
         self.id_key = id_key
+        self.meta = meta
+
+    def holds(self, kid: bytes) -> bool:
+        return kid in self._aead
+
+    def kid_for(self, otype: int) -> bytes:
+        """The key id a new object of type ``otype`` is sealed with."""
+        if self.meta is not None and otype in _META_TYPES:
+            return self.meta
+        return self.current
 
     def add(self, kid: bytes, key: bytes) -> None:
         self._aead[kid] = AESGCM(key)
@@ -96,9 +117,17 @@ def seal(
         if len(packed) < len(payload) - len(payload) // 64:
             comp, body = fmt.COMP_ZSTD, packed
     nonce = os.urandom(12)
-    header = fmt.HEADER.pack(fmt.MAGIC, fmt.FORMAT_VERSION, otype, comp, keys.current, nonce)
-    aead = keys.aead(keys.current, "seal")
+    kid = keys.kid_for(otype)
+    header = fmt.HEADER.pack(fmt.MAGIC, fmt.FORMAT_VERSION, otype, comp, kid, nonce)
+    aead = keys.aead(kid, "seal")
     return header + aead.encrypt(nonce, bytes(body), header + object_id)
+
+
+def sealed_kid(data: bytes | memoryview) -> bytes:
+    """The key id in a sealed object's header (b"" when it is too short to have one)."""
+    if len(data) < fmt.HEADER_SIZE:
+        return b""
+    return bytes(data[6:14])
 
 
 def open_sealed(

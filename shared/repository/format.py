@@ -3,8 +3,11 @@
 Objects on a target (keys are relative to the repository root)::
 
     config                   sealed CONFIG object: repository id, chunker parameters,
-                             the chunk-id key
-    keys/<kid hex>           a data key wrapped by the master key (JSON, see keys.py)
+                             the chunk-id key; for write-only agents also the recipient
+                             key id and public key and the index key id
+    keys/<kid hex>           a data key wrapped by the master key (JSON version 1, see
+                             keys.py), or a write-only session key wrapped to the
+                             recipient key (JSON version 2, see writeonly.py)
     data/<xx>/<pack id hex>  pack files (pack id = BLAKE3 of the whole pack; xx = first
                              two hex digits)
     index/<hex>              sealed INDEX objects: pack → blobs it holds
@@ -31,6 +34,16 @@ Pack file::
 
     PACK_HEADER payload = msgpack list of [object type, id (32 bytes), offset, length,
     plaintext length]; object id for the header's AAD = b"pack-header".
+
+Write-only agents (writeonly.py) add no object type and no header version: their
+objects are ordinary sealed objects whose key id names a session key stored under
+``keys/`` wrapped to the repository's X25519 recipient key; index segments and leases
+are sealed with the index key (``config.index_kid``) once a repository has one. Why not
+a per-pack key in the pack table: blobs are sealed on worker threads before the pack
+they land in is chosen, and a header key id that resolves through ``keys/`` lets every
+existing reader, verify and replication path work unchanged; a session key lives for
+one job, which is what a per-pack key would protect in practice (the host writing the
+data has the plaintext during that job anyway).
 
 Chunk id = keyed BLAKE3-256 of the plaintext, with the repository's chunk-id key (in
 the sealed config), so ids reveal nothing about content to someone without the key.

@@ -14,6 +14,8 @@ Why these three and what each protects against:
   uses a key the old file never wrapped).
 - :func:`export_key_file` writes another copy of the master key, optionally under a
   passphrase, for the offline copy every user must keep.
+- :func:`write_only_entry` gives a repository a recipient key pair and an index key
+  (once) and returns what a write-only key file holds for it (writeonly.py).
 
 Crash safety: every step writes the object that makes it take effect last. ``rotate``
 stores the new wrapped key before the config that points at it (a crash in between
@@ -31,15 +33,19 @@ method, so this module does not depend on repository.py's internals.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from shared.errors import KeyFileError, ObjectNotFound, RepositoryError, WrongKeyError
 from shared.repository import format as fmt
-from shared.repository.crypto import Keyring, open_sealed, seal
+from shared.repository.crypto import Keyring, open_sealed, seal, sealed_kid
 from shared.repository.keys import KEY_SIZE, create_key_file, unwrap_data_key, wrap_data_key
 from shared.repository.repository import RepoConfig, Repository
+from shared.repository.writeonly import WriteOnlyEntry, is_recipient_wrapped, public_bytes
 from shared.targets.base import Target
 
 KID_SIZE = 8
@@ -113,6 +119,8 @@ async def rewrap(
     async for obj in target.list(fmt.KEYS_PREFIX):
         raw = await target.get(obj.key)
         obj_where = f"{where}/{obj.key}"
+        if is_recipient_wrapped(raw):
+            continue  # a write-only session key: wrapped to the recipient, not the master
         try:
             kid, data_key = unwrap_data_key(old_master, raw, obj_where)
         except WrongKeyError:
@@ -142,3 +150,76 @@ def export_key_file(src: bytes, dest: str | Path, passphrase: str | None = None)
     """
     create_key_file(dest, passphrase, master=src)
     return Path(dest)
+
+
+async def _new_kid(target: Target, taken: set[bytes]) -> bytes:
+    kid = os.urandom(KID_SIZE)
+    while kid in taken or await target.exists(_key_name(kid)):
+        kid = os.urandom(KID_SIZE)
+    taken.add(kid)
+    return kid
+
+
+async def write_only_entry(repo: Repository, master: bytes) -> WriteOnlyEntry:
+    """Give ``repo`` a recipient key pair and an index key unless it has them; return
+    the write-only key file entry for it.
+
+    Order: both keys are stored (master-wrapped) before the config that names them, and
+    index segments sealed with other keys are then re-sealed under the index key (new
+    segment first, old one deleted after), so write-only agents deduplicate against all
+    data already stored. A crash leaves unused keys or duplicate segments (harmless);
+    running it again finishes the job. ``repo`` seals with the new layout afterwards.
+    """
+    target = repo.target
+    cfg = repo.config
+    if not cfg.recipient_kid:
+        unwrap_data_key(  # WrongKeyError before anything is written
+            master, await target.get(_key_name(repo.keys.current)), target.describe()
+        )
+        taken = {repo.keys.current}
+        rkid, ikid = await _new_kid(target, taken), await _new_kid(target, taken)
+        private = X25519PrivateKey.generate()
+        secret = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        index_key = os.urandom(KEY_SIZE)
+        await target.put(_key_name(rkid), wrap_data_key(master, rkid, secret))
+        await target.put(_key_name(ikid), wrap_data_key(master, ikid, index_key))
+        cfg = msgspec.structs.replace(
+            cfg,
+            recipient_kid=rkid,
+            recipient_public=public_bytes(private.public_key()),
+            index_kid=ikid,
+        )
+        repo.keys.add(ikid, index_key)
+        sealed = seal(
+            repo.keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), msgspec.msgpack.encode(cfg)
+        )
+        await target.put(fmt.CONFIG_KEY, sealed)
+        repo.config, repo.keys.meta, repo.recipient = cfg, ikid, private
+    await _reseal_index(repo)
+    raw = await target.get(_key_name(cfg.index_kid))
+    _, index_key = unwrap_data_key(master, raw, f"{target.describe()}/{_key_name(cfg.index_kid)}")
+    return WriteOnlyEntry(
+        repository_id=cfg.repository_id,
+        recipient_public=cfg.recipient_public,
+        chunk_id_key=cfg.chunk_id_key,
+        index_kid=cfg.index_kid,
+        index_key=index_key,
+        chunker=(cfg.chunker_min, cfg.chunker_avg, cfg.chunker_max, cfg.chunker_seed),
+    )
+
+
+async def _reseal_index(repo: Repository) -> int:
+    """Re-seal index segments not sealed with the index key; return how many."""
+    target, ikid = repo.target, repo.config.index_kid
+    n = 0
+    async for obj in target.list(fmt.INDEX_PREFIX):
+        sealed = await target.get(obj.key)
+        if sealed_kid(sealed) == ikid:
+            continue
+        where = f"{target.describe()}/{obj.key}"
+        _, payload = open_sealed(repo.keys, obj.key.encode(), sealed, where)
+        key = f"{fmt.INDEX_PREFIX}{uuid.uuid4().hex}"
+        await target.put(key, seal(repo.keys, fmt.OT_INDEX, key.encode(), payload))
+        await target.delete(obj.key)
+        n += 1
+    return n

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from shared.errors import KeyFileError, WrongKeyError
+from shared.repository.writeonly import WriteOnlyKey, parse_write_only, refusal
 
 KEY_SIZE = 32
 _WRAP_AAD = b"mosaic-data-key-v1"
@@ -150,6 +151,8 @@ def load_key_file(path: str | Path, passphrase: str | None = None) -> bytes:
         ) from None
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"key file {p} cannot be read: {exc}") from None
+    if isinstance(doc, dict) and "mosaic_write_only_key" in doc:
+        raise refusal(str(p), "this operation")
     try:
         if not isinstance(doc, dict) or doc.get("mosaic_key_file") != 1:
             raise ValueError("not a mosaic-backup key file")
@@ -162,6 +165,24 @@ def load_key_file(path: str | Path, passphrase: str | None = None) -> bytes:
         # binascii.Error is a ValueError; its text names the problem, never the data.
         raise KeyFileError(f"key file {p} is damaged: {_describe(exc)}") from None
     return key
+
+
+RepoKey = bytes | WriteOnlyKey
+"""What opens a repository: the master key, or a write-only key (writeonly.py)."""
+
+
+def load_any_key_file(path: str | Path, passphrase: str | None = None) -> RepoKey:
+    """The key in ``path``: a :class:`WriteOnlyKey` for a write-only key file, else the
+    master key (as :func:`load_key_file`, with the same errors)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        doc = None  # load_key_file names the problem
+    wo = parse_write_only(doc, p)
+    if wo is not None:
+        return wo
+    return load_key_file(p, passphrase)
 
 
 def _describe(exc: Exception) -> str:

@@ -8,6 +8,10 @@ Write path: ``prepare_blob`` (pure CPU, safe in a worker thread) → ``add_seale
 (appends to the open pack and uploads it when full) → ``commit_manifest`` (uploads the
 last pack, one index segment for this run's packs, then the manifest — the manifest is
 written last, so a backup exists only once everything it references is stored).
+
+Opened with a write-only key (writeonly.py) a Repository writes with a session key that
+only the recipient private key unwraps, reads only the index, and refuses every read of
+backup content with :class:`WriteOnlyKeyError`.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyfastcdc import FastCDC
 
 from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, WrongKeyError
 from shared.repository import format as fmt
-from shared.repository.crypto import Keyring, open_sealed, seal
+from shared.repository.crypto import Keyring, open_sealed, seal, sealed_kid
 from shared.repository.index import ChunkIndex, IndexEntry
-from shared.repository.keys import KEY_SIZE, unwrap_data_key, wrap_data_key
+from shared.repository.keys import KEY_SIZE, RepoKey, unwrap_data_key, wrap_data_key
 from shared.repository.manifest import (
     Manifest,
     Node,
@@ -34,6 +39,14 @@ from shared.repository.manifest import (
     manifest_encoder,
 )
 from shared.repository.pack import PackEntry, PackWriter
+from shared.repository.writeonly import (
+    KID_SIZE,
+    WriteOnlyKey,
+    is_recipient_wrapped,
+    refusal,
+    unwrap_from_recipient,
+    wrap_to_recipient,
+)
 from shared.targets.base import Target
 
 
@@ -46,6 +59,10 @@ class RepoConfig(msgspec.Struct, frozen=True, kw_only=True):
     chunker_avg: int = 768 << 10
     chunker_max: int = 4 << 20
     chunker_seed: int = 0
+    # Write-only agents (writeonly.py); empty until `repo keys write-only-export`.
+    recipient_kid: bytes = b""  # keys/<kid> holds the X25519 private key, master-wrapped
+    recipient_public: bytes = b""
+    index_kid: bytes = b""  # seals index segments and leases
 
 
 class WriteOptions(NamedTuple):
@@ -97,6 +114,12 @@ class Repository:
         self._unindexed: list[_PackIndex] = []
         self.bytes_uploaded = 0
         self.packs_written = 0
+        # Set when opened with a write-only key: reads of backup content are refused.
+        self.write_only: WriteOnlyKey | None = None
+        # The recipient private key (full key only): unwraps write-only session keys.
+        self.recipient: X25519PrivateKey | None = None
+        # A write-only session key not yet stored: (object name, wrapped bytes).
+        self._session_key_obj: tuple[str, bytes] | None = None
 
     # --- opening ---------------------------------------------------------------------
 
@@ -108,7 +131,7 @@ class Repository:
     async def open(
         cls,
         target: Target,
-        master_key: bytes,
+        master_key: RepoKey,
         *,
         create: bool = False,
         options: WriteOptions = DEFAULT_OPTIONS,
@@ -116,9 +139,11 @@ class Repository:
         """Open the repository on ``target``; with ``create``, initialise an empty one.
 
         Nothing is written unless the target holds no repository and ``create`` is set;
-        a wrong key is detected before any write.
+        a wrong key is detected before any write. ``master_key`` may be a write-only key.
         """
         where = target.describe()
+        if isinstance(master_key, WriteOnlyKey):
+            return await cls._open_write_only(target, master_key, options)
         try:
             sealed_cfg = await target.get(fmt.CONFIG_KEY)
         except ObjectNotFound:
@@ -129,11 +154,14 @@ class Repository:
             return await cls._init(target, master_key, options)
         data_keys: dict[bytes, bytes] = {}
         wrong: WrongKeyError | None = None
+        to_recipient: list[tuple[str, bytes]] = []
         async for obj in target.list(fmt.KEYS_PREFIX):
+            raw = await target.get(obj.key)
+            if is_recipient_wrapped(raw):
+                to_recipient.append((f"{where}/{obj.key}", raw))
+                continue
             try:
-                kid, key = unwrap_data_key(
-                    master_key, await target.get(obj.key), f"{where}/{obj.key}"
-                )
+                kid, key = unwrap_data_key(master_key, raw, f"{where}/{obj.key}")
             except WrongKeyError as exc:
                 wrong = exc
                 continue
@@ -148,12 +176,110 @@ class Repository:
             raise RepositoryError(
                 f"{cfg_where}: repository format {config.version} is not supported"
             )
+        recipient = None
+        if config.recipient_kid:
+            secret = data_keys.pop(config.recipient_kid, None)
+            if secret is None:
+                raise RepositoryError(
+                    f"{where}: the recipient key {config.recipient_kid.hex()} is missing "
+                    "from keys/ (damaged repository?)"
+                )
+            recipient = X25519PrivateKey.from_private_bytes(secret)
+            for key_where, raw in to_recipient:
+                kid, key = unwrap_from_recipient(recipient, raw, key_where)
+                data_keys[kid] = key
         # New objects are sealed with the key the config was sealed with.
         current = bytes(sealed_cfg[6:14])
-        keys = Keyring(data_keys, current, config.chunk_id_key)
+        keys = Keyring(data_keys, current, config.chunk_id_key, meta=config.index_kid or None)
         repo = cls(target, keys, config, options)
+        repo.recipient = recipient
         await repo._load_index()
         return repo
+
+    @classmethod
+    async def _open_write_only(
+        cls, target: Target, wo: WriteOnlyKey, options: WriteOptions
+    ) -> Repository:
+        """Open for writing with a write-only key: a fresh session key, wrapped to the
+        recipient, seals everything this Repository object writes (see writeonly.py)."""
+        where = target.describe()
+        if not await target.exists(fmt.CONFIG_KEY):
+            raise RepositoryError(
+                f"{where}: no repository here; a write-only key cannot create one — "
+                f"initialise it with the full key file, then export the write-only key"
+            )
+        for entry in wo.repositories:
+            if await target.exists(f"{fmt.KEYS_PREFIX}{entry.index_kid.hex()}"):
+                break
+        else:
+            raise WrongKeyError(
+                f"write-only key file {wo.path} does not cover the repository at {where} "
+                "(export it again with `repo keys write-only-export` for this target)"
+            )
+        lo, avg, hi, seed = entry.chunker
+        config = RepoConfig(
+            repository_id=entry.repository_id,
+            created=datetime.now(UTC),
+            chunk_id_key=entry.chunk_id_key,
+            chunker_min=lo,
+            chunker_avg=avg,
+            chunker_max=hi,
+            chunker_seed=seed,
+            recipient_public=entry.recipient_public,
+            index_kid=entry.index_kid,
+        )
+        kid = os.urandom(KID_SIZE)
+        while kid == entry.index_kid:
+            kid = os.urandom(KID_SIZE)
+        session = os.urandom(KEY_SIZE)
+        keys = Keyring(
+            {entry.index_kid: entry.index_key, kid: session},
+            kid,
+            entry.chunk_id_key,
+            meta=entry.index_kid,
+        )
+        repo = cls(target, keys, config, options)
+        repo.write_only = wo
+        repo._session_key_obj = (
+            f"{fmt.KEYS_PREFIX}{kid.hex()}",
+            wrap_to_recipient(entry.recipient_public, kid, session),
+        )
+        await repo._load_index()
+        return repo
+
+    async def _store_session_key(self) -> None:
+        """Store the wrapped session key before the first object sealed with it."""
+        if self._session_key_obj is not None:
+            name, wrapped = self._session_key_obj
+            await self.target.put(name, wrapped)
+            self._session_key_obj = None
+
+    def refuse_write_only(self, what: str) -> None:
+        """Raise the one-line refusal when this Repository holds a write-only key."""
+        if self.write_only is not None:
+            raise refusal(self.write_only.path, what)
+
+    async def refresh_keys(self) -> None:
+        """Unwrap session keys stored since open (needs the recipient private key)."""
+        if self.recipient is None:
+            return
+        where = self.target.describe()
+        async for obj in self.target.list(fmt.KEYS_PREFIX):
+            try:
+                kid = bytes.fromhex(obj.key[len(fmt.KEYS_PREFIX) :])
+            except ValueError:
+                continue
+            if self.keys.holds(kid):
+                continue
+            raw = await self.target.get(obj.key)
+            if is_recipient_wrapped(raw):
+                kid, key = unwrap_from_recipient(self.recipient, raw, f"{where}/{obj.key}")
+                self.keys.add(kid, key)
+
+    async def _ensure_key_for(self, sealed: bytes | memoryview) -> None:
+        kid = sealed_kid(sealed)
+        if kid and not self.keys.holds(kid):
+            await self.refresh_keys()
 
     @classmethod
     async def _init(cls, target: Target, master_key: bytes, options: WriteOptions) -> Repository:
@@ -181,15 +307,21 @@ class Repository:
         loaded the index earlier and deduplicates against a pack about to go."""
         if self._pending or len(self._writer) or self._unindexed:
             raise RepositoryError("reload_index with unflushed writes")
+        await self.refresh_keys()  # session keys of write-only jobs since open
         self.index = ChunkIndex()
         await self._load_index()
 
     async def _load_index(self) -> None:
         async for obj in self.target.list(fmt.INDEX_PREFIX):
             where = f"{self.target.describe()}/{obj.key}"
-            _, payload = open_sealed(
-                self.keys, obj.key.encode(), await self.target.get(obj.key), where
-            )
+            sealed = await self.target.get(obj.key)
+            if self.write_only is not None and not self.keys.holds(sealed_kid(sealed)):
+                # Sealed before the index key existed (or by a writer that opened the
+                # repository before): not readable here, only costs deduplication.
+                continue
+            if self.recipient is not None:
+                await self._ensure_key_for(sealed)
+            _, payload = open_sealed(self.keys, obj.key.encode(), sealed, where)
             for pack in _idx_dec.decode(payload):
                 for e in pack.entries:
                     self.index[e.id] = IndexEntry(
@@ -275,6 +407,7 @@ class Repository:
 
     async def upload_pack(self, pack: SealedPack) -> None:
         """Store a closed pack, then make its blobs findable (index after the put)."""
+        await self._store_session_key()
         await self.target.put(fmt.pack_key(pack.pack_id), pack.data)
         self.bytes_uploaded += len(pack.data)
         self.packs_written += 1
@@ -311,6 +444,7 @@ class Repository:
         await self.write_index()
         key = fmt.manifest_key(manifest.backup_id)
         sealed = seal(self.keys, fmt.OT_MANIFEST, key.encode(), manifest_encoder.encode(manifest))
+        await self._store_session_key()
         await self.target.put(key, sealed)
         self.bytes_uploaded += len(sealed)
 
@@ -318,6 +452,7 @@ class Repository:
 
     async def read_blob(self, blob_id: bytes) -> bytes:
         """Fetch, authenticate and decompress one blob; check its id."""
+        self.refuse_write_only("reading backup data")
         entry = self.index.get(blob_id)
         if entry is None:
             raise IntegrityError(f"chunk {blob_id.hex()}: not in the repository index (missing)")
@@ -331,22 +466,26 @@ class Repository:
             raise IntegrityError(
                 f"{where}: expected {entry.length} bytes, got {len(data)} (truncated)"
             )
+        await self._ensure_key_for(data)
         return self.open_blob(blob_id, data, where)
 
     def open_blob(self, blob_id: bytes, data: bytes | memoryview, where: str) -> bytes:
         """Authenticate, decompress and re-hash one sealed blob (CPU; any thread)."""
+        self.refuse_write_only("reading backup data")
         _, plain = open_sealed(self.keys, blob_id, data, where)
         if self.keys.chunk_id(plain) != blob_id:
             raise IntegrityError(f"{where}: content does not match chunk id {blob_id.hex()[:16]}…")
         return plain
 
     async def load_manifest(self, backup_id: str) -> Manifest:
+        self.refuse_write_only("reading a backup's manifest")
         key = fmt.manifest_key(backup_id)
         where = f"{self.target.describe()}/{key}"
         try:
             sealed = await self.target.get(key)
         except ObjectNotFound:
             raise RepositoryError(f"backup {backup_id}: no manifest at {where}") from None
+        await self._ensure_key_for(sealed)
         _, payload = open_sealed(self.keys, key.encode(), sealed, where)
         try:
             return manifest_decoder.decode(payload)
