@@ -64,6 +64,7 @@ async def target_space(name: str, cfg: AgentConfig, target: Target | None) -> Ta
         tier=tc.tier,
         total=total,
         free=free,
+        append_only=getattr(tc, "append_only", False),
     )
 
 

@@ -15,6 +15,11 @@ Files written under ``--out``::
 nats-server treats a password that starts with ``$2a$`` as a bcrypt hash, so the server
 config holds no secret; it is still written 0600. Point an agent at its password with
 ``nats_user`` and ``nats_password_file`` in agent.toml (coordinator.toml alike).
+
+With ``--nkeys DIR`` every user is an NKEY instead (an Ed25519 key pair, ``shared.nkeys``):
+the server config holds only public keys (``nkey: U…``, same permissions) and
+``DIR/<user>.nk`` the seed, mode 0600, for ``nats_nkey_seed_file``. Nothing secret ever
+crosses the wire: the client signs the server's nonce.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import bcrypt
 
-from shared import subjects
+from shared import nkeys, subjects
 from shared.errors import ConfigError
 
 DEFAULT_COORDINATOR_USER = "coordinator"
@@ -43,17 +48,17 @@ class NatsUser:
     password: str
     publish: list[str]
     subscribe: list[str]
+    nkey: str | None = None  # public NKEY (U…): then the user logs in with its seed
 
     def entry(self) -> dict[str, object]:
-        hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS))
-        return {
-            "user": self.name,
-            "password": hashed.decode(),
-            "permissions": {
-                "publish": {"allow": self.publish},
-                "subscribe": {"allow": self.subscribe},
-            },
+        permissions = {
+            "publish": {"allow": self.publish},
+            "subscribe": {"allow": self.subscribe},
         }
+        if self.nkey is not None:
+            return {"nkey": self.nkey, "permissions": permissions}
+        hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS))
+        return {"user": self.name, "password": hashed.decode(), "permissions": permissions}
 
 
 def plan_users(
@@ -167,17 +172,35 @@ def write_config(
     port: int = 4222,
     store_dir: Path | None = None,
     tls: TlsFiles | None = None,
+    nkeys_dir: Path | None = None,
 ) -> Path:
-    """Write the server config and one password file per user; return the config path."""
+    """Write the server config and one password file per user (or, with ``nkeys_dir``,
+    one NKEY seed file per user there); return the config path."""
     users = plan_users(agents, coordinator_user, operator_user)
     if tls is not None:
         tls.block()  # check the files before anything is written
-    creds = out / "creds"
-    creds.mkdir(parents=True, exist_ok=True)
-    os.chmod(creds, 0o700)
-    for u in users:
-        _write_private(creds / f"{u.name}.password", u.password + "\n")
+    if nkeys_dir is not None:
+        users = _write_nkeys(nkeys_dir, users)
+    else:
+        creds = out / "creds"
+        creds.mkdir(parents=True, exist_ok=True)
+        os.chmod(creds, 0o700)
+        for u in users:
+            _write_private(creds / f"{u.name}.password", u.password + "\n")
+    out.mkdir(parents=True, exist_ok=True)
     conf = out / "nats-server.conf"
     store = store_dir if store_dir is not None else out / "jetstream"
     _write_private(conf, render(users, store_dir=store.resolve(), host=host, port=port, tls=tls))
     return conf
+
+
+def _write_nkeys(folder: Path, users: list[NatsUser]) -> list[NatsUser]:
+    """A fresh seed per user in ``folder/<user>.nk`` (0600); users carry the public key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    out: list[NatsUser] = []
+    for u in users:
+        seed, public = nkeys.generate_user()
+        _write_private(folder / f"{u.name}.nk", seed.decode() + "\n")
+        out.append(replace(u, password="", nkey=public.decode()))
+    return out

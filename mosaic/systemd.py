@@ -65,13 +65,21 @@ WantedBy=multi-user.target
 """
 
 
+# An append-only local repository (`chattr +a` folders) holds only while the agent cannot
+# lift the attribute. A maintenance-role agent that prunes such a repository on this host
+# needs the capability: delete these two lines from its unit.
+_NO_IMMUTABLE = """# Append-only local targets: never let the agent lift chattr +a.
+CapabilityBoundingSet=~CAP_LINUX_IMMUTABLE
+"""
+
+
 def agent_unit(exe: str, config: str) -> str:
     return _daemon(
         "mosaic-backup agent (receives backup jobs over NATS)",
         f"{exe} agent run --config {config}",
         "# Root: it must read what it backs up, run dump tools and restore owners.\nUser=root\n",
         "",
-        "",
+        _NO_IMMUTABLE,
     )
 
 
@@ -102,7 +110,7 @@ Type=oneshot
 {runs}
 NoNewPrivileges=yes
 PrivateTmp=yes
-"""
+{_NO_IMMUTABLE}"""
         units[f"mosaic-backup-{tier}.timer"] = f"""[Unit]
 Description=mosaic-backup {tier} backup
 

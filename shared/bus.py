@@ -49,6 +49,7 @@ from shared.messages import (
     reply_decoder,
     request_decoder,
 )
+from shared.nkeys import provide_for_nats_py
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class Bus:
         password: str | None = None,
         inbox_prefix: str | None = None,
         tls: ssl.SSLContext | None = None,
+        nkeys_seed: str | None = None,
     ) -> Bus:
         """Connect, retrying until ``timeout``; BusError naming the URL if it never works.
 
@@ -105,12 +107,16 @@ class Bus:
         retrying cannot help. ``inbox_prefix`` gives an agent inboxes that only its own
         NATS user may subscribe to (``subjects.agent_inbox``). ``tls`` (see
         ``shared.config.nats_tls``) verifies the server; a failed TLS handshake fails at
-        once, naming the problem: retrying cannot fix a certificate.
+        once, naming the problem: retrying cannot fix a certificate. ``nkeys_seed`` is
+        the path of an NKEY seed file (``shared.nkeys``); nats-py reads it per connect.
         """
         nc = NATS()
         auth: dict[str, Any] = {}
         if user is not None:
             auth = {"user": user, "password": password or ""}
+        if nkeys_seed is not None:
+            provide_for_nats_py()
+            auth["nkeys_seed"] = nkeys_seed
         if inbox_prefix is not None:
             auth["inbox_prefix"] = inbox_prefix
         if tls is not None:
@@ -159,11 +165,13 @@ class Bus:
             )
         if refused:
             who = f"user {user!r}" if user else "a client without credentials"
+            if nkeys_seed is not None:
+                who = f"the NKEY seed in {nkeys_seed}"
             if not user and strip_credentials(url) != url:
                 who = "the credentials in the URL"
             raise BusError(
                 f"NATS at {strip_credentials(url)} refused {who}: wrong or missing "
-                "credentials (check nats_user and nats_password_file)",
+                "credentials (check nats_user and nats_password_file, or nats_nkey_seed_file)",
                 retryable=False,
             )
         raise BusError(

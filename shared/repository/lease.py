@@ -13,6 +13,11 @@ Scheme (and why it cannot block backups for days, restic's stale-lock complaint)
   deduplicate against a pack that is about to be deleted. Leases whose ``expires`` has
   passed are ignored and removed: a crashed writer delays GC by at most ``ttl`` and
   never needs a manual unlock.
+- On an append-only target (``target.append_only``: SFTP or local targets whose agent may
+  not delete or replace) a lease is a series of objects: ``locks/<id>`` first, each
+  renewal a new ``locks/<id>.<seq>`` with a later ``expires``, and the release one more
+  with ``expires`` in 1970 (over, as a deleted one). The record with the highest ``seq``
+  speaks for the lease; the full-rights prune removes all records of a lease once over.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from shared.targets.base import Target
 from shared.tasks import task_group
 
 DEFAULT_TTL = timedelta(minutes=15)
+# ``expires`` of a released lease's last record (append-only targets): over for any clock
+# and any GC margin, exactly like a deleted lease.
+_RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class LeaseInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,14 +48,25 @@ class LeaseInfo(msgspec.Struct, frozen=True, kw_only=True):
     purpose: str
     started: datetime
     expires: datetime
+    seq: int = 0  # append-only targets: the record's number; the highest one counts
 
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(LeaseInfo)
 
 
+def _key(info: LeaseInfo) -> str:
+    tail = f".{info.seq:06d}" if info.seq else ""
+    return f"{fmt.LOCKS_PREFIX}{info.lease_id}{tail}"
+
+
+def _append_only(target: Target) -> bool:
+    # Not part of the Target protocol: only local and SFTP targets have the mode.
+    return bool(getattr(target, "append_only", False))
+
+
 async def _store(target: Target, keys: Keyring, info: LeaseInfo) -> None:
-    key = f"{fmt.LOCKS_PREFIX}{info.lease_id}"
+    key = _key(info)
     await target.put(key, seal(keys, fmt.OT_LEASE, key.encode(), _enc.encode(info)))
 
 
@@ -65,12 +84,17 @@ async def lease(
         expires=now + ttl,
     )
     await _store(target, keys, info)
+    append_only = _append_only(target)
+    current = info
 
     async def renew() -> None:
-        current = info
+        nonlocal current
         while True:
             await anyio.sleep(ttl.total_seconds() / 3)
-            current = msgspec.structs.replace(current, expires=datetime.now(UTC) + ttl)
+            # seq is taken before the write, so a release never reuses a record's name
+            current = msgspec.structs.replace(
+                current, expires=datetime.now(UTC) + ttl, seq=current.seq + 1 if append_only else 0
+            )
             await _store(target, keys, current)
 
     try:
@@ -81,7 +105,11 @@ async def lease(
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
             try:
-                await target.delete(f"{fmt.LOCKS_PREFIX}{info.lease_id}")
+                if append_only:  # a last record that says "over", as a delete would
+                    last = msgspec.structs.replace(current, expires=_RELEASED, seq=current.seq + 1)
+                    await _store(target, keys, last)
+                else:
+                    await target.delete(_key(info))
             except MosaicError:
                 pass  # it expires by itself; GC ignores it after ``ttl``
 
@@ -89,9 +117,13 @@ async def lease(
 async def live_leases(
     target: Target, keys: Keyring, *, now: datetime | None = None
 ) -> tuple[list[LeaseInfo], list[str]]:
-    """(leases still live, keys of expired or unreadable ones) — for garbage collection."""
+    """(leases still live, keys of expired or unreadable ones) — for garbage collection.
+
+    A lease with several records (append-only targets) is live when its newest record
+    (highest ``seq``) is; when it is not, every record of it is returned as dead."""
     now = now or datetime.now(UTC)
-    live: list[LeaseInfo] = []
+    newest: dict[str, LeaseInfo] = {}
+    records: dict[str, list[str]] = {}
     dead: list[str] = []
     async for obj in target.list(fmt.LOCKS_PREFIX):
         try:
@@ -101,8 +133,9 @@ async def live_leases(
         except (MosaicError, msgspec.DecodeError):
             dead.append(obj.key)
             continue
-        if info.expires > now:
-            live.append(info)
-        else:
-            dead.append(obj.key)
-    return live, dead
+        records.setdefault(info.lease_id, []).append(obj.key)
+        if info.lease_id not in newest or info.seq > newest[info.lease_id].seq:
+            newest[info.lease_id] = info
+    live = [i for i in newest.values() if i.expires > now]
+    dead += [k for lid, i in newest.items() if i.expires <= now for k in records[lid]]
+    return live, sorted(dead)

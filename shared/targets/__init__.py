@@ -16,7 +16,7 @@ __all__ = ["ObjectInfo", "SpaceInfo", "Target", "open_target"]
 def open_target(name: str, cfg: TargetConfig) -> Target:
     """Build the target named ``name`` from its config section."""
     if isinstance(cfg, LocalTargetConfig):
-        return LocalTarget(name, cfg.path)
+        return LocalTarget(name, cfg.path, append_only=cfg.append_only)
     if isinstance(cfg, S3TargetConfig):
         from shared.targets.s3 import S3Target
 

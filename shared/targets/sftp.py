@@ -9,6 +9,14 @@ A value is written to ``.tmp-<random>`` beside its final name, fsynced if the se
 (rename(2) on the server). Plain SFTP rename will not replace a file, so a server
 without that extension fails the put rather than writing non-atomically.
 
+Append-only (``append_only = true``, for a user that sshd restricts with ``ForceCommand
+internal-sftp -u 0222 -P remove,rmdir,posix-rename,setstat,…``): nothing is ever deleted
+or replaced. A put checks that the name is free, uploads ``.tmp-<random>`` and moves it
+with plain SFTP rename, which refuses an existing name; a name that turns out taken holds
+either the same bytes (a retried upload: success) or is refused. A temporary file that
+cannot be moved stays behind (the server refuses its removal) for the full-rights user
+to clear; listings skip ``.tmp-`` names.
+
 Only public-key login with the configured key is tried and the host key is always
 checked against a known_hosts file; ~/.ssh/config and ssh-agent are ignored, so the
 target config alone decides. Messages name user, host and port; there are no secrets.
@@ -88,6 +96,7 @@ class SftpTarget:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._closed = False
+        self.append_only = cfg.append_only
 
     def describe(self) -> str:
         host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
@@ -110,6 +119,12 @@ class SftpTarget:
             return self._fail(f"{what}: folder {self._root} not found", retryable=False)
         if isinstance(exc, asyncssh.SFTPPermissionDenied):
             hint = f"let user {cfg.user!r} read and write {self._root}"
+            if self.append_only:
+                hint = (
+                    f"append-only user {cfg.user!r} can neither delete nor create folders: "
+                    "create the repository's folders with the full-rights user first "
+                    "(README: append-only targets)"
+                )
             return self._fail(f"{what}: permission denied on the server: {hint}", retryable=False)
         if isinstance(exc, asyncssh.HostKeyNotVerifiable):
             hint = f"check the server, then fix targets.{self.name}.known_hosts"
@@ -227,10 +242,45 @@ class SftpTarget:
         """Plain SFTP rename (not posix-rename) refuses to replace an existing file."""
         return await self._store(key, data, exclusive=True)
 
+    def _refuse(self, what: str, key: str) -> TargetError:
+        return TargetError(
+            f"{self.describe()}: append-only target {self.name!r} refuses to {what} {key!r} "
+            f"(targets.{self.name}.append_only = true: only the maintenance agent's prune, "
+            "with a full-rights user, deletes)",
+            retryable=False,
+        )
+
+    async def _taken(
+        self, sftp: asyncssh.SFTPClient, key: str, path: str, data: bytes, exclusive: bool
+    ) -> bool:
+        """Append-only: ``path`` exists. Same bytes: a retried put, done; else refuse."""
+        if exclusive:
+            return False
+        f = await sftp.open(path, "rb")
+        try:
+            there: bytes = await f.read(len(data) + 1, 0)
+        finally:
+            await f.close()
+        if there == data:
+            return True
+        raise self._refuse("replace", key)
+
     async def _store(self, key: str, data: bytes, *, exclusive: bool) -> bool:
         path = self._path(key)
         folder = posixpath.dirname(path)
         tmp = posixpath.join(folder, f".tmp-{secrets.token_hex(8)}")
+        if self.append_only:
+            exclusive_rename = True
+
+            async def taken(sftp: asyncssh.SFTPClient) -> bool:
+                return await sftp.exists(path)
+
+            if await self._call("put", key, taken):
+                return await self._call(
+                    "put", key, lambda sftp: self._taken(sftp, key, path, data, exclusive)
+                )
+        else:
+            exclusive_rename = exclusive
 
         async def write(sftp: asyncssh.SFTPClient) -> bool:
             try:
@@ -247,7 +297,7 @@ class SftpTarget:
                         pass  # the server has no fsync@openssh.com: its page cache decides
                 finally:
                     await f.close()
-                if not exclusive:
+                if not exclusive_rename:
                     await sftp.posix_rename(tmp, path)
                     return True
                 try:
@@ -256,9 +306,14 @@ class SftpTarget:
                 except asyncssh.SFTPError:
                     if not await sftp.exists(path):
                         raise
+                    if self.append_only:  # lost a race; the server keeps the tmp file
+                        return await self._taken(sftp, key, path, data, exclusive)
                     await sftp.remove(tmp)
                     return False
             except BaseException as exc:
+                if self.append_only:
+                    exc.add_note(f"{tmp} may be left behind: an append-only user cannot remove")
+                    raise
                 # Also on cancellation; bounded, since the connection may be the problem.
                 with anyio.move_on_after(10, shield=True):
                     try:
@@ -326,6 +381,8 @@ class SftpTarget:
                     yield info
 
     async def delete(self, key: str) -> None:
+        if self.append_only:
+            raise self._refuse("delete", check_key(key))
         path = self._path(key)
 
         async def remove(sftp: asyncssh.SFTPClient) -> None:
