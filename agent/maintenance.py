@@ -16,6 +16,7 @@ from datetime import timedelta
 from agent.prune import collect_garbage, forget
 from agent.replicate import lag, replicate
 from agent.verify import verify
+from shared.errors import ConfigError
 from shared.messages import (
     DrillJob,
     Event,
@@ -28,11 +29,16 @@ from shared.messages import (
     VerifyJob,
     utcnow,
 )
+from shared.repository import format as fmt
 from shared.repository.repository import Repository
 from shared.targets.base import Target
 
 # Damaged object names carried in one event: enough to act on, bounded for the bus.
 MAX_NAMES = 100
+# Backup ids a replicate result carries (~50 bytes each: well under NATS's 1 MiB
+# payload). A replica holding more is reported in part (the last ids in sort order):
+# a known limit, see the README.
+MAX_COPY_IDS = 10_000
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,14 @@ async def run_prune(ctx: MaintenanceContext, job: PruneJob) -> PruneCompleted:
     Ids the repository does not hold (already forgotten by a previous delivery of this
     job, or never copied here) are skipped, so a redelivered job is harmless."""
     started = utcnow()
-    repo = await ctx.open(ctx.target(job.target), create=False)
+    target = ctx.target(job.target)
+    if getattr(target, "append_only", False):  # only local and SFTP targets have the mode
+        raise ConfigError(
+            f"prune job {job.job_id}: target {job.target!r} of agent {ctx.agent!r} is "
+            f"append-only (targets.{job.target}.append_only = true) and cannot delete; "
+            "send prune to an agent with full-rights credentials ([maintenance] agent)"
+        )
+    repo = await ctx.open(target, create=False)
     present = set(await repo.list_manifests())
     gone = sorted(set(job.forget) & present)
     if not job.dry_run:
@@ -123,6 +136,9 @@ async def run_replicate(ctx: MaintenanceContext, job: ReplicateJob) -> Replicate
     repo = await ctx.open(src, create=False)
     behind = await lag(src, dst, repo=repo)
     wanted = set(job.datasets) or set(behind)
+    held = sorted(
+        [o.key.removeprefix(fmt.MANIFESTS_PREFIX) async for o in dst.list(fmt.MANIFESTS_PREFIX)]
+    )
     return ReplicateCompleted(
         job_id=job.job_id,
         agent=ctx.agent,
@@ -133,4 +149,5 @@ async def run_replicate(ctx: MaintenanceContext, job: ReplicateJob) -> Replicate
         lag_s={d: behind[d].lag_s if d in behind else None for d in sorted(wanted)},
         started_at=started,
         at=utcnow(),
+        backup_ids=held[-MAX_COPY_IDS:],
     )

@@ -8,7 +8,10 @@ statement), plus one completed job per backup and ``--failures`` failed ones. Th
 child process serves the coordinator's HTTP API on that catalog (the same StatusBuilder
 the coordinator uses, with a heartbeat from each of ``--agents`` agents and a daily
 schedule per dataset), and this process measures ``GET /api/v1/backup/status`` over HTTP,
-one request at a time after a warm-up, and prints a markdown table.
+one request at a time after a warm-up, and prints a markdown table. It also times the
+alerter's evaluation (``Alerter.tick``) over the same catalog: the first tick (every
+dataset's duration history read), steady ticks, a tick after a new backup, and, for
+comparison, the per-dataset reading it replaced (2 queries per dataset).
 
     /tmp/venv/bin/python bench/catalog_scale.py                       # 1M rows, ~3 min
     /tmp/venv/bin/python bench/catalog_scale.py --rows 100000 --datasets 1000   # smoke
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import logging
 import multiprocessing as mp
 import shutil
 import statistics
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +165,70 @@ def serve(url: str, datasets: int, agents: int, port_queue: Any) -> None:
     anyio.run(main)
 
 
+async def alerter_ticks(url: str, datasets: int, agents: int) -> list[tuple[str, list[float]]]:
+    """Times of the alerter's tick over the catalog (milliseconds, per case)."""
+    from coordinator.alerter import Alerter, read_snapshots
+    from coordinator.catalog import open_catalog
+    from shared.config import CoordinatorConfig, DatasetConfig, ScheduleConfig
+    from shared.messages import FilesSource
+
+    daily = [ScheduleConfig(cron="0 2 * * *", backup_type="incremental")]
+    cfg = CoordinatorConfig(
+        datasets={
+            f"ds-{d:06d}": DatasetConfig(
+                agent=f"agent-{d % agents}",
+                target="local",
+                source=FilesSource(path="/srv"),
+                schedules=daily,
+            )
+            for d in range(datasets)
+        },
+    )
+    catalog = await open_catalog(url)
+    out: list[tuple[str, list[float]]] = []
+    try:
+        alerter = Alerter(cfg, catalog, clock=lambda: END + timedelta(hours=1))
+        logging.getLogger("coordinator.alerter").setLevel(logging.ERROR)  # 10,000s of alerts
+
+        async def timed(n: int) -> list[float]:
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await alerter.tick()
+                times.append((time.perf_counter() - t0) * 1000)
+            return times
+
+        out.append(("alerter tick, first (every history read)", await timed(1)))
+        out.append(("alerter tick, steady", await timed(10)))
+        reads = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            await read_snapshots(catalog, cfg.datasets, alerter.history)
+            reads.append((time.perf_counter() - t0) * 1000)
+        out.append(("alerter tick, steady: its catalog reads (3 queries)", reads))
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(
+                "INSERT INTO backups (backup_id, dataset, agent, target, repository_id,"
+                " backup_type, started_at, finished_at, files, bytes_read, bytes_new,"
+                " bytes_stored, duration_s) SELECT 'tick-new', dataset, agent, target,"
+                " repository_id, backup_type, started_at + interval '1 day',"
+                " finished_at + interval '1 day', files, bytes_read, bytes_new,"
+                " bytes_stored, duration_s FROM backups WHERE backup_id = 'b-0'"
+            )
+        out.append(("alerter tick after a new backup", await timed(1)))
+        # before: what read_snapshots did until issue 5's follow-up, per dataset
+        t0 = time.perf_counter()
+        for name in sorted(cfg.datasets):
+            await catalog.list_backups(dataset=name, limit=50)
+            await catalog.last_failure(name)
+        out.append(
+            ("alerter tick, before (2 queries per dataset)", [(time.perf_counter() - t0) * 1000])
+        )
+    finally:
+        await catalog.aclose()
+    return out
+
+
 def measure(
     port: int, path: str, n: int, warmup: int, *, write_url: str | None = None
 ) -> tuple[list[float], int]:
@@ -212,7 +281,7 @@ def main() -> None:
 
     base = Path(tempfile.mkdtemp(prefix="mosaic-bench-pg-", dir="/tmp"))
     server = PostgresServer(base, free_port())
-    child: mp.Process | None = None
+    child: BaseProcess | None = None
     try:
         server.init()
         server.start()
@@ -256,6 +325,11 @@ def main() -> None:
             lines.append(
                 f"| {label} | {n} | {statistics.median(times):.1f} | {pct(times, 95):.1f} | "
                 f"{pct(times, 99):.1f} | {max(times):.1f} | {size / 1024:.0f} |"
+            )
+        for label, times in anyio.run(alerter_ticks, url, args.datasets, args.agents):
+            lines.append(
+                f"| {label} | {len(times)} | {statistics.median(times):.1f} | "
+                f"{pct(times, 95):.1f} | {pct(times, 99):.1f} | {max(times):.1f} | — |"
             )
         print("\n".join(lines))
     finally:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 
 from coordinator.alert_sinks import NatsSink, Sink, WebhookSink
 from coordinator.alerts import (
+    DURATION_WINDOW,
     AlertState,
     DatasetSnapshot,
     Finding,
@@ -40,37 +41,74 @@ from shared.messages import Alert, utcnow
 
 log = logging.getLogger(__name__)
 
-# Successful backups read per dataset: enough to find the previous few of the newest
-# one's type (a weekly full among daily incrementals) for the duration rule.
-HISTORY = 50
+# Backups of the newest one's type read per dataset for the duration rule: the newest
+# and the previous DURATION_WINDOW (a weekly full is compared with fulls only).
+HISTORY = DURATION_WINDOW + 1
+
+
+class HistoryCache:
+    """Duration histories by dataset, kept while the dataset's newest backup stays the
+    same: after the first tick only datasets with a new backup are read again (one
+    query for all of them), so a tick over 10,000 quiet datasets reads no history."""
+
+    def __init__(self) -> None:
+        self._by_dataset: dict[str, tuple[str, tuple[RecentBackup, ...]]] = {}
+
+    async def get(
+        self, catalog: Catalog, newest: Mapping[str, str]
+    ) -> dict[str, tuple[RecentBackup, ...]]:
+        """``newest``: dataset → the id of its newest backup."""
+        stale = [d for d, b in newest.items() if self._by_dataset.get(d, ("",))[0] != b]
+        if stale:
+            fresh = await catalog.duration_history(stale, limit=HISTORY)
+            for name in stale:
+                rows = fresh.get(name, [])
+                self._by_dataset[name] = (
+                    newest[name],
+                    tuple(RecentBackup(r.backup_type, r.duration_s) for r in rows),
+                )
+        for gone in self._by_dataset.keys() - newest.keys():
+            del self._by_dataset[gone]
+        return {d: h for d, (_, h) in self._by_dataset.items()}
 
 
 async def read_snapshots(
-    catalog: Catalog, datasets: Mapping[str, DatasetConfig]
+    catalog: Catalog,
+    datasets: Mapping[str, DatasetConfig],
+    history: HistoryCache | None = None,
 ) -> list[DatasetSnapshot]:
-    """What the rules need about each configured dataset, from the catalog.
+    """What the rules need about each configured dataset, from the catalog, in a fixed
+    number of queries whatever the number of datasets: the per-(dataset, target)
+    summary (newest backups), the newest failed backup job of every dataset, and the
+    duration history of the datasets whose newest backup changed (``history`` keeps the
+    others; without one, every dataset's is read, still in one query).
 
     Only backup jobs count as failures: a failed restore says nothing about whether the
-    dataset is protected (but one newer than the last failed backup hides it, since the
-    catalog returns only the newest failure of a dataset)."""
+    dataset is protected."""
+    newest: dict[str, tuple[datetime, str]] = {}
+    for s in await catalog.target_summaries():
+        if s.dataset in datasets and (s.finished_at, s.backup_id) > newest.get(
+            s.dataset, (datetime.min.replace(tzinfo=UTC), "")
+        ):
+            newest[s.dataset] = (s.finished_at, s.backup_id)
+    fails = await catalog.last_failures(job_kind="backup")
+    recent = await (history or HistoryCache()).get(catalog, {d: b for d, (_, b) in newest.items()})
     out: list[DatasetSnapshot] = []
     for name, ds in sorted(datasets.items()):
-        rows = await catalog.list_backups(dataset=name, limit=HISTORY)
-        fail = await catalog.last_failure(name)
-        if fail is not None and fail.job_kind != "backup":
-            fail = None
+        fail = fails.get(name)
         failure = ""
         if fail is not None:
             failure = f"job {fail.job_id}: {fail.error_code or 'error'}: {fail.error_message or ''}"
+        last = newest.get(name)
         out.append(
             DatasetSnapshot(
                 dataset=name,
                 target=ds.target,
                 schedules=tuple(ds.schedules),
-                last_success=rows[0].finished_at if rows else None,
+                last_success=last[0] if last else None,
                 last_failure=fail.updated_at if fail else None,
                 failure=failure.rstrip(": "),
-                recent=tuple(RecentBackup(r.backup_type, r.duration_s) for r in rows),
+                recent=recent.get(name, ()),
             )
         )
     return out
@@ -90,6 +128,7 @@ class Alerter:
         self.catalog = catalog
         self.clock = clock
         self.state = AlertState()
+        self.history = HistoryCache()
         # More rule inputs read elsewhere (maintenance results: coordinator/maintenance.py),
         # each called with ``now`` on every evaluation.
         self.sources: list[Callable[[datetime], Awaitable[list[Finding]]]] = []
@@ -132,7 +171,7 @@ class Alerter:
         """One evaluation; returns (and sends) the transitions."""
         now = self.clock()
         try:
-            snapshots = await read_snapshots(self.catalog, self.cfg.datasets)
+            snapshots = await read_snapshots(self.catalog, self.cfg.datasets, self.history)
             findings = evaluate(snapshots, self.cfg.alerts, now)
             for source in self.sources:
                 findings += await source(now)

@@ -16,10 +16,14 @@ twice: a run's job id is ``<task>-<agent>-<target>[-<to>]-<UTC minute>`` (a dril
 ``drill-<dataset>-<minute>``), checked against the catalog and used as the JetStream
 ``Nats-Msg-Id``.
 
-Retention needs each backup's tier. The catalog has no tier column; a scheduled backup's
-id carries it (``sched-<dataset>-<tier>-<type>-<time>``), and any other backup (run by
-hand) counts as ``daily``, the shortest-lived tier, so a manual backup is never kept
-longer than the policy says, and the newest backup of a dataset is always kept.
+Retention needs each backup's tier: the catalog's ``tier`` column (the schedule that
+fired, or the operator's ``backup --tier``). Rows recorded before that column existed
+fall back to the scheduled backup id (``sched-<dataset>-<tier>-<type>-<time>``), and
+any other old backup counts as ``daily``, the shortest-lived tier. The newest backup of
+a dataset is always kept.
+
+A replicate result lists the backups the replica holds; they are recorded as catalog
+copies (``backup_copies``), which ``list`` and the 3-2-1 check read.
 """
 
 from __future__ import annotations
@@ -121,8 +125,11 @@ def plan_tasks(cfg: CoordinatorConfig) -> list[Task]:
     return tasks
 
 
-def tier_of(backup_id: str, dataset: str) -> Tier:
-    """The retention tier of a backup, from its scheduled job id (else ``daily``)."""
+def tier_of(backup_id: str, dataset: str, recorded: Tier | None = None) -> Tier:
+    """The retention tier of a backup: the catalog's (``recorded``), else from its
+    scheduled job id, else ``daily``."""
+    if recorded is not None:
+        return recorded
     head = f"sched-{dataset}-"
     if backup_id.startswith(head):
         tier = backup_id[len(head) :].split("-", 1)[0]
@@ -167,9 +174,12 @@ class Maintenance:
         bus: Callable[[], Bus | None],
         *,
         clock: Callable[[], datetime] = utcnow,
+        append_only: Callable[[str, str], bool] = lambda agent, target: False,
     ) -> None:
         self.cfg = cfg
         self.m = cfg.maintenance or MaintenanceConfig()
+        # (agent, target) -> the agent's last heartbeat declares that target append-only
+        self.append_only = append_only
         self.catalog = catalog
         self.bus = bus
         self.clock = clock
@@ -202,7 +212,9 @@ class Maintenance:
         task = self.tasks[run.dataset]
         return token(task.kind, task.name, run.fire_time.strftime("%Y%m%dT%H%MZ"))
 
-    async def _dispatch_run(self, key: str, _type: BackupType, job_id: str) -> ApiReply:
+    async def _dispatch_run(
+        self, key: str, _type: BackupType, job_id: str, _tier: Tier
+    ) -> ApiReply:
         return await self.dispatch(self.tasks[key], job_id)
 
     # --- dispatch ---------------------------------------------------------------------
@@ -246,6 +258,15 @@ class Maintenance:
                 requested_at=at,
             )
         if task.kind == "prune":
+            if self.append_only(task.agent, task.target):
+                return ApiError(
+                    code="invalid",
+                    message=(
+                        f"prune of target {task.target!r} not sent: agent {task.agent!r} "
+                        "declares it append-only (it cannot delete); set [maintenance] agent "
+                        "in coordinator.toml to an agent with full-rights credentials"
+                    ),
+                )
             return PruneJob(
                 job_id=job_id,
                 agent=task.agent,
@@ -273,7 +294,9 @@ class Maintenance:
         for name in task.datasets:
             rows = await self.catalog.list_backups(dataset=name, limit=HISTORY)
             found.extend(
-                retention.Backup(b.backup_id, name, tier_of(b.backup_id, name), b.finished_at)
+                retention.Backup(
+                    b.backup_id, name, tier_of(b.backup_id, name, b.tier), b.finished_at
+                )
                 for b in rows
                 if b.target == task.target
             )
@@ -372,6 +395,8 @@ class Maintenance:
             started = ev.started_at or job.requested_at
         if isinstance(ev, PruneCompleted) and not ev.dry_run and ev.forgotten:
             await self.catalog.forget_backups(ev.forgotten, target=ev.target)
+        if isinstance(ev, ReplicateCompleted) and ev.backup_ids:
+            await self.catalog.record_copies(ev.backup_ids, target=ev.to_target, at=ev.at)
         await self.catalog.record_maintenance(
             MaintenanceRecord(
                 job_id=ev.job_id,

@@ -24,7 +24,7 @@ import anyio
 from coordinator.catalog.base import Catalog
 from coordinator.schedule import Run, due_runs
 from shared.bus import JOBS_DUPLICATE_WINDOW_S
-from shared.config import ScheduleConfig
+from shared.config import ScheduleConfig, Tier
 from shared.errors import MosaicError
 from shared.messages import ApiError, ApiReply, BackupType, utcnow
 
@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 # Re-publish only well inside the duplicate window, never at its edge.
 _MARGIN_S = 60.0
 
-Dispatch = Callable[[str, BackupType, str], Awaitable[ApiReply]]
+# (dataset, backup type, job id, the schedule's retention tier)
+Dispatch = Callable[[str, BackupType, str, Tier], Awaitable[ApiReply]]
 
 
 class Scheduler:
     """Dispatches due runs of ``schedules`` (dataset → its schedules) via ``dispatch``
-    (dataset, backup type, job id). ``clock`` is the time source (tests move it)."""
+    (dataset, backup type, job id, tier). ``clock`` is the time source (tests move it)."""
 
     def __init__(
         self,
@@ -104,7 +105,9 @@ class Scheduler:
             if job.status != "dispatched" or age >= JOBS_DUPLICATE_WINDOW_S - _MARGIN_S:
                 log.debug("scheduled job %s already %s", job_id, job.status)
                 return
-        reply = await self.dispatch(run.dataset, run.schedule.backup_type, job_id)
+        reply = await self.dispatch(
+            run.dataset, run.schedule.backup_type, job_id, run.schedule.tier
+        )
         if isinstance(reply, ApiError):
             log.error("scheduled job %s refused: %s", job_id, reply.message)
         else:

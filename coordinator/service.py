@@ -29,7 +29,7 @@ from coordinator.scheduler import Scheduler
 from coordinator.status import StatusBuilder
 from shared import subjects, tracing
 from shared.bus import Bus
-from shared.config import CoordinatorConfig, nats_password, nats_tls
+from shared.config import CoordinatorConfig, Tier, nats_password, nats_tls
 from shared.errors import BusError
 from shared.messages import (
     ApiError,
@@ -99,10 +99,18 @@ class Coordinator:
         # heartbeat lost, storage low, replication lag, 3-2-1 (coordinator/status.py)
         self.alerter.sources.append(self.status_builder.findings)
         # verify, prune, replicate, drills: schedule, results, two alert rules
-        self.maintenance = Maintenance(cfg, catalog, lambda: self.bus, clock=clock)
+        self.maintenance = Maintenance(
+            cfg, catalog, lambda: self.bus, clock=clock, append_only=self._append_only
+        )
         self.alerter.sources.append(self.maintenance.findings)
         self.audit = AuditTrail(catalog)
         self.http = HttpApi(cfg.http, catalog, self.status, alerts=self.alerter.firing)
+
+    def _append_only(self, agent: str, target: str) -> bool:
+        """Whether ``agent``'s last heartbeat says it may not delete on ``target``."""
+        seen = self.heartbeats.last().get(agent)
+        targets = seen.heartbeat.targets if seen is not None else []
+        return any(t.name == target and t.append_only for t in targets)
 
     @property
     def http_port(self) -> int | None:
@@ -117,6 +125,7 @@ class Coordinator:
             user=self.cfg.nats_user,
             password=nats_password(self.cfg),
             tls=nats_tls(self.cfg),
+            nkeys_seed=self.cfg.nats_nkey_seed_file,
         )
         try:
             await bus.ensure_streams()
@@ -232,6 +241,7 @@ class Coordinator:
                     bytes_new=s.bytes_new,
                     bytes_stored=s.bytes_stored,
                     duration_s=s.duration_s,
+                    tier=ev.tier,
                 )
             )
             await cat.update_job(ev.job_id, "completed", ev.finished_at, backup_id=ev.backup_id)
@@ -258,6 +268,13 @@ class Coordinator:
             rows = await self.catalog.list_backups(
                 since=since, dataset=req.dataset, limit=req.limit
             )
+            copies = await self.catalog.copies_of([b.backup_id for b in rows])
+            rows = [
+                msgspec.structs.replace(b, copies=copies[b.backup_id])
+                if b.backup_id in copies
+                else b
+                for b in rows
+            ]
             return BackupList(backups=rows)
         if isinstance(req, StatusRequest):
             return await self.status(limit=max(req.limit, 0), offset=max(req.offset, 0))
@@ -338,7 +355,12 @@ class Coordinator:
         return JobAccepted(job_id=job.job_id, agent=job.agent, duplicate=duplicate)
 
     async def _backup_job(
-        self, dataset: str, backup_type: BackupType, job_id: str, requested_by: str
+        self,
+        dataset: str,
+        backup_type: BackupType,
+        job_id: str,
+        requested_by: str,
+        tier: Tier | None,
     ) -> BackupJob | ApiError:
         ds = self.cfg.datasets.get(dataset)
         if ds is None:
@@ -358,18 +380,23 @@ class Coordinator:
             parent_backup_id=parent.backup_id if parent and parent.target == ds.target else None,
             requested_at=utcnow(),
             requested_by=requested_by,
+            tier=tier,
         )
 
     async def start_backup(self, req: BackupRequest) -> ApiReply:
         job_id = new_job_id("backup", req.dataset)
-        job = await self._backup_job(req.dataset, req.backup_type, job_id, req.requested_by)
+        # A manual backup without --tier: a full one is kept like a weekly full, an
+        # incremental like a daily one (README, "Retention tiers").
+        tier = req.tier or ("weekly" if req.backup_type == "full" else "daily")
+        job = await self._backup_job(req.dataset, req.backup_type, job_id, req.requested_by, tier)
         return job if isinstance(job, ApiError) else await self._dispatch(job, "backup")
 
     async def dispatch_scheduled(
-        self, dataset: str, backup_type: BackupType, job_id: str
+        self, dataset: str, backup_type: BackupType, job_id: str, tier: Tier | None = None
     ) -> ApiReply:
-        """Dispatch one scheduled run under its deterministic job id (see schedule.py)."""
-        job = await self._backup_job(dataset, backup_type, job_id, "scheduler")
+        """Dispatch one scheduled run under its deterministic job id (see schedule.py);
+        ``tier`` is the schedule's (None: retention reads it from the job id)."""
+        job = await self._backup_job(dataset, backup_type, job_id, "scheduler", tier)
         if isinstance(job, ApiError):
             return job
         try:

@@ -2,8 +2,9 @@
 
 Sources: the catalog's aggregates (one row per dataset × target, kept by triggers; the
 newest failed job per dataset), the agents' last heartbeats (coordinator/heartbeats.py:
-liveness, target tags and free space) and the schedules (next run). Two reads of the
-catalog per status, whatever the number of backups; the per-dataset work is a loop over
+liveness, target tags and free space) and the schedules (next run). Three reads of the
+catalog per status (the third: replicated copies, summarised the same way), whatever
+the number of backups; the per-dataset work is a loop over
 plain values, and full backup rows are fetched only for the page of datasets shown.
 
 Choices that matter at scale (10,000 datasets, a million backups):
@@ -16,6 +17,10 @@ Choices that matter at scale (10,000 datasets, a million backups):
   for a copy there (0 once the replica holds a backup at least as new). It is a lower
   bound of "age of the oldest backup not yet copied", which would need one more catalog
   query per lagging dataset × target.
+- Replicated copies recorded in the catalog (``backup_copies``, from replicate results)
+  count like backups on their target: a replica holding the newest backup is a real
+  copy, not an estimate; the replicate result's lag is used only for a replica without
+  catalog copies of the dataset (its event carried no backup ids, an older agent).
 - 3-2-1 counts production plus each target that holds the dataset's newest backup, with
   the media/location tags its agent reports in heartbeats; a target whose tags no
   heartbeat has reported yet makes the result unknown (None), not a violation.
@@ -172,6 +177,27 @@ def _tags(
     return by_agent, by_name
 
 
+def _with_copies(
+    summaries: list[TargetSummary], copies: list[TargetSummary]
+) -> tuple[list[TargetSummary], dict[str, int]]:
+    """Backups and replicated copies as one summary per (dataset, target), in that
+    order, and how many of each dataset's counted backups are copies."""
+    if not copies:
+        return summaries, {}
+    merged = {(s.dataset, s.target): s for s in summaries}
+    copied: dict[str, int] = defaultdict(int)
+    for c in copies:
+        copied[c.dataset] += c.backups
+        s = merged.get((c.dataset, c.target))
+        if s is not None:
+            newest = max(s, c, key=attrgetter("finished_at", "backup_id"))
+            c = msgspec.structs.replace(
+                newest, backups=s.backups + c.backups, bytes_stored=s.bytes_stored + c.bytes_stored
+            )
+        merged[c.dataset, c.target] = c
+    return [merged[k] for k in sorted(merged)], copied
+
+
 class StatusBuilder:
     def __init__(
         self,
@@ -233,7 +259,9 @@ class StatusBuilder:
         by_name: Mapping[str, TargetSpace],
     ) -> _Base:
         """The part of the overview that depends only on the catalog and target tags."""
-        summaries = await self.catalog.target_summaries()
+        summaries, copied = _with_copies(
+            await self.catalog.target_summaries(), await self.catalog.copy_summaries()
+        )
         failures = await self.catalog.last_failures(job_kind="backup", unresolved=True)
         memo: dict[tuple[str, tuple[str, ...]], Compliance321] = {}  # few distinct per read
         # tuples of untracked Structs: the garbage collector stops looking at them
@@ -255,6 +283,7 @@ class StatusBuilder:
                     newest = c
                 if c.target == ds.target:
                     primary = c
+            base.backups_total -= copied.get(name, 0)  # copies are not more backups
             fail = failures.get(name)  # only failing ones: newer than every backup
             is_failing = fail is not None
             since: dict[str, datetime | None] = {}  # replica → behind since (None: in sync)
@@ -379,9 +408,9 @@ class StatusBuilder:
 
     async def _replicas(self) -> dict[str, list[tuple[str, datetime, dict[str, float | None]]]]:
         """The newest replication result per source → destination target, by source
-        target: (destination, when, seconds behind per dataset). Replicated copies are
-        not catalog rows; the replicate job's result (coordinator/maintenance.py) says
-        how far each dataset's copy was behind when it ran."""
+        target: (destination, when, seconds behind per dataset): how far each dataset's
+        copy was behind when it ran. Used for replicas without catalog copies of the
+        dataset (``copy_summaries``; a result from an agent that sent no backup ids)."""
         newest: dict[tuple[str, str], tuple[str, datetime, dict[str, float | None]]] = {}
         for rec in await self.catalog.list_maintenance(kind="replicate", limit=REPLICATE_SCAN):
             try:

@@ -13,15 +13,26 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 from rich.console import Console
 
 from shared import logs, tracing
 from shared.errors import ConfigError, MosaicError
+from shared.messages import BackupTier
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def _as_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--as",
+        dest="requested_by",
+        default=None,
+        metavar="NAME",
+        help="who asks, for the audit trail (default: user@host of this shell)",
+    )
 
 
 def _nats_args(p: argparse.ArgumentParser) -> None:
@@ -47,6 +58,11 @@ def _nats_args(p: argparse.ArgumentParser) -> None:
         "--nats-password-file",
         default=env("MOSAIC_NATS_PASSWORD_FILE"),
         help="file holding that user's password (default: $MOSAIC_NATS_PASSWORD_FILE)",
+    )
+    p.add_argument(
+        "--nats-nkey-seed-file",
+        default=env("MOSAIC_NATS_NKEY_SEED_FILE"),
+        help="NKEY seed file instead of a password (default: $MOSAIC_NATS_NKEY_SEED_FILE)",
     )
     for part, what in (("ca", "CA certificate"), ("cert", "client certificate"), ("key", "key")):
         p.add_argument(
@@ -107,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="incremental skips files unchanged since the last backup (default); "
         "full reads everything again",
     )
+    p.add_argument(
+        "--tier",
+        choices=list(get_args(BackupTier)),
+        default=None,
+        help="retention tier to keep this backup as (default: weekly for a full backup, "
+        "daily for an incremental one)",
+    )
+    _as_arg(p)
     _nats_args(p)
     _wait_args(p)
 
@@ -139,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="database datasets: replay archived logs up to TIME (ISO 8601 with a zone, "
         "e.g. 2026-11-26T10:00:00Z); restoring a log backup without it replays all",
     )
+    _as_arg(p)
     _nats_args(p)
     _wait_args(p)
 
@@ -192,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tls-verify", action="store_true", help="require a client certificate from every client"
     )
+    p.add_argument(
+        "--nkeys",
+        default=None,
+        metavar="DIR",
+        help="NKEY users instead of passwords: one seed per user in DIR/<user>.nk (0600)",
+    )
+
+    p = sub.add_parser(
+        "append-only-layout",
+        help="create a local repository's folders with chattr +a (run with full rights)",
+    )
+    p.add_argument("path", help="the repository folder of an append_only local target")
+    p.add_argument(
+        "--no-chattr", action="store_true", help="only create the folders (no attribute)"
+    )
 
     p = sub.add_parser(
         "quickstart", help="run NATS, a coordinator and an agent locally; back up, restore, compare"
@@ -203,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _with_bus(args: argparse.Namespace, fn: Callable[[Any], Awaitable[object]]) -> None:
     from shared.bus import Bus
-    from shared.config import tls_context
+    from shared.config import check_nkey_seed, tls_context
 
     password = None
     if args.nats_password_file:
@@ -220,6 +260,7 @@ async def _with_bus(args: argparse.Namespace, fn: Callable[[Any], Awaitable[obje
         args.nats_tls_key,
         where="options --nats-tls-ca/--nats-tls-cert/--nats-tls-key: ",
     )
+    check_nkey_seed(args.nats_nkey_seed_file, where="option --nats-nkey-seed-file: ")
     bus = await Bus.connect(
         args.nats,
         name="mosaic-cli",
@@ -227,6 +268,7 @@ async def _with_bus(args: argparse.Namespace, fn: Callable[[Any], Awaitable[obje
         user=args.nats_user,
         password=password,
         tls=tls,
+        nkeys_seed=args.nats_nkey_seed_file,
     )
     try:
         await fn(bus)
@@ -260,6 +302,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 err,
                 wait=not args.no_wait,
                 timeout=args.timeout,
+                tier=args.tier,
+                requested_by=args.requested_by,
             ),
         )
     elif cmd == "restore":
@@ -278,6 +322,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 paths=args.paths,
                 pitr=args.pitr,
+                requested_by=args.requested_by,
             ),
         )
     elif cmd == "list":
@@ -326,8 +371,20 @@ async def _dispatch(args: argparse.Namespace) -> int:
             port=args.port,
             store_dir=Path(args.store_dir) if args.store_dir else None,
             tls=tls,
+            nkeys_dir=Path(args.nkeys) if args.nkeys else None,
         )
-        out.print(f"wrote {conf} and passwords in {conf.parent / 'creds'} (mode 0600)")
+        where = args.nkeys if args.nkeys else conf.parent / "creds"
+        what = "NKEY seeds" if args.nkeys else "passwords"
+        out.print(f"wrote {conf} and {what} in {where} (mode 0600)")
+    elif cmd == "append-only-layout":
+        from pathlib import Path
+
+        from shared.targets.local import prepare_append_only
+
+        root = Path(args.path)
+        done_folders = prepare_append_only(root, chattr=not args.no_chattr)
+        what = f"{len(done_folders)} folders made append-only (chattr +a)"
+        out.print(f"{root}: repository folders ready; {what if done_folders else 'no chattr'}")
     elif cmd == "quickstart":
         from mosaic.quickstart import quickstart
 

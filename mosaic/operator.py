@@ -7,6 +7,8 @@ a progress bar (bytes, rate, ETA) on stderr; results are tables on stdout.
 
 from __future__ import annotations
 
+import getpass
+import socket
 from contextlib import aclosing
 from datetime import datetime
 from typing import TypeVar
@@ -25,6 +27,7 @@ from shared.messages import (
     BackupList,
     BackupRequest,
     BackupSummary,
+    BackupTier,
     BackupType,
     Event,
     JobAccepted,
@@ -45,6 +48,19 @@ class OperatorError(MosaicError):
     """The coordinator refused a request or a job failed (message says which)."""
 
     code = "operator"
+
+
+def who(name: str | None = None) -> str:
+    """Who asks, for the coordinator's audit trail: ``name`` (``--as``) or
+    ``user@host`` of this process. A claim, not a proof: the NATS credentials are what
+    the bus checks."""
+    if name:
+        return name
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (containers)
+        user = "uid-unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def size(n: float) -> str:
@@ -116,11 +132,13 @@ async def backup(
     *,
     wait: bool = True,
     timeout: float = 600.0,
+    tier: BackupTier | None = None,
+    requested_by: str | None = None,
 ) -> BackupCompleted | JobAccepted:
-    acc = _expect(
-        await bus.request("backup", BackupRequest(dataset=dataset, backup_type=backup_type)),
-        JobAccepted,
+    req = BackupRequest(
+        dataset=dataset, backup_type=backup_type, tier=tier, requested_by=who(requested_by)
     )
+    acc = _expect(await bus.request("backup", req), JobAccepted)
     err.print(f"backup job {acc.job_id} sent to agent {acc.agent}")
     if not wait:
         return acc
@@ -137,6 +155,7 @@ async def backup(
                 "dataset": ev.dataset,
                 "target": ev.target,
                 "type": ev.backup_type,
+                **({"tier": ev.tier} if ev.tier else {}),
                 **({"log lag": f"{ev.log_lag_s:.1f} s"} if ev.log_lag_s is not None else {}),
             },
         )
@@ -170,12 +189,17 @@ async def restore(
     timeout: float = 600.0,
     paths: list[str] | None = None,
     pitr: datetime | None = None,
+    requested_by: str | None = None,
 ) -> RestoreCompleted | JobAccepted:
     acc = _expect(
         await bus.request(
             "restore",
             RestoreRequest(
-                backup_id=backup_id, destination=destination, paths=paths or [], pitr=pitr
+                backup_id=backup_id,
+                destination=destination,
+                paths=paths or [],
+                pitr=pitr,
+                requested_by=who(requested_by),
             ),
         ),
         JobAccepted,
@@ -208,8 +232,10 @@ async def list_backups(bus: Bus, out: Console, *, days: int | None, dataset: str
         "backup id",
         "dataset",
         "type",
+        "tier",
         "agent",
         "target",
+        "copies",
         "finished",
         "files",
         "read",
@@ -225,8 +251,10 @@ async def list_backups(bus: Bus, out: Console, *, days: int | None, dataset: str
             b.backup_id,
             b.dataset,
             b.backup_type,
+            b.tier or "—",
             b.agent,
             b.target,
+            ", ".join(b.copies) or "—",
             _when(b.finished_at),
             f"{b.files:,}",
             size(b.bytes_read),

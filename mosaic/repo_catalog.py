@@ -40,7 +40,7 @@ from coordinator.catalog import Catalog, open_catalog
 from mosaic.operator import size
 from mosaic.repo_cli import common_args, opened
 from shared.errors import IntegrityError, RepositoryError
-from shared.messages import BackupRecord, BackupType
+from shared.messages import BackupRecord, BackupTier, BackupType
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository
 
@@ -94,6 +94,7 @@ def backup_record(m: Manifest, *, target: str, repository_id: str) -> BackupReco
         bytes_new=s.bytes_new,
         bytes_stored=s.bytes_stored,
         duration_s=s.duration_s,
+        tier=cast(BackupTier, m.tier) if m.tier in get_args(BackupTier) else None,
     )
 
 

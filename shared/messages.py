@@ -21,6 +21,9 @@ import msgspec
 SCHEMA_VERSION = 1
 
 BackupType = Literal["full", "incremental"]
+# The retention tier of a backup (the same values as shared.config.Tier, which config
+# cannot lend here: config imports this module).
+BackupTier = Literal["daily", "weekly", "monthly", "yearly", "config", "translog"]
 
 
 def utcnow() -> datetime:
@@ -211,6 +214,9 @@ class BackupJob(_Msg, frozen=True, kw_only=True, tag="backup"):
     parent_backup_id: str | None = None
     requested_at: datetime
     requested_by: str = "operator"
+    # the retention tier of the backup (the schedule's, or the operator's ``--tier``);
+    # None from an older coordinator: retention then reads it from the backup id
+    tier: BackupTier | None = None
 
 
 class RestoreJob(_Msg, frozen=True, kw_only=True, tag="restore"):
@@ -348,6 +354,7 @@ class BackupCompleted(_Msg, frozen=True, kw_only=True, tag="backup_completed"):
     # log backups: age in seconds of the oldest archived log file not yet in the
     # repository when this backup shipped it (how far the repository trailed the server)
     log_lag_s: float | None = None
+    tier: BackupTier | None = None  # BackupJob.tier, carried back for the catalog
 
 
 class RestoreCompleted(_Msg, frozen=True, kw_only=True, tag="restore_completed"):
@@ -414,6 +421,9 @@ class ReplicateCompleted(_Msg, frozen=True, kw_only=True, tag="replicate_complet
     lag_s: dict[str, float | None] = {}  # dataset → seconds behind (0: in sync)
     started_at: datetime | None = None
     at: datetime
+    # ids of the backups whose manifests ``to_target`` holds after this run (at most
+    # agent.maintenance.MAX_COPY_IDS); the coordinator records them as catalog copies
+    backup_ids: list[str] = []
 
 
 class DrillCheck(msgspec.Struct, frozen=True, kw_only=True):
@@ -475,6 +485,7 @@ class BackupRequest(_Msg, frozen=True, kw_only=True, tag="backup_request"):
     dataset: str
     backup_type: BackupType = "full"
     requested_by: str = "operator"
+    tier: BackupTier | None = None  # None: weekly for a full backup, daily otherwise
 
 
 class RestoreRequest(_Msg, frozen=True, kw_only=True, tag="restore_request"):
@@ -513,6 +524,8 @@ class BackupRecord(msgspec.Struct, frozen=True, kw_only=True):
     bytes_new: int
     bytes_stored: int
     duration_s: float
+    tier: BackupTier | None = None  # None: recorded before the catalog had tiers
+    copies: list[str] = []  # replica targets holding a copy (``list`` replies only)
 
 
 class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -742,6 +755,7 @@ class TargetSpace(msgspec.Struct, frozen=True, kw_only=True):
     tier: str
     total: int | None = None  # None: unknown (object stores, servers without statvfs)
     free: int | None = None
+    append_only: bool = False  # this agent may not delete there (no prune jobs)
 
 
 class Heartbeat(_Msg, frozen=True, kw_only=True, tag="heartbeat"):

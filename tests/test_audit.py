@@ -213,7 +213,8 @@ async def test_a_restore_is_audited_in_the_catalog_and_on_nats(
         ("restore_requested", st.dataset, done.backup_id),
         ("backup_requested", st.dataset, done.backup_id),
     ]
-    assert trail[0].actor == "operator" and trail[0].detail == f"to {dest}"
+    # who asked: user@host of the operator's shell (mosaic/operator.py)
+    assert trail[0].actor == operator.who() and trail[0].detail == f"to {dest}"
     assert trail[-1].action == "config_changed"  # the coordinator's first start
     assert on_nats[-1] == trail[0]
 

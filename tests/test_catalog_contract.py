@@ -407,3 +407,64 @@ async def test_unresolved_failures_and_failures_of_some_datasets(catalog: Catalo
     some = await catalog.last_failures(datasets=["a", "c", "zz"])
     assert {d: j.job_id for d, j in some.items()} == {"a": "j0", "c": "j2"}
     assert await catalog.last_failures(datasets=[]) == {}
+
+
+async def test_tier_round_trips_and_old_rows_have_none(catalog: Catalog) -> None:
+    await catalog.record_backup(backup("b-monthly", T0, tier="monthly"))
+    await catalog.record_backup(backup("b-old", T0 + timedelta(hours=1)))
+    assert (await catalog.get_backup("b-monthly")) == backup("b-monthly", T0, tier="monthly")
+    assert [(b.backup_id, b.tier) for b in await catalog.list_backups()] == [
+        ("b-old", None),
+        ("b-monthly", "monthly"),
+    ]
+    assert {b.backup_id: b.tier for b in await catalog.get_backups(["b-monthly", "b-old"])} == {
+        "b-monthly": "monthly",
+        "b-old": None,
+    }
+
+
+async def test_copies_are_recorded_once_summarised_and_forgotten(catalog: Catalog) -> None:
+    await catalog.record_backup(backup("b1", T0, tier="daily"))
+    await catalog.record_backup(backup("b2", T0 + timedelta(days=1), bytes_stored=7))
+    at = T0 + timedelta(days=2)
+    # unknown ids and the backup's own target are not copies
+    assert await catalog.record_copies(["b1", "b2", "nope"], target="offsite", at=at) == 2
+    assert await catalog.record_copies(["b1", "b2"], target="offsite", at=at) == 0
+    assert await catalog.record_copies(["b1"], target="local", at=at) == 0
+    assert await catalog.record_copies(["b1"], target="cold", at=at) == 1
+    assert await catalog.copies_of(["b1", "b2", "nope"]) == {
+        "b1": ["cold", "offsite"],
+        "b2": ["offsite"],
+    }
+    [cold, offsite] = await catalog.copy_summaries()
+    assert (offsite.target, offsite.backup_id, offsite.backups, offsite.bytes_stored) == (
+        "offsite",
+        "b2",
+        2,
+        1_500_007,
+    )
+    assert (cold.target, cold.backups) == ("cold", 1)
+    assert await catalog.count_backups() == 2  # copies are not more backups
+    before = await catalog.summary_marker()
+    # a prune on the replica forgets its copy only; the primary row stays
+    assert await catalog.forget_backups(["b2"], target="offsite") == 1
+    assert await catalog.summary_marker() != before
+    assert await catalog.copies_of(["b2"]) == {}
+    assert await catalog.get_backup("b2") is not None
+    [_, offsite] = await catalog.copy_summaries()
+    assert (offsite.backup_id, offsite.backups, offsite.bytes_stored) == ("b1", 1, 1_500_000)
+
+
+async def test_duration_history_is_the_newest_type_per_dataset(catalog: Catalog) -> None:
+    for i in range(10):
+        kind = "full" if i % 3 == 0 else "incremental"
+        await catalog.record_backup(
+            backup(f"a{i}", T0 + timedelta(days=i), backup_type=kind, duration_s=float(i))
+        )
+    await catalog.record_backup(backup("c0", T0, dataset="other", backup_type="incremental"))
+    got = await catalog.duration_history(["gitea-db", "other", "none"], limit=3)
+    # newest of gitea-db is a9 (full): a9, a6, a3 — the incrementals between are skipped
+    assert {d: [b.backup_id for b in rows] for d, rows in got.items()} == {
+        "gitea-db": ["a9", "a6", "a3"],
+        "other": ["c0"],
+    }

@@ -65,7 +65,9 @@ class Recorder:
         self.sent: list[str] = []
         self.fail = False
 
-    async def __call__(self, dataset: str, backup_type: BackupType, jid: str) -> ApiReply:
+    async def __call__(
+        self, dataset: str, backup_type: BackupType, jid: str, tier: str = "daily"
+    ) -> ApiReply:
         if self.fail:
             raise BusError("nats down")
         now = utcnow()

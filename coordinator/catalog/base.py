@@ -147,4 +147,24 @@ class Catalog(Protocol):
         """Remove the rows of backups a prune forgot on ``target``; returns how many.
         Unknown ids and rows of other targets are left alone."""
 
+    async def record_copies(self, backup_ids: Sequence[str], *, target: str, at: datetime) -> int:
+        """Record that replica ``target`` holds a copy of these backups (copied by
+        ``at``); returns how many were new. Ids the catalog does not know, copies already
+        recorded, and the backup's own target are left alone. A prune's
+        ``forget_backups`` on ``target`` removes the copies too."""
+
+    async def copy_summaries(self) -> list[TargetSummary]:
+        """Like ``target_summaries``, for replicated copies (kept by triggers; one query)."""
+
+    async def copies_of(self, backup_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Backup id → the replica targets holding a copy, sorted (ids without copies are
+        absent); one query."""
+
+    async def duration_history(
+        self, datasets: Sequence[str], *, limit: int
+    ) -> dict[str, list[BackupRecord]]:
+        """Per dataset (of those that have backups): its newest backup and the ones
+        before it of the same type, newest first, at most ``limit`` — what the duration
+        alert rule compares. One query (SQLite: one per 400 datasets)."""
+
     async def aclose(self) -> None: ...

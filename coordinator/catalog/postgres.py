@@ -134,6 +134,55 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX maintenance_by_dataset_kind_finished
             ON maintenance (dataset, kind, finished_at DESC, job_id DESC)""",
     ),
+    # 5: a backup's retention tier (NULL on older rows: retention reads the backup id),
+    # and replicated copies: one row per backup × replica target (backups is keyed by
+    # backup_id alone, the primary copy), summarised per (dataset, target) by triggers
+    # like target_summary so status reads a few thousand rows.
+    (
+        """ALTER TABLE backups ADD COLUMN tier text CHECK (tier IN
+            ('daily', 'weekly', 'monthly', 'yearly', 'config', 'translog'))""",
+        """CREATE TABLE backup_copies (
+            backup_id text NOT NULL, target text NOT NULL, dataset text NOT NULL,
+            tier text, finished_at timestamptz NOT NULL, bytes_stored bigint NOT NULL,
+            copied_at timestamptz NOT NULL, PRIMARY KEY (backup_id, target))""",
+        """CREATE INDEX backup_copies_by_dataset_target_finished
+            ON backup_copies (dataset, target, finished_at DESC, backup_id DESC)""",
+        """CREATE TABLE copy_summary (
+            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
+            finished_at timestamptz NOT NULL, backups bigint NOT NULL,
+            bytes_stored bigint NOT NULL, PRIMARY KEY (dataset, target))""",
+        """CREATE FUNCTION copy_summary_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO copy_summary AS s VALUES
+                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
+            ON CONFLICT (dataset, target) DO UPDATE SET
+                backups = s.backups + 1,
+                bytes_stored = s.bytes_stored + EXCLUDED.bytes_stored,
+                backup_id = CASE WHEN (EXCLUDED.finished_at, EXCLUDED.backup_id)
+                    > (s.finished_at, s.backup_id) THEN EXCLUDED.backup_id ELSE s.backup_id END,
+                finished_at = GREATEST(s.finished_at, EXCLUDED.finished_at);
+            RETURN NULL;
+        END $$""",
+        """CREATE FUNCTION copy_summary_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE copy_summary SET backups = backups - 1,
+                bytes_stored = bytes_stored - OLD.bytes_stored
+                WHERE dataset = OLD.dataset AND target = OLD.target;
+            DELETE FROM copy_summary
+                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
+            UPDATE copy_summary s SET backup_id = c.backup_id, finished_at = c.finished_at
+                FROM (SELECT backup_id, finished_at FROM backup_copies
+                      WHERE dataset = OLD.dataset AND target = OLD.target
+                      ORDER BY finished_at DESC, backup_id DESC LIMIT 1) c
+                WHERE s.dataset = OLD.dataset AND s.target = OLD.target
+                  AND s.backup_id = OLD.backup_id;
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER backup_copies_summary_insert AFTER INSERT ON backup_copies
+            FOR EACH ROW EXECUTE FUNCTION copy_summary_insert()""",
+        """CREATE TRIGGER backup_copies_summary_delete AFTER DELETE ON backup_copies
+            FOR EACH ROW EXECUTE FUNCTION copy_summary_delete()""",
+    ),
 )
 
 # Explicit, not derived from the Structs: a field added to a record (with a default)
@@ -145,7 +194,7 @@ _JOB_COLUMNS = (
 _BACKUP_COLUMNS = (
     *("backup_id", "dataset", "agent", "target", "backup_type", "repository_id"),
     *("started_at", "finished_at", "files", "bytes_read", "bytes_new", "bytes_stored"),
-    "duration_s",
+    *("duration_s", "tier"),
 )
 _MAINTENANCE_COLUMNS = (
     *("job_id", "kind", "agent", "target", "dataset", "backup_id", "outcome"),
@@ -173,7 +222,8 @@ def _decode(row: dict[str, Any], kind: type[_T]) -> _T:
 _MARKER = """ROW((SELECT count(*) FROM target_summary), (SELECT sum(backups) FROM target_summary),
     (SELECT sum(bytes_stored) FROM target_summary), (SELECT max(finished_at) FROM target_summary),
     (SELECT count(*) FROM jobs WHERE status = 'failed'),
-    (SELECT max(updated_at) FROM jobs WHERE status = 'failed'))::text"""
+    (SELECT max(updated_at) FROM jobs WHERE status = 'failed'),
+    (SELECT count(*) FROM copy_summary), (SELECT sum(backups) FROM copy_summary))::text"""
 
 
 async def _use_utc(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -524,12 +574,71 @@ class PostgresCatalog:
     async def forget_backups(self, backup_ids: Sequence[str], *, target: str) -> int:
         if not backup_ids:
             return 0
+        gone = 0
+        async with self._connection() as conn:
+            for table in ("backups", "backup_copies"):
+                cur = await conn.execute(
+                    f"DELETE FROM {table} WHERE target = %s AND backup_id = ANY(%s)",
+                    (target, list(backup_ids)),
+                )
+                gone += int(cur.rowcount)
+        return gone
+
+    async def record_copies(self, backup_ids: Sequence[str], *, target: str, at: datetime) -> int:
+        if not backup_ids:
+            return 0
         async with self._connection() as conn:
             cur = await conn.execute(
-                "DELETE FROM backups WHERE target = %s AND backup_id = ANY(%s)",
-                (target, list(backup_ids)),
+                "INSERT INTO backup_copies SELECT backup_id, %s, dataset, tier, finished_at,"
+                " bytes_stored, %s FROM backups WHERE target <> %s AND backup_id = ANY(%s)"
+                " ON CONFLICT DO NOTHING",
+                (target, _aware(at), target, list(backup_ids)),
             )
             return int(cur.rowcount)
+
+    async def copy_summaries(self) -> list[TargetSummary]:
+        rows = await self._fetch(
+            "SELECT dataset, target, backup_id, finished_at, backups, bytes_stored"
+            " FROM copy_summary ORDER BY dataset, target",
+            (),
+        )
+        return [_decode(row, TargetSummary) for row in rows]
+
+    async def copies_of(self, backup_ids: Sequence[str]) -> dict[str, list[str]]:
+        if not backup_ids:
+            return {}
+        rows = await self._fetch(
+            "SELECT backup_id, target FROM backup_copies WHERE backup_id = ANY(%s)"
+            " ORDER BY backup_id, target",
+            (list(backup_ids),),
+        )
+        out: dict[str, list[str]] = {}
+        for row in rows:
+            out.setdefault(row["backup_id"], []).append(row["target"])
+        return out
+
+    async def duration_history(
+        self, datasets: Sequence[str], *, limit: int
+    ) -> dict[str, list[BackupRecord]]:
+        if not datasets:
+            return {}
+        # Per dataset, the index (dataset, finished_at DESC) walks back from the newest
+        # backup until ``limit`` of its type are found: a few rows each, not a scan.
+        rows = await self._fetch(
+            f"SELECT {', '.join('h.' + c for c in _BACKUP_COLUMNS)}"
+            " FROM unnest(%s::text[]) AS d(name)"
+            " CROSS JOIN LATERAL (SELECT backup_type FROM backups WHERE dataset = d.name"
+            "   ORDER BY finished_at DESC, backup_id DESC LIMIT 1) AS newest"
+            f" CROSS JOIN LATERAL (SELECT {_BACKUPS} FROM backups"
+            "   WHERE dataset = d.name AND backup_type = newest.backup_type"
+            "   ORDER BY finished_at DESC, backup_id DESC LIMIT %s) AS h"
+            " ORDER BY h.dataset, h.finished_at DESC, h.backup_id DESC",
+            (list(dict.fromkeys(datasets)), max(limit, 0)),
+        )
+        out: dict[str, list[BackupRecord]] = {}
+        for row in rows:
+            out.setdefault(row["dataset"], []).append(_decode(row, BackupRecord))
+        return out
 
     async def aclose(self) -> None:
         async with self._open_lock:

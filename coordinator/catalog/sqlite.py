@@ -117,6 +117,45 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX maintenance_by_dataset_kind_finished
             ON maintenance (dataset, kind, finished_at DESC, job_id DESC)""",
     ),
+    # 5: a backup's retention tier (NULL on older rows: retention reads the backup id),
+    # and replicated copies (see postgres.py), summarised per (dataset, target)
+    (
+        """ALTER TABLE backups ADD COLUMN tier text CHECK (tier IN
+            ('daily', 'weekly', 'monthly', 'yearly', 'config', 'translog'))""",
+        """CREATE TABLE backup_copies (
+            backup_id text NOT NULL, target text NOT NULL, dataset text NOT NULL,
+            tier text, finished_at INTEGER NOT NULL, bytes_stored INTEGER NOT NULL,
+            copied_at INTEGER NOT NULL, PRIMARY KEY (backup_id, target))""",
+        """CREATE INDEX backup_copies_by_dataset_target_finished
+            ON backup_copies (dataset, target, finished_at DESC, backup_id DESC)""",
+        """CREATE TABLE copy_summary (
+            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
+            finished_at INTEGER NOT NULL, backups INTEGER NOT NULL,
+            bytes_stored INTEGER NOT NULL, PRIMARY KEY (dataset, target))""",
+        """CREATE TRIGGER backup_copies_summary_insert AFTER INSERT ON backup_copies BEGIN
+            INSERT INTO copy_summary VALUES
+                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
+            ON CONFLICT (dataset, target) DO UPDATE SET
+                backups = backups + 1,
+                bytes_stored = bytes_stored + excluded.bytes_stored,
+                backup_id = CASE WHEN (excluded.finished_at, excluded.backup_id)
+                    > (finished_at, backup_id) THEN excluded.backup_id ELSE backup_id END,
+                finished_at = max(finished_at, excluded.finished_at);
+        END""",
+        """CREATE TRIGGER backup_copies_summary_delete AFTER DELETE ON backup_copies BEGIN
+            UPDATE copy_summary SET backups = backups - 1,
+                bytes_stored = bytes_stored - OLD.bytes_stored
+                WHERE dataset = OLD.dataset AND target = OLD.target;
+            DELETE FROM copy_summary
+                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
+            UPDATE copy_summary SET (backup_id, finished_at) = (
+                SELECT backup_id, finished_at FROM backup_copies
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                ORDER BY finished_at DESC, backup_id DESC LIMIT 1)
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                  AND backup_id = OLD.backup_id;
+        END""",
+    ),
 )
 
 # Explicit, not derived from the Structs: a field added to a record (with a default)
@@ -128,7 +167,7 @@ _JOB_COLUMNS = (
 _BACKUP_COLUMNS = (
     *("backup_id", "dataset", "agent", "target", "backup_type", "repository_id"),
     *("started_at", "finished_at", "files", "bytes_read", "bytes_new", "bytes_stored"),
-    "duration_s",
+    *("duration_s", "tier"),
 )
 _MAINTENANCE_COLUMNS = (
     *("job_id", "kind", "agent", "target", "dataset", "backup_id", "outcome"),
@@ -356,7 +395,8 @@ class SqliteCatalog:
             " (SELECT sum(bytes_stored) FROM target_summary),"
             " (SELECT max(finished_at) FROM target_summary),"
             " (SELECT count(*) FROM jobs WHERE status = 'failed'),"
-            " (SELECT max(updated_at) FROM jobs WHERE status = 'failed')",
+            " (SELECT max(updated_at) FROM jobs WHERE status = 'failed'),"
+            " (SELECT count(*) FROM copy_summary), (SELECT sum(backups) FROM copy_summary)",
             (),
         )
         return repr(tuple(rows[0]))
@@ -453,15 +493,79 @@ class SqliteCatalog:
             part = ids[i : i + 500]
 
             def delete(conn: sqlite3.Connection, part: list[str] = part) -> int:
-                cur = conn.execute(
-                    f"DELETE FROM backups WHERE target = ? AND backup_id IN"
-                    f" ({', '.join('?' * len(part))})",
-                    (target, *part),
-                )
-                return int(cur.rowcount)
+                marks = ", ".join("?" * len(part))
+                gone = 0
+                for table in ("backups", "backup_copies"):
+                    cur = conn.execute(
+                        f"DELETE FROM {table} WHERE target = ? AND backup_id IN ({marks})",
+                        (target, *part),
+                    )
+                    gone += int(cur.rowcount)
+                return gone
 
             gone += await self._run(delete)
         return gone
+
+    async def record_copies(self, backup_ids: Sequence[str], *, target: str, at: datetime) -> int:
+        added = 0
+        ids = list(dict.fromkeys(backup_ids))
+        for i in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+            part = ids[i : i + 500]
+
+            def insert(conn: sqlite3.Connection, part: list[str] = part) -> int:
+                cur = conn.execute(
+                    "INSERT INTO backup_copies SELECT backup_id, ?, dataset, tier, finished_at,"
+                    " bytes_stored, ? FROM backups WHERE target <> ? AND backup_id IN"
+                    f" ({', '.join('?' * len(part))}) ON CONFLICT DO NOTHING",
+                    (target, _to_us(at), target, *part),
+                )
+                return int(cur.rowcount)
+
+            added += await self._run(insert)
+        return added
+
+    async def copy_summaries(self) -> list[TargetSummary]:
+        rows = await self._fetch(
+            "SELECT dataset, target, backup_id, finished_at, backups, bytes_stored"
+            " FROM copy_summary ORDER BY dataset, target",
+            (),
+        )
+        return [_decode(row, TargetSummary) for row in rows]
+
+    async def copies_of(self, backup_ids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        ids = list(dict.fromkeys(backup_ids))
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            rows = await self._fetch(
+                "SELECT backup_id, target FROM backup_copies WHERE backup_id IN"
+                f" ({', '.join('?' * len(part))}) ORDER BY backup_id, target",
+                part,
+            )
+            for row in rows:
+                out.setdefault(row["backup_id"], []).append(row["target"])
+        return out
+
+    async def duration_history(
+        self, datasets: Sequence[str], *, limit: int
+    ) -> dict[str, list[BackupRecord]]:
+        out: dict[str, list[BackupRecord]] = {}
+        names = list(dict.fromkeys(datasets))
+        for i in range(0, len(names), 400):
+            part = names[i : i + 400]
+            rows = await self._fetch(
+                f"SELECT {_BACKUPS} FROM (SELECT *, row_number() OVER ("
+                "  PARTITION BY dataset ORDER BY finished_at DESC, backup_id DESC) AS n"
+                "  FROM backups b WHERE dataset IN"
+                f" ({', '.join('?' * len(part))}) AND backup_type = ("
+                "   SELECT backup_type FROM backups l WHERE l.dataset = b.dataset"
+                "   ORDER BY finished_at DESC, backup_id DESC LIMIT 1))"
+                " WHERE n <= ? ORDER BY dataset, n",
+                (*part, max(limit, 0)),
+            )
+            for row in rows:
+                out.setdefault(row["dataset"], []).append(_decode(row, BackupRecord))
+        return out
 
     async def aclose(self) -> None:
         if self._closed:

@@ -55,6 +55,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     tree: list[bytes]
     summary: BackupSummary
     hostname: str = ""
+    # the retention tier the coordinator gave the backup (shared.messages.BackupTier), so
+    # a catalog rebuilt from the repository keeps it; None in older manifests
+    tier: str | None = None
 
 
 _node_enc = msgspec.msgpack.Encoder()
