@@ -187,6 +187,22 @@ class AgentRunner:
                 at=utcnow(),
             )
         )
+        try:
+            result = await self._run_job(bus, msg, job, kind)
+        except anyio.get_cancelled_exc_class():
+            # the agent is stopping (SIGTERM): hand the job back so JetStream redelivers
+            # it as soon as an agent of this name is back, instead of after ack_wait
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await msg.nak()
+                log.info("%s job %s handed back for redelivery", kind, job.job_id)
+            raise
+        if isinstance(result, JobFailed):
+            tracing.mark_error(f"{result.code}: {result.message}")
+        log.info("%s job %s (%s): %s", kind, job.job_id, job.dataset, event_kind(result))
+        await bus.publish_event(result)
+        await msg.ack()
+
+    async def _run_job(self, bus: Bus, msg: Any, job: Job, kind: str) -> Event:
         result: Event
         async with task_group() as tg:
             tg.start_soon(self._keep_alive, msg)
@@ -218,11 +234,7 @@ class AgentRunner:
                     at=utcnow(),
                 )
             tg.cancel_scope.cancel()
-        if isinstance(result, JobFailed):
-            tracing.mark_error(f"{result.code}: {result.message}")
-        log.info("%s job %s (%s): %s", kind, job.job_id, job.dataset, event_kind(result))
-        await bus.publish_event(result)
-        await msg.ack()
+        return result
 
     async def _keep_alive(self, msg: Any) -> None:
         while True:

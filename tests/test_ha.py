@@ -311,6 +311,13 @@ async def test_standby_takes_over_when_the_active_coordinator_is_killed(
         reply = await bus.request("status", StatusRequest())
         assert isinstance(reply, StatusReply)
         assert (reply.coordinator, reply.active) == (standby, True)
+
+        # 4. a clean stop (SIGTERM, as systemd and docker send it) exits 0 and releases
+        # the lease at once instead of leaving it to expire
+        procs[standby].terminate()
+        assert await procs[standby].wait() == 0, logs[standby].read_text()
+        assert await owner() is None
+        assert "released the lease" in logs[standby].read_text()
     finally:
         with anyio.CancelScope(shield=True):
             for p in procs.values():

@@ -119,3 +119,59 @@ async def test_killed_agent_job_is_redelivered_and_completes(nats_url: str, tmp_
                 if p is not None and p.poll() is None:
                     p.terminate()
                     p.wait(10)
+
+
+async def test_sigterm_hands_the_running_job_back_and_exits_cleanly(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """systemd/docker stop an agent with SIGTERM: it exits 0, and the job it was running
+    is handed back at once — with ack_wait at 10 minutes, only that lets the next agent
+    finish it within the test's limit."""
+    src = _slow_tree(tmp_path / "src")
+    target = LocalTargetConfig(path=str(tmp_path / "repo"))
+    name = unique("agent")
+    async with running_stack(
+        nats_url, tmp_path, target, src, with_agent=False, agent_name=name
+    ) as st:
+        cfg = agent_toml(
+            tmp_path / "agent.toml",
+            name=name,
+            nats_url=nats_url,
+            key_file=tmp_path / "repo.key",
+            targets={"t": target},
+            extra="ack_wait_s = 600.0\nprogress_interval_s = 0.1\nzstd_level = 15\n",
+        )
+        argv = [sys.executable, "-m", "mosaic.cli", "agent", "run", "--config", str(cfg)]
+
+        def start_agent(stderr: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+
+        first = start_agent(subprocess.PIPE)
+        second = None
+        try:
+            acc = await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, wait=False)
+            assert isinstance(acc, JobAccepted)
+            deliveries = []
+            with anyio.fail_after(120):
+                async for ev in st.bus.watch_job(acc.job_id, timeout=60):
+                    if isinstance(ev, JobStarted):
+                        deliveries.append(ev.delivery)
+                    if isinstance(ev, JobProgress) and second is None:
+                        first.send_signal(signal.SIGTERM)
+                        _, err = await anyio.to_thread.run_sync(
+                            lambda: first.communicate(timeout=30)
+                        )
+                        assert first.returncode == 0, err.decode()
+                        assert b"SIGTERM received" in err and b"handed back" in err, err
+                        second = start_agent(subprocess.DEVNULL)
+                    if isinstance(ev, BackupCompleted):
+                        done = ev
+                        break
+            assert second is not None, "the agent was never caught mid-backup"
+            assert deliveries == [1, 2]
+            assert done.summary.files == 40
+        finally:
+            for p in (first, second):
+                if p is not None and p.poll() is None:
+                    p.terminate()
+                    p.wait(10)
