@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import anyio
@@ -32,30 +33,41 @@ class _Blob(NamedTuple):
     length: int
     chunk_id: bytes
     places: list[tuple[bytes, int]]  # (file path, offset in file)
+    needed_by: str  # the files it belongs to, as errors may name them
 
 
-def plan(repo: Repository, files: list[tuple[bytes, Node]]) -> dict[bytes, list[_Blob]]:
-    """pack id → blobs needed from it, ordered by offset."""
+def _needed_by(names: list[str]) -> str:
+    more = len(names) - 1
+    return names[0] + (f" and {more} other file{'s' if more > 1 else ''}" if more else "")
+
+
+def plan(
+    repo: Repository, files: list[tuple[bytes, Node]], name: Callable[[bytes], str] = os.fsdecode
+) -> dict[bytes, list[_Blob]]:
+    """pack id → blobs needed from it, ordered by offset. ``name`` shows a stored path
+    in errors (a secret file's name withheld, agent.sources.files.shown_names)."""
     places: dict[bytes, list[tuple[bytes, int]]] = defaultdict(list)
+    users: dict[bytes, dict[str, None]] = defaultdict(dict)  # an ordered set per chunk
     for path, node in files:
         off = 0
+        shown = name(node.path)
         for cid in node.chunks:
             entry = repo.index.get(cid)
             if entry is None:
                 raise IntegrityError(
-                    f"chunk {cid.hex()} of {os.fsdecode(node.path)}: not in the repository "
-                    "index (missing)"
+                    f"chunk {cid.hex()} of {shown}: not in the repository index (missing)"
                 )
             places[cid].append((path, off))
+            users[cid][shown] = None
             off += entry.raw_length
         if off != node.size:
             raise IntegrityError(
-                f"{os.fsdecode(node.path)}: chunks add up to {off} bytes, manifest says {node.size}"
+                f"{shown}: chunks add up to {off} bytes, manifest says {node.size}"
             )
     packs: dict[bytes, list[_Blob]] = defaultdict(list)
     for cid, where in places.items():
         e = repo.index[cid]
-        packs[e.pack_id].append(_Blob(e.offset, e.length, cid, where))
+        packs[e.pack_id].append(_Blob(e.offset, e.length, cid, where, _needed_by(list(users[cid]))))
     for blobs in packs.values():
         blobs.sort()
     return packs
@@ -77,7 +89,7 @@ def _write(repo: Repository, key: str, base: int, data: bytes, run: list[_Blob])
     view = memoryview(data)
     written = 0
     for b in run:
-        where = f"{repo.target.describe()}/{key} at offset {b.offset}"
+        where = f"{repo.target.describe()}/{key} at offset {b.offset} (part of {b.needed_by})"
         sealed = view[b.offset - base : b.offset - base + b.length]
         if len(sealed) != b.length:
             raise IntegrityError(f"{where}: expected {b.length} bytes, got {len(sealed)}")
@@ -94,10 +106,14 @@ def _write(repo: Repository, key: str, base: int, data: bytes, run: list[_Blob])
 
 
 async def fetch_and_write(
-    repo: Repository, files: list[tuple[bytes, Node]], progress: Progress
+    repo: Repository,
+    files: list[tuple[bytes, Node]],
+    progress: Progress,
+    name: Callable[[bytes], str] = os.fsdecode,
 ) -> None:
-    """Write the files' content (a file is created by its first chunk)."""
-    packs = await anyio.to_thread.run_sync(plan, repo, files)
+    """Write the files' content (a file is created by its first chunk); ``name`` shows
+    a stored path in errors."""
+    packs = await anyio.to_thread.run_sync(plan, repo, files, name)
     limiter = anyio.CapacityLimiter(PARALLEL_PACKS)
 
     async def one_pack(pack_id: bytes, blobs: list[_Blob]) -> None:
@@ -110,7 +126,8 @@ async def fetch_and_write(
                     data = await repo.target.get_range(key, base, end - base)
                 except ObjectNotFound:
                     raise IntegrityError(
-                        f"pack {key}: missing from {repo.target.describe()}"
+                        f"pack {key}: missing from {repo.target.describe()} "
+                        f"(holds part of {run[0].needed_by})"
                     ) from None
                 written = await anyio.to_thread.run_sync(_write, repo, key, base, data, run)
                 progress.bytes_done += written

@@ -6,10 +6,13 @@ after each backup it keeps the file metadata of that backup here, in its own sta
 ``<state_dir>/file-cache/<BLAKE3 of the dataset name>.msgpack`` (mode 0600, replaced
 atomically). It holds the tree's nodes — names, sizes, times, inodes and chunk ids of
 the agent's own files, on the agent's own host, which can read those files anyway — and
-the manifest, so a redelivered job whose backup is already stored can still report it.
+the manifest, so a redelivered job whose backup is already stored can still report it,
+and a log backup of a database knows which base backup it extends (agent/logchain.py:
+the last manifest is that base, or a log backup whose parent is).
 
 A missing or unreadable cache only costs time: every file is read again, and the index
-still keeps unchanged chunks from being uploaded twice.
+still keeps unchanged chunks from being uploaded twice; a database's next incremental
+becomes a new base backup.
 """
 
 from __future__ import annotations

@@ -10,13 +10,21 @@ of backup under one dataset:
 A restore of the latest state or to a point in time needs the base and every log backup
 taken after it; recovery itself stops at the requested instant, so a log backup holding
 more than needed costs only restore time, never correctness.
+
+A write-only agent cannot read the parent chain, so it extends only a base it stored
+itself, as its file cache records (:func:`recorded_base`); when in doubt it takes a new
+base backup. Restores read the chain with the full key, as for any other agent.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import anyio.to_thread
+
+from agent import filecache
 from shared.errors import MosaicError
+from shared.messages import BackupJob
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository
 
@@ -75,13 +83,43 @@ def check_point_in_time(base: Manifest, logs: list[Manifest], pitr: datetime) ->
         )
 
 
-async def base_for_log_backup(repo: Repository, parent_id: str | None) -> Manifest | None:
-    """The base a new log backup extends: the root of ``parent_id``'s chain, or None when
-    there is no usable base (no parent, or a chain broken by prune): then the backup
-    must be a new base backup instead."""
+async def base_for_log_backup(repo: Repository, job: BackupJob, state_dir: str) -> str | None:
+    """The id of the base a new log backup extends, or None when there is no usable
+    base (no parent, a chain broken by prune, nothing this agent can vouch for): then
+    the backup must be a new base backup instead.
+
+    With the full key, the base is the root of the coordinator's ``parent`` chain, read
+    from the repository. A write-only agent can read no manifest, so it trusts only its
+    own record (:func:`recorded_base`), checked against the coordinator's parent and
+    the repository's objects."""
+    parent_id = job.parent_backup_id
     if parent_id is None or not await repo.has_manifest(parent_id):
         return None
-    try:
-        return await base_of(repo, await repo.load_manifest(parent_id))
-    except ChainError:
+    if repo.write_only is None:
+        try:
+            return (await base_of(repo, await repo.load_manifest(parent_id))).backup_id
+        except ChainError:
+            return None
+    cached = await anyio.to_thread.run_sync(filecache.load, state_dir, job.dataset)
+    base_id = recorded_base(cached[0] if cached else None, job)
+    if base_id is None or not await repo.has_manifest(base_id):
+        return None  # pruned since (or stored on another target)
+    return base_id
+
+
+def recorded_base(last: Manifest | None, job: BackupJob) -> str | None:
+    """The base a write-only agent may extend, from ``last``, the manifest of its own
+    last stored backup of the dataset (agent/filecache.py): that backup if it is a full,
+    else its parent; and only when the coordinator's parent for ``job`` is one of the
+    two and the source is configured as it was.
+
+    Anything else — no record (a new or lost state_dir), a parent this agent did not
+    write (another host of the same dataset, or a backup after a fail-over), a source
+    that changed (another server, another mode) — is a chain the agent cannot check,
+    so a new base backup is taken: it costs one full copy, never a restore that fails."""
+    if last is None or last.dataset != job.dataset or last.source != job.source:
         return None
+    base_id = last.backup_id if last.backup_type == "full" else last.parent
+    if base_id is None or job.parent_backup_id not in (last.backup_id, base_id):
+        return None
+    return base_id

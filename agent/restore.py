@@ -1,5 +1,8 @@
 """Restore of a backed-up tree into a destination folder.
 
+Secret files (a files backup's ``secret`` globs, recorded in its manifest) are restored
+like any other, but errors name them as ``conf/<secret>`` (agent.sources.files.shown).
+
 Safety first: every path of the tree is checked before anything is written (no absolute
 paths, no ``..``, every parent must be a directory of the same tree, so nothing can be
 written through a symlink), the destination must be new or empty, files are created with
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import msgspec
 from agent.fetch import fetch_and_write
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.sources import after_restore
+from agent.sources.files import shown_names
 from shared.errors import IntegrityError, RepositoryError, UnsafePathError
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
@@ -29,8 +34,11 @@ from shared.tasks import task_group
 log = logging.getLogger(__name__)
 
 
-def check_paths(nodes: list[Node], backup_id: str) -> None:
-    """Refuse the whole tree if any path could land outside the destination."""
+def check_paths(
+    nodes: list[Node], backup_id: str, name: Callable[[bytes], str] = os.fsdecode
+) -> None:
+    """Refuse the whole tree if any path could land outside the destination; ``name``
+    shows a stored path in the error."""
     dirs: set[bytes] = set()
     files: set[bytes] = set()
     seen: set[bytes] = set()
@@ -48,13 +56,13 @@ def check_paths(nodes: list[Node], backup_id: str) -> None:
             bad = True  # parent missing or not a directory (e.g. a symlink): refuse
         if bad or p in seen:
             raise UnsafePathError(
-                f"backup {backup_id}: path {os.fsdecode(p)!r} would be written outside the "
+                f"backup {backup_id}: path {name(p)!r} would be written outside the "
                 "destination or through a link; refusing to restore anything from this manifest"
             )
         if node.type == "hardlink" and node.target not in files:
             raise UnsafePathError(
-                f"backup {backup_id}: hard link {os.fsdecode(p)!r} points at "
-                f"{os.fsdecode(node.target)!r}, which is not an earlier file of this backup; "
+                f"backup {backup_id}: hard link {name(p)!r} points at "
+                f"{name(node.target)!r}, which is not an earlier file of this backup; "
                 "refusing to restore anything from this manifest"
             )
         seen.add(p)
@@ -145,7 +153,7 @@ def _create_layout(root: bytes, nodes: list[Node]) -> None:
             os.close(fd)
 
 
-def _finish(root: bytes, nodes: list[Node]) -> XattrFailures:
+def _finish(root: bytes, nodes: list[Node], name: Callable[[bytes], str]) -> XattrFailures:
     """Sizes checked, then metadata; symlinks last, folders' times after their content."""
     xf = XattrFailures()
     for node in nodes:
@@ -154,7 +162,7 @@ def _finish(root: bytes, nodes: list[Node]) -> XattrFailures:
             size = os.lstat(path).st_size
             if size != node.size:
                 raise IntegrityError(
-                    f"{os.fsdecode(node.path)}: restored {size} bytes, manifest says {node.size}"
+                    f"{name(node.path)}: restored {size} bytes, manifest says {node.size}"
                 )
             _set_meta(path, node, xattrs=xf)
     for node in nodes:
@@ -182,7 +190,8 @@ async def restore_tree(
 ) -> tuple[int, int]:
     """Restore a backup (or the ``include`` paths of it); return (files, bytes written)."""
     nodes = await repo.read_tree(manifest)
-    check_paths(nodes, manifest.backup_id)
+    name = shown_names(manifest.source)
+    check_paths(nodes, manifest.backup_id, name)
     nodes = _resolve_links(select(nodes, include))
     dest = Path(destination)
     await anyio.to_thread.run_sync(_prepare_destination, dest)
@@ -198,9 +207,9 @@ async def restore_tree(
 
     async with task_group() as tg:
         tg.start_soon(report_every)
-        await fetch_and_write(repo, files, progress)
+        await fetch_and_write(repo, files, progress, name)
         tg.cancel_scope.cancel()
-    xf = await anyio.to_thread.run_sync(_finish, root, nodes)
+    xf = await anyio.to_thread.run_sync(_finish, root, nodes, name)
     if xf.count:
         log.warning(
             "restore to %s: %d extended attribute(s) could not be set, e.g. %s; "

@@ -346,11 +346,11 @@ class AgentRunner:
         dataset's base (its parent); without a base it becomes a base backup."""
         if job.backup_type != "incremental" or not archives_logs(job.source):
             return job, None
-        base = await base_for_log_backup(repo, job.parent_backup_id)
-        if base is None:
+        base_id = await base_for_log_backup(repo, job, self.cfg.state_dir)
+        if base_id is None:
             return msgspec.structs.replace(job, backup_type="full", parent_backup_id=None), None
         shipment = await anyio.to_thread.run_sync(ship_logs, job.source)
-        return msgspec.structs.replace(job, parent_backup_id=base.backup_id), shipment
+        return msgspec.structs.replace(job, parent_backup_id=base_id), shipment
 
     async def _shipped(
         self, job: BackupJob, m: Manifest, repo: Repository, shipment: LogShipment | None

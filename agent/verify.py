@@ -9,12 +9,15 @@ long enough. ``read_data`` downloads each pack once and checks its name (BLAKE3)
 table, and every blob (authenticate, decompress, re-hash); ``subset`` reads a seeded
 random share, so a big repository can be read a slice per run. The caller opens the
 repository; mosaic/repo_verify.py loads the index itself so that a damaged index segment
-is one more reported object, not a repository that cannot be opened.
+is one more reported object, not a repository that cannot be opened. Damaged files of a
+files backup are named as restore names them: a secret's name withheld (``conf/<secret>``,
+agent.sources.files.shown), so several secrets in one folder count as one entry.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,6 +27,7 @@ import anyio
 import anyio.to_thread
 
 from agent.progress import Progress, ProgressFn, no_progress
+from agent.sources.files import shown_names
 from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, TargetError
 from shared.repository import format as fmt
 from shared.repository.index import IndexEntry
@@ -46,7 +50,7 @@ class Problem:
     messages: list[str] = field(default_factory=list)
     chunks: set[bytes] = field(default_factory=set)  # referenced chunks it makes unreadable
     backups: set[str] = field(default_factory=set)
-    files: dict[str, set[bytes]] = field(default_factory=dict)  # backup → paths
+    files: dict[str, set[bytes]] = field(default_factory=dict)  # backup → shown paths
 
 
 @dataclass
@@ -295,8 +299,9 @@ async def _attribute(
             for p in bad.get(chunk_id, ()):
                 p.backups.add(m.backup_id)
         nodes = await read_tree(repo, m, VerifyReport()) if m.backup_id in readable else None
+        name = shown_names(m.source)
         for node in nodes or ():
             for chunk_id in node.chunks:
                 for p in bad.get(chunk_id, ()):
                     p.backups.add(m.backup_id)
-                    p.files.setdefault(m.backup_id, set()).add(node.path)
+                    p.files.setdefault(m.backup_id, set()).add(os.fsencode(name(node.path)))

@@ -26,12 +26,12 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import SourceError
-from shared.messages import FilesSource
+from shared.messages import FilesSource, Source
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,16 @@ def shown(rel: str, secret: Globs) -> str:
         if secret.match("/".join(parts[: i + 1]), True):
             return "/".join([*parts[:i], "<secret>"])
     return rel
+
+
+def shown_names(source: Source) -> Callable[[bytes], str]:
+    """How a path stored in a backup of ``source`` may appear in restore and verify
+    output: :func:`shown` with the secret globs the manifest recorded for a files
+    backup; other sources have no secret globs."""
+    if not isinstance(source, FilesSource) or not source.secret:
+        return os.fsdecode
+    secret = Globs(source.secret)
+    return lambda path: shown(os.fsdecode(path), secret)
 
 
 def read_xattrs(path: bytes, stats: WalkStats) -> dict[str, bytes] | None:
