@@ -25,6 +25,7 @@ import zstandard
 
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.restore import check_paths
+from agent.sources.files import shown_names
 from shared.errors import IntegrityError
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
@@ -55,7 +56,10 @@ class ChunkReader:
                 chunk_id = next(self._chunks, None)
                 if chunk_id is None:
                     break
-                self._buf = memoryview(self._fetch(chunk_id))
+                try:
+                    self._buf = memoryview(self._fetch(chunk_id))
+                except IntegrityError as exc:  # say whose data it was, like restore does
+                    raise IntegrityError(f"{exc} (part of {self._where})") from None
                 continue
             take = self._buf[: want - len(out)]
             out += take
@@ -101,8 +105,16 @@ def tar_info(node: Node) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(out: IO[bytes], nodes: list[Node], fetch: Fetch, where: str, zstd: bool) -> None:
-    """Write the whole archive (blocking; run in a worker thread)."""
+def write_tar(
+    out: IO[bytes],
+    nodes: list[Node],
+    fetch: Fetch,
+    where: str,
+    zstd: bool,
+    name: Callable[[bytes], str] = os.fsdecode,
+) -> None:
+    """Write the whole archive (blocking; run in a worker thread); ``name`` shows a
+    stored path in an error (secret files as ``<secret>``)."""
     sink: IO[bytes] = out
     compressor = None
     if zstd:
@@ -111,7 +123,7 @@ def write_tar(out: IO[bytes], nodes: list[Node], fetch: Fetch, where: str, zstd:
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for node in nodes:
             if node.type == "file":
-                reader = ChunkReader(node, fetch, f"{where}: {os.fsdecode(node.path)}")
+                reader = ChunkReader(node, fetch, f"{where}: {name(node.path)}")
                 tar.addfile(tar_info(node), reader)
                 reader.finish()
             else:
@@ -133,7 +145,8 @@ async def export_tar(
 ) -> tuple[int, int]:
     """Write ``manifest``'s tree to ``out`` as a tar; return (files, file bytes)."""
     nodes = await repo.read_tree(manifest)
-    check_paths(nodes, manifest.backup_id)
+    name = shown_names(manifest.source)
+    check_paths(nodes, manifest.backup_id, name)
     files = [n for n in nodes if n.type == "file"]
     progress = Progress(bytes_total=sum(n.size for n in files), files_total=len(files))
 
@@ -148,5 +161,5 @@ async def export_tar(
         return anyio.from_thread.run(read, chunk_id)
 
     where = f"backup {manifest.backup_id}"
-    await anyio.to_thread.run_sync(write_tar, out, nodes, fetch, where, zstd)
+    await anyio.to_thread.run_sync(write_tar, out, nodes, fetch, where, zstd, name)
     return len(files), progress.bytes_done

@@ -58,10 +58,12 @@ async def test_damaged_secret_file_is_named_secret_in_verify_and_restore(tmp_pat
     restore = cli(
         "repo", "restore", "--config", str(config), "b1", "--to", str(tmp_path / "restored")
     )
-    assert verify.returncode != 0 and restore.returncode != 0
+    export = cli("repo", "export", "--config", str(config), "b1", "--out", str(tmp_path / "b1.tar"))
+    assert verify.returncode != 0 and restore.returncode != 0 and export.returncode != 0
     assert "app/<secret>" in verify.stdout  # the damaged file, named without its name
     assert "app/<secret>" in restore.stderr and "\n" not in restore.stderr.strip()
-    for proc in (verify, restore):
+    assert "app/<secret>" in export.stderr, export.stderr
+    for proc in (verify, restore, export):
         output = proc.stdout + proc.stderr
         assert "Traceback" not in output, output
         assert ".env" not in output and "server.key" not in output
