@@ -10,6 +10,7 @@ a partial dump can never become a backup.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Protocol
@@ -23,6 +24,24 @@ class StreamHandle(Protocol):
 
     def abort(self) -> None:
         """Stop the producer after an error elsewhere; never raises."""
+
+
+class CompleteStream:
+    """A StreamHandle over data that is whole before the first byte is read (a closed
+    binlog, a spooled WAL file, bytes captured in full): nothing can fail after it was
+    opened, so finishing and aborting both just close it."""
+
+    def __init__(self, reader: IO[bytes]) -> None:
+        self.reader = reader
+
+    def finish(self) -> None:
+        self.reader.close()
+
+    abort = finish
+
+
+def bytes_stream(data: bytes) -> CompleteStream:
+    return CompleteStream(io.BytesIO(data))
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,9 +48,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import IO
 
-from agent.sources.base import Stream, StreamHandle
+from agent.sources.base import CompleteStream, Stream, StreamHandle
 from agent.sources.command import STDERR_TAIL, CommandStream, require
 from shared.errors import SourceError
 from shared.messages import MariaDBSource
@@ -198,28 +197,19 @@ def _query(src: MariaDBSource, sql: str) -> list[list[str]]:
     return [line.split("\t") for line in proc.stdout.decode().splitlines() if line]
 
 
-class _FileHandle:
+def _binlog_file(path: Path) -> CompleteStream:
     """A closed binlog as a stream: nothing can fail after it was opened."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self.reader: IO[bytes] = open(path, "rb")  # closed by finish/abort
-        except FileNotFoundError:
-            raise SourceError(
-                f"binlog {path} vanished while being archived (purged meanwhile?): "
-                "run the backup again"
-            ) from None
-        except OSError as exc:
-            raise SourceError(
-                f"cannot read binlog {path}: {exc.strerror}; the agent needs read access "
-                "to the server's binlog folder"
-            ) from exc
-
-    def finish(self) -> None:
-        self.reader.close()
-
-    def abort(self) -> None:
-        self.reader.close()
+    try:
+        return CompleteStream(path.open("rb"))  # closed by finish/abort
+    except FileNotFoundError:
+        raise SourceError(
+            f"binlog {path} vanished while being archived (purged meanwhile?): run the backup again"
+        ) from None
+    except OSError as exc:
+        raise SourceError(
+            f"cannot read binlog {path}: {exc.strerror}; the agent needs read access "
+            "to the server's binlog folder"
+        ) from exc
 
 
 class BinlogShipment:
@@ -258,7 +248,7 @@ def ship_binlogs(src: MariaDBSource) -> BinlogShipment:
         if "/" in name or name.startswith("."):
             raise SourceError(f"mariadb at {where} lists an unexpected binlog name {name!r}")
         path = folder / name
-        out.append(Stream(f"{BINLOG_DIR}/{name}".encode(), partial(_FileHandle, path)))
+        out.append(Stream(f"{BINLOG_DIR}/{name}".encode(), partial(_binlog_file, path)))
     return BinlogShipment(out)
 
 

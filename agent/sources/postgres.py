@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pwd
 import shlex
@@ -30,11 +29,10 @@ import time
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import IO
 
 import psycopg
 
-from agent.sources.base import Stream, StreamHandle
+from agent.sources.base import CompleteStream, Stream, StreamHandle, bytes_stream
 from agent.sources.command import CommandStream
 from shared.errors import SourceError
 from shared.messages import PostgresSource
@@ -115,31 +113,12 @@ def archives_logs(src: PostgresSource) -> bool:
     return src.mode == "basebackup" and src.wal_spool is not None
 
 
-class _SpoolFile:
+def _spool_file(path: Path) -> CompleteStream:
     """A spooled WAL file as a stream (complete by construction: archived atomically)."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self.reader: IO[bytes] = path.open("rb")
-        except OSError as exc:
-            raise SourceError(f"cannot read spooled WAL file {path}: {exc.strerror}") from exc
-
-    def finish(self) -> None:
-        self.reader.close()
-
-    def abort(self) -> None:
-        self.reader.close()
-
-
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self.reader: IO[bytes] = io.BytesIO(data)
-
-    def finish(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
+    try:
+        return CompleteStream(path.open("rb"))
+    except OSError as exc:
+        raise SourceError(f"cannot read spooled WAL file {path}: {exc.strerror}") from exc
 
 
 class WalShipment:
@@ -151,11 +130,11 @@ class WalShipment:
         self.names = names
         self.lag_s = lag_s  # age of the oldest spooled segment: how far the repository trails
         self.streams = [
-            Stream(f"{WAL_PREFIX}{n}".encode(), partial(_SpoolFile, spool / n)) for n in names
+            Stream(f"{WAL_PREFIX}{n}".encode(), partial(_spool_file, spool / n)) for n in names
         ]
         # the latest instant this WAL can recover to (just before the marker commit)
         end = reach.astimezone(UTC).isoformat().encode()
-        self.streams.append(Stream(f"{WAL_PREFIX}{WAL_REACH}".encode(), partial(_Bytes, end)))
+        self.streams.append(Stream(f"{WAL_PREFIX}{WAL_REACH}".encode(), partial(bytes_stream, end)))
 
     def shipped(self) -> None:
         for name in self.names:

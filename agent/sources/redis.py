@@ -31,9 +31,9 @@ import os
 import subprocess
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from agent.sources.base import Stream, StreamHandle
+from agent.sources.base import CompleteStream, Stream, StreamHandle, bytes_stream
 from agent.sources.command import STDERR_TAIL, CommandStream, require
 from shared.errors import SourceError
 from shared.messages import RedisSource
@@ -97,30 +97,6 @@ class _Limited(io.RawIOBase):
         if not self.closed:
             os.close(self._fd)
         super().close()
-
-
-class _FileHandle:
-    """An AOF file opened at snapshot time, read as a stream."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.reader: IO[bytes] = io.BufferedReader(_Limited(fd, size))
-
-    def finish(self) -> None:
-        self.reader.close()
-
-    def abort(self) -> None:
-        self.reader.close()
-
-
-class _BytesHandle:
-    def __init__(self, data: bytes) -> None:
-        self.reader: IO[bytes] = io.BytesIO(data)
-
-    def finish(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 def _parse_manifest(text: str, path: Path) -> list[tuple[str, str]]:
@@ -192,7 +168,7 @@ def _aof_streams(src: RedisSource) -> list[Stream]:
             f"AOF of redis at {where} in {folder} kept changing (a rewrite every moment?): "
             "run the backup again"
         )
-    out = [Stream(f"{AOF_DIR}/{manifest_name}".encode(), partial(_BytesHandle, text.encode()))]
+    out = [Stream(f"{AOF_DIR}/{manifest_name}".encode(), partial(bytes_stream, text.encode()))]
     # Each stream owns its descriptor; the ones never reached when a backup fails
     # early are closed when the stream list is dropped (see _Descriptors).
     keeper = _Descriptors([fd for _, fd, _ in opened])
@@ -210,7 +186,7 @@ class _Descriptors:
 
     def handle(self, fd: int, size: int) -> StreamHandle:
         self._fds.discard(fd)
-        return _FileHandle(fd, size)
+        return CompleteStream(io.BufferedReader(_Limited(fd, size)))  # opened at snapshot time
 
     def __del__(self) -> None:
         for fd in self._fds:

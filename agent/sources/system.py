@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from agent.sources.base import Stream, StreamHandle
+from agent.sources.base import CompleteStream, Stream, StreamHandle
 from agent.sources.command import STDERR_TAIL
 from shared.errors import SourceError
 from shared.messages import SystemSource
@@ -137,18 +137,6 @@ def _unavailable(item: Item) -> str | None:
     return item.probe() if item.probe else None
 
 
-class _Captured:
-    """A StreamHandle over bytes already captured in full (``reader`` may be empty)."""
-
-    def __init__(self, reader: IO[bytes]) -> None:
-        self.reader = reader
-
-    def abort(self) -> None:
-        self.reader.close()
-
-    finish = abort  # the bytes were complete before the first one was read
-
-
 def _run(argv: list[str], out: IO[bytes], empty_ok: str = "") -> None:
     """Run ``argv`` to completion with stdout into ``out``; SourceError if it failed."""
     exe = shutil.which(argv[0]) or argv[0]
@@ -236,14 +224,14 @@ def streams(src: SystemSource) -> list[Stream]:
     def opener(item: Item) -> Callable[[], StreamHandle]:
         def open_item() -> StreamHandle:
             try:
-                return _Captured(_capture(item))
+                return CompleteStream(_capture(item))
             except SourceError as exc:
                 if not src.optional_missing:
                     raise SourceError(
                         f"system item {item.name}: {exc} (Debian package '{item.package}')"
                     ) from exc
                 missing.append(f"{item.name}: {exc} (Debian package '{item.package}')")
-                return _Captured(tempfile.TemporaryFile())
+                return CompleteStream(tempfile.TemporaryFile())
 
         return open_item
 
@@ -254,7 +242,7 @@ def streams(src: SystemSource) -> list[Stream]:
             out = tempfile.TemporaryFile()
             out.write("".join(f"{line}\n" for line in missing).encode())
             out.seek(0)
-            return _Captured(out)
+            return CompleteStream(out)
 
         result.append(Stream(MISSING, open_missing))
     return result
