@@ -16,7 +16,11 @@ re-hashes its id), then checks the result the way its kind is used:
   every user table are counted;
 - MariaDB (mariabackup): ``mariadbd`` on the prepared data directory with
   ``--skip-grant-tables --skip-networking``, then ``CHECK TABLE`` on every table;
-- Redis: ``redis-check-rdb`` on the restored ``dump.rdb``;
+- Redis: ``redis-check-rdb`` on the restored ``dump.rdb``, and ``redis-check-aof`` on
+  the AOF manifest when the backup holds ``appendonlydir/`` (the AOF is what the server
+  loads first, so a broken AOF is a broken restore even with a good RDB);
+- Docker volume: the restored ``<volume>.tar`` is listed with ``tarfile`` and every
+  member's data must lie inside the file as its header says (a truncated export fails);
 - a ``pg_dump`` file also gets ``pg_restore --list``.
 
 RTO is the time from the drill's start until the data was restored and checked; RPO the
@@ -31,6 +35,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,6 +47,7 @@ from agent.maintenance import MaintenanceContext
 from agent.restore import restore_backup
 from shared.errors import MosaicError
 from shared.messages import (
+    DockerVolumeSource,
     DrillCheck,
     DrillCompleted,
     DrillJob,
@@ -174,8 +180,61 @@ def check_usable(src: Source, dest: Path, scratch: Path) -> list[DrillCheck]:
         with _socket_dir() as sock:
             return check_mariadb(dest / "mysql-data", scratch, sock)
     if isinstance(src, RedisSource):
-        return [_tool("redis-check-rdb", ["redis-check-rdb", str(dest / "dump.rdb")])]
+        return [
+            _tool("redis-check-rdb", ["redis-check-rdb", str(dest / "dump.rdb")]),
+            *check_aof(dest / "appendonlydir"),
+        ]
+    if isinstance(src, DockerVolumeSource):
+        return [check_tar(p) for p in sorted(dest.glob("*.tar"))] or [
+            DrillCheck(name="tar", ok=False, detail=f"no volume tar in the backup of {src.volume}")
+        ]
     return []
+
+
+def check_aof(folder: Path) -> list[DrillCheck]:
+    """``redis-check-aof`` on a multi-part AOF's manifest (it checks every file the
+    manifest names); nothing when the backup holds no AOF."""
+    if not folder.is_dir():
+        return []
+    found = sorted(folder.glob("*.manifest"))
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        return [
+            DrillCheck(
+                name="redis-check-aof",
+                ok=False,
+                detail=f"{folder.name}/ needs exactly one AOF manifest, found {names}",
+            )
+        ]
+    return [_tool("redis-check-aof", ["redis-check-aof", str(found[0])])]
+
+
+def check_tar(path: Path) -> DrillCheck:
+    """List a tar and check that every member's data, as long as its header says, is in
+    the file: ``tarfile`` alone stops quietly at a truncated member."""
+    name = f"tar {path.name}"
+    size = path.stat().st_size
+    members = nbytes = 0
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for m in tar:
+                members += 1
+                if not m.isreg():
+                    continue
+                nbytes += m.size
+                end = m.offset_data + m.size
+                if end > size:
+                    return DrillCheck(
+                        name=name,
+                        ok=False,
+                        detail=f"member {m.name!r} is cut short: its header says {m.size} "
+                        f"bytes, the file holds {max(size - m.offset_data, 0)}",
+                    )
+    except (tarfile.TarError, OSError) as exc:
+        return DrillCheck(name=name, ok=False, detail=f"unreadable after {members} members: {exc}")
+    if members == 0:
+        return DrillCheck(name=name, ok=False, detail="no members: an empty archive")
+    return DrillCheck(name=name, ok=True, detail=f"{members} members, {nbytes} bytes listed")
 
 
 @contextlib.contextmanager

@@ -38,13 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
-from zoneinfo import ZoneInfo
 
 import msgspec
-from croniter import croniter
 
+from coordinator.schedule import FireTimes
 from shared.config import AlertsConfig, ScheduleConfig
 from shared.messages import Alert
 
@@ -112,22 +111,19 @@ def backup_failed(ds: DatasetSnapshot) -> Finding | None:
     )
 
 
-def last_due(schedules: Iterable[ScheduleConfig], before: datetime) -> datetime | None:
-    """The newest fire time at or before ``before`` over all ``schedules`` (UTC)."""
-    newest: datetime | None = None
-    for s in schedules:
-        tz = ZoneInfo(s.timezone)
-        # croniter's get_prev is strictly before its start: start one second later
-        start = (before + timedelta(seconds=1)).astimezone(tz)
-        t: datetime = croniter(s.cron, start, day_or=False).get_prev(datetime)
-        t = t.astimezone(UTC)
-        if t <= before and (newest is None or t > newest):
-            newest = t
-    return newest
+def last_due(
+    schedules: Iterable[ScheduleConfig], before: datetime, times: FireTimes | None = None
+) -> datetime | None:
+    """The newest fire time at or before ``before`` over all ``schedules`` (UTC).
+    ``times`` shares the croniter work between datasets on the same schedules."""
+    times = times or FireTimes()
+    return max((times.prev(s, before) for s in schedules), default=None)
 
 
-def backup_missing(ds: DatasetSnapshot, now: datetime, grace_s: float) -> Finding | None:
-    due = last_due(ds.schedules, now - timedelta(seconds=grace_s))
+def backup_missing(
+    ds: DatasetSnapshot, now: datetime, grace_s: float, times: FireTimes | None = None
+) -> Finding | None:
+    due = last_due(ds.schedules, now - timedelta(seconds=grace_s), times)
     if due is None or (ds.last_success is not None and ds.last_success >= due):
         return None
     since = ds.last_success.isoformat() if ds.last_success else "ever"
@@ -291,10 +287,11 @@ def evaluate(
 ) -> list[Finding]:
     """Every rule whose data exists today, over every dataset."""
     out: list[Finding] = []
+    times = FireTimes()  # one croniter call per distinct schedule, not per dataset
     for ds in snapshots:
         found = (
             backup_failed(ds),
-            backup_missing(ds, now, cfg.missing_grace_s),
+            backup_missing(ds, now, cfg.missing_grace_s, times),
             duration_anomaly(ds.dataset, ds.recent, cfg.duration_factor),
         )
         out.extend(f for f in found if f is not None)

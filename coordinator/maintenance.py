@@ -23,7 +23,10 @@ any other old backup counts as ``daily``, the shortest-lived tier. The newest ba
 a dataset is always kept.
 
 A replicate result lists the backups the replica holds; they are recorded as catalog
-copies (``backup_copies``), which ``list`` and the 3-2-1 check read.
+copies (``backup_copies``), which ``list`` and the 3-2-1 check read. Every replica
+target is pruned too (by the agent that replicates to it), with its own target tier
+(``[maintenance] target_tiers``: daily 14 days on a remote target where the local one
+keeps 7), over its copies; a finished prune there removes those copy rows.
 """
 
 from __future__ import annotations
@@ -125,6 +128,31 @@ def plan_tasks(cfg: CoordinatorConfig) -> list[Task]:
     return tasks
 
 
+def with_replica_prunes(tasks: list[Task]) -> list[Task]:
+    """``tasks`` plus a prune of every replica target, by the agent that replicates to
+    it, over the datasets copied there (pure). A replica that is also a primary target
+    of that agent gets its datasets added to the existing prune instead, so one job
+    prunes one target. Appended, so the keys of the other tasks do not move."""
+    out = list(tasks)
+    for task in tasks:
+        if task.kind != "replicate":
+            continue
+        at = next(
+            (
+                i
+                for i, t in enumerate(out)
+                if t.kind == "prune" and (t.agent, t.target) == (task.agent, task.to_target)
+            ),
+            None,
+        )
+        if at is None:
+            out.append(Task("prune", task.agent, task.to_target, datasets=task.datasets))
+        else:
+            merged = tuple(sorted({*out[at].datasets, *task.datasets}))
+            out[at] = Task("prune", task.agent, task.to_target, datasets=merged)
+    return out
+
+
 def tier_of(backup_id: str, dataset: str, recorded: Tier | None = None) -> Tier:
     """The retention tier of a backup: the catalog's (``recorded``), else from its
     scheduled job id, else ``daily``."""
@@ -136,6 +164,10 @@ def tier_of(backup_id: str, dataset: str, recorded: Tier | None = None) -> Tier:
         if tier in get_args(Tier):
             return tier  # type: ignore[return-value]
     return "daily"
+
+
+def _tier(value: str | None) -> Tier | None:
+    return value if value in get_args(Tier) else None  # type: ignore[return-value]
 
 
 def summarize(ev: Event) -> str:
@@ -183,7 +215,7 @@ class Maintenance:
         self.catalog = catalog
         self.bus = bus
         self.clock = clock
-        self.tasks = {f"m{i}": t for i, t in enumerate(plan_tasks(cfg))}
+        self.tasks = {f"m{i}": t for i, t in enumerate(with_replica_prunes(plan_tasks(cfg)))}
         self.scheduler = Scheduler(
             self._schedules() if cfg.maintenance is not None else {},
             catalog,
@@ -219,8 +251,15 @@ class Maintenance:
 
     # --- dispatch ---------------------------------------------------------------------
 
-    async def dispatch(self, task: Task, job_id: str, *, backup_id: str | None = None) -> ApiReply:
-        job = await self.build(task, job_id, backup_id=backup_id)
+    async def dispatch(
+        self,
+        task: Task,
+        job_id: str,
+        *,
+        backup_id: str | None = None,
+        requested_by: str | None = None,
+    ) -> ApiReply:
+        job = await self.build(task, job_id, backup_id=backup_id, requested_by=requested_by)
         if isinstance(job, ApiError):
             return job
         bus = self.bus()
@@ -243,10 +282,15 @@ class Maintenance:
         return JobAccepted(job_id=job.job_id, agent=job.agent, duplicate=duplicate)
 
     async def build(
-        self, task: Task, job_id: str, *, backup_id: str | None = None
+        self,
+        task: Task,
+        job_id: str,
+        *,
+        backup_id: str | None = None,
+        requested_by: str | None = None,
     ) -> MaintenanceJob | ApiError:
         now, at = self.clock(), utcnow()
-        who = "scheduler" if backup_id is None else "operator"
+        who = requested_by or ("scheduler" if backup_id is None else "operator")
         if task.kind == "verify":
             seed = int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
             return VerifyJob(
@@ -288,7 +332,9 @@ class Maintenance:
         return await self._drill_job(task, job_id, now, at, backup_id, who)
 
     async def expired(self, task: Task, now: datetime) -> list[str]:
-        """The backups on the task's target that retention expires for its tier."""
+        """The backups on the task's target that retention expires for its tier: those
+        stored there first and the copies replicated there, judged together, so a
+        dataset's newest backup held on this target is kept whatever else holds it."""
         target_tier = self.m.target_tiers.get(task.target, "local")
         found: list[retention.Backup] = []
         for name in task.datasets:
@@ -300,6 +346,17 @@ class Maintenance:
                 for b in rows
                 if b.target == task.target
             )
+        wanted = set(task.datasets)
+        found.extend(
+            retention.Backup(
+                c.backup_id,
+                c.dataset,
+                tier_of(c.backup_id, c.dataset, _tier(c.tier)),
+                c.finished_at,
+            )
+            for c in await self.catalog.copies_on(task.target)
+            if c.dataset in wanted
+        )
         decisions = retention.select(found, self.cfg.retention, target_tier, now)
         return sorted(d.backup.backup_id for d in decisions if not d.keep)
 
@@ -363,7 +420,9 @@ class Maintenance:
         job_id = token(
             "drill", req.dataset, f"{utcnow():%Y%m%dT%H%M%SZ}", random.randbytes(3).hex()
         )
-        return await self.dispatch(task, job_id, backup_id=req.backup_id)
+        return await self.dispatch(
+            task, job_id, backup_id=req.backup_id, requested_by=req.requested_by
+        )
 
     # --- results ----------------------------------------------------------------------
 

@@ -146,6 +146,55 @@ def next_run(schedule: ScheduleConfig, now: datetime) -> datetime:
             return t.astimezone(UTC)
 
 
+def fire_window(schedule: ScheduleConfig, at: datetime) -> tuple[datetime, datetime]:
+    """The newest fire time at or before ``at`` and the first one after it, in UTC: every
+    instant in ``[first, second)`` has the same previous fire time."""
+    _aware("at", at)
+    tz = ZoneInfo(schedule.timezone)
+    # croniter's get_prev is strictly before its start: start one second later, and step
+    # back once more if that lands after ``at`` (a fractional-second ``at``)
+    it = croniter(schedule.cron, (at + timedelta(seconds=1)).astimezone(tz), day_or=False)
+    prev: datetime = it.get_prev(datetime)
+    if prev.astimezone(UTC) > at:
+        prev = it.get_prev(datetime)
+    after: datetime = croniter(schedule.cron, prev, day_or=False).get_next(datetime)
+    return prev.astimezone(UTC), after.astimezone(UTC)
+
+
+def prev_run(schedule: ScheduleConfig, at: datetime) -> datetime:
+    """The newest fire time at or before ``at``, in UTC (for the backup-missing rule)."""
+    return fire_window(schedule, at)[0]
+
+
+class FireTimes:
+    """Previous and next fire times of schedules that many datasets share.
+
+    croniter costs ~0.1 ms a call; 10,000 datasets on a handful of schedules would pay it
+    10,000 times a tick. Answers are kept per distinct (cron, time zone) for as long as
+    they hold: a previous fire time until the next one passes, a next run until it comes.
+    """
+
+    def __init__(self) -> None:
+        self._prev: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        self._next: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+
+    def prev(self, schedule: ScheduleConfig, at: datetime) -> datetime:
+        """:func:`prev_run`, computed once per schedule between two of its fire times."""
+        key = (schedule.cron, schedule.timezone)
+        hit = self._prev.get(key)
+        if hit is None or not hit[0] <= at < hit[1]:
+            hit = self._prev[key] = fire_window(schedule, at)
+        return hit[0]
+
+    def next(self, schedule: ScheduleConfig, now: datetime) -> datetime:
+        """:func:`next_run`, computed once per schedule until that run comes."""
+        key = (schedule.cron, schedule.timezone)
+        hit = self._next.get(key)
+        if hit is None or not hit[0] <= now < hit[1]:
+            hit = self._next[key] = (now, next_run(schedule, now))
+        return hit[1]
+
+
 def next_runs(
     schedules: Mapping[str, Sequence[ScheduleConfig]], now: datetime
 ) -> dict[str, datetime | None]:

@@ -12,7 +12,8 @@ Choices that matter at scale (10,000 datasets, a million backups):
 - One page of per-dataset detail: datasets that need attention first (failing, never
   backed up, not 3-2-1 compliant, replication behind), then the others by name. The
   totals and counters always cover every dataset.
-- Next runs are cached per dataset until they pass (croniter costs ~0.1 ms per call).
+- Next runs are cached per dataset until they pass, and computed once per distinct
+  schedule (``schedule.FireTimes``; croniter costs ~0.1 ms per call).
 - Replication lag of a replica target is how long the primary's newest backup has waited
   for a copy there (0 once the replica holds a backup at least as new). It is a lower
   bound of "age of the oldest backup not yet copied", which would need one more catalog
@@ -41,7 +42,7 @@ import msgspec
 from coordinator import alerts, compliance
 from coordinator.catalog.base import Catalog, TargetSummary
 from coordinator.heartbeats import HeartbeatStore, Seen
-from coordinator.schedule import next_run
+from coordinator.schedule import FireTimes
 from shared.config import CoordinatorConfig, ScheduleConfig
 from shared.messages import (
     AgentStatus,
@@ -90,6 +91,7 @@ class NextRuns:
         self._schedules = {d: tuple(s) for d, s in schedules.items() if s}
         self._next: dict[str, datetime] = {}
         self._soonest: datetime | None = None
+        self._times = FireTimes()  # shared by the datasets on the same schedule
 
     def get(self, dataset: str, now: datetime) -> datetime | None:
         t = self._next.get(dataset)
@@ -97,7 +99,7 @@ class NextRuns:
             scheds = self._schedules.get(dataset)
             if not scheds:
                 return None
-            t = self._next[dataset] = min(next_run(s, now) for s in scheds)
+            t = self._next[dataset] = min(self._times.next(s, now) for s in scheds)
         return t
 
     def soonest(self, now: datetime) -> datetime | None:

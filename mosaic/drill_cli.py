@@ -16,7 +16,7 @@ from contextlib import aclosing
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.operator import OperatorError
+from mosaic.operator import OperatorError, who
 from shared.bus import Bus
 from shared.messages import (
     ApiError,
@@ -47,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--backup", default=None, metavar="BACKUP_ID", help="drill this backup")
     p.add_argument("--no-wait", action="store_true", help="return once the job is accepted")
+    p.add_argument(
+        "--as",
+        dest="requested_by",
+        default=None,
+        metavar="NAME",
+        help="who asks, for the audit trail (default: user@host of this shell)",
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -80,8 +87,10 @@ async def run_drill(
     backup_id: str | None = None,
     wait: bool = True,
     timeout: float = 3600.0,
+    requested_by: str | None = None,
 ) -> DrillCompleted | JobAccepted:
-    reply = await bus.request("drill", DrillRequest(dataset=dataset, backup_id=backup_id))
+    req = DrillRequest(dataset=dataset, backup_id=backup_id, requested_by=who(requested_by))
+    reply = await bus.request("drill", req)
     if isinstance(reply, ApiError):
         raise OperatorError(reply.message)
     if not isinstance(reply, JobAccepted):
@@ -124,6 +133,7 @@ async def run_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
             backup_id=args.backup,
             wait=not args.no_wait,
             timeout=args.timeout,
+            requested_by=args.requested_by,
         )
     finally:
         await bus.aclose()

@@ -455,6 +455,23 @@ async def test_copies_are_recorded_once_summarised_and_forgotten(catalog: Catalo
     assert (offsite.backup_id, offsite.backups, offsite.bytes_stored) == ("b1", 1, 1_500_000)
 
 
+async def test_copies_on_a_target_carry_what_retention_needs(catalog: Catalog) -> None:
+    await catalog.record_backup(backup("b1", T0, tier="daily"))
+    await catalog.record_backup(backup("b2", T0 + timedelta(days=1), dataset="other"))
+    at = T0 + timedelta(days=2)
+    await catalog.record_copies(["b1", "b2"], target="offsite", at=at)
+    await catalog.record_copies(["b1"], target="cold", at=at)
+    got = await catalog.copies_on("offsite")
+    assert [(c.backup_id, c.dataset, c.tier, c.finished_at, c.copied_at) for c in got] == [
+        ("b2", "other", None, T0 + timedelta(days=1), at),
+        ("b1", "gitea-db", "daily", T0, at),
+    ]
+    # the copy outlives a prune of the primary row: the replica still holds it
+    await catalog.forget_backups(["b1"], target="local")
+    assert [c.backup_id for c in await catalog.copies_on("cold")] == ["b1"]
+    assert await catalog.copies_on("local") == []
+
+
 async def test_duration_history_is_the_newest_type_per_dataset(catalog: Catalog) -> None:
     for i in range(10):
         kind = "full" if i % 3 == 0 else "incremental"

@@ -32,6 +32,19 @@ class TargetSummary(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     bytes_stored: int
 
 
+class CopyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A replicated copy of a backup on a replica target (a ``backup_copies`` row): what
+    a prune of that target needs to apply retention, even after the primary row is gone."""
+
+    backup_id: str
+    target: str  # the replica holding the copy
+    dataset: str
+    tier: str | None  # the backup's retention tier (None: rows from before tiers)
+    finished_at: datetime  # when the backup itself finished, not the copy
+    bytes_stored: int
+    copied_at: datetime
+
+
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One line of the audit trail: who (``actor``) did what (``action``) to what.
 
@@ -152,6 +165,10 @@ class Catalog(Protocol):
         ``at``); returns how many were new. Ids the catalog does not know, copies already
         recorded, and the backup's own target are left alone. A prune's
         ``forget_backups`` on ``target`` removes the copies too."""
+
+    async def copies_on(self, target: str) -> list[CopyRecord]:
+        """The copies replica ``target`` holds, newest first (by ``finished_at``, then
+        ``backup_id``); one query."""
 
     async def copy_summaries(self) -> list[TargetSummary]:
         """Like ``target_summaries``, for replicated copies (kept by triggers; one query)."""

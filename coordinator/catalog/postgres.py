@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from coordinator.catalog.base import AuditEntry, TargetSummary
+from coordinator.catalog.base import AuditEntry, CopyRecord, TargetSummary
 from shared.errors import CatalogError
 from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
 
@@ -595,6 +595,14 @@ class PostgresCatalog:
                 (target, _aware(at), target, list(backup_ids)),
             )
             return int(cur.rowcount)
+
+    async def copies_on(self, target: str) -> list[CopyRecord]:
+        rows = await self._fetch(
+            "SELECT backup_id, target, dataset, tier, finished_at, bytes_stored, copied_at"
+            " FROM backup_copies WHERE target = %s ORDER BY finished_at DESC, backup_id DESC",
+            (target,),
+        )
+        return [_decode(row, CopyRecord) for row in rows]
 
     async def copy_summaries(self) -> list[TargetSummary]:
         rows = await self._fetch(

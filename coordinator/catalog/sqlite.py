@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import msgspec
 
-from coordinator.catalog.base import AuditEntry, TargetSummary
+from coordinator.catalog.base import AuditEntry, CopyRecord, TargetSummary
 from shared.errors import CatalogError
 from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
 
@@ -523,6 +523,20 @@ class SqliteCatalog:
 
             added += await self._run(insert)
         return added
+
+    async def copies_on(self, target: str) -> list[CopyRecord]:
+        rows = await self._fetch(
+            "SELECT backup_id, target, dataset, tier, finished_at, bytes_stored, copied_at"
+            " FROM backup_copies WHERE target = ? ORDER BY finished_at DESC, backup_id DESC",
+            (target,),
+        )
+        out: list[CopyRecord] = []
+        for row in rows:
+            fields = dict(zip(row.keys(), row, strict=True))
+            fields["copied_at"] = _from_us(fields["copied_at"])
+            fields["finished_at"] = _from_us(fields["finished_at"])
+            out.append(msgspec.convert(fields, CopyRecord))
+        return out
 
     async def copy_summaries(self) -> list[TargetSummary]:
         rows = await self._fetch(
