@@ -40,11 +40,12 @@ from agent.sources.files import Entry, WalkStats, walk
 from agent.sources.snapshot import snapshot_root
 from shared import tracing
 from shared.errors import SourceError
-from shared.messages import BackupSummary, BackupType, FilesSource, Source, utcnow
+from shared.messages import BackupSummary, BackupType, utcnow
 from shared.repository import format as fmt
 from shared.repository.lease import lease
 from shared.repository.manifest import Manifest, Node, NodeType, encode_tree
 from shared.repository.repository import Repository
+from shared.sources import FilesSource, Source
 from shared.tasks import task_group
 
 

@@ -46,19 +46,10 @@ import anyio.to_thread
 from agent.maintenance import MaintenanceContext
 from agent.restore import restore_backup
 from shared.errors import MosaicError
-from shared.messages import (
-    DockerVolumeSource,
-    DrillCheck,
-    DrillCompleted,
-    DrillJob,
-    MariaDBSource,
-    PostgresSource,
-    RedisSource,
-    Source,
-    utcnow,
-)
+from shared.messages import DrillCheck, DrillCompleted, DrillJob, utcnow
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
+from shared.sources import DockerVolumeSource, MariaDBSource, PostgresSource, RedisSource, Source
 
 PG_USER = "postgres"
 TOOL_TIMEOUT_S = 600.0

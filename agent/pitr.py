@@ -47,9 +47,9 @@ from agent.logchain import ChainError, base_of, check_point_in_time, log_backups
 from agent.progress import ProgressFn, no_progress
 from agent.restore import restore_backup, restore_tree
 from agent.sources import archives_logs
-from shared.messages import MariaDBSource, PostgresSource, Source
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository
+from shared.sources import MariaDBSource, PostgresSource, Source
 
 
 def _recovery_module(source: Source) -> ModuleType | None:

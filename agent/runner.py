@@ -31,7 +31,7 @@ from agent.sources import LogShipment, archives_logs, ship_logs
 from agent.sources.snapshot import cleanup_leftovers
 from shared import subjects, tracing
 from shared.bus import Bus, fetch_one
-from shared.config import AgentConfig, nats_password, nats_tls
+from shared.config import AgentConfig
 from shared.errors import ConfigError, KeyFileError, MosaicError, WrongKeyError
 from shared.messages import (
     BackupCompleted,
@@ -49,6 +49,7 @@ from shared.messages import (
     job_kind,
     utcnow,
 )
+from shared.nats_credentials import nats_password, nats_tls
 from shared.repository.keys import KEEP_A_COPY, RepoKey, create_key_file, load_any_key_file
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository, WriteOptions

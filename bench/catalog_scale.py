@@ -40,7 +40,7 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coordinator.catalog.postgres import REBUILD_TARGET_SUMMARY  # noqa: E402
+from coordinator.catalog.pg_schema import REBUILD_TARGET_SUMMARY  # noqa: E402
 from tests.fixtures.postgres import PostgresServer, free_port  # noqa: E402
 
 END = datetime(2026, 1, 1, tzinfo=UTC)
@@ -113,7 +113,8 @@ def serve(url: str, datasets: int, agents: int, port_queue: Any) -> None:
         HttpConfig,
         ScheduleConfig,
     )
-    from shared.messages import FilesSource, Heartbeat, TargetSpace, encode, utcnow
+    from shared.messages import Heartbeat, TargetSpace, encode, utcnow
+    from shared.sources import FilesSource
 
     daily = [ScheduleConfig(cron="0 2 * * *", backup_type="incremental")]
     cfg = CoordinatorConfig(
@@ -170,7 +171,7 @@ async def alerter_ticks(url: str, datasets: int, agents: int) -> list[tuple[str,
     from coordinator.alerter import Alerter, read_snapshots
     from coordinator.catalog import open_catalog
     from shared.config import CoordinatorConfig, DatasetConfig, ScheduleConfig
-    from shared.messages import FilesSource
+    from shared.sources import FilesSource
 
     daily = [ScheduleConfig(cron="0 2 * * *", backup_type="incremental")]
     cfg = CoordinatorConfig(

@@ -46,8 +46,9 @@ from shared.config import (
     DatasetConfig,
     LocalTargetConfig,
 )
-from shared.messages import BackupCompleted, PostgresSource
+from shared.messages import BackupCompleted
 from shared.natsserver import NatsServer, free_port
+from shared.sources import PostgresSource
 from shared.targets import open_target
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -29,7 +29,7 @@ from coordinator.scheduler import Scheduler
 from coordinator.status import StatusBuilder
 from shared import subjects, tracing
 from shared.bus import Bus
-from shared.config import CoordinatorConfig, Tier, nats_password, nats_tls
+from shared.config import CoordinatorConfig, Tier
 from shared.errors import BusError
 from shared.messages import (
     ApiError,
@@ -61,6 +61,7 @@ from shared.messages import (
     event_kind,
     utcnow,
 )
+from shared.nats_credentials import nats_password, nats_tls
 from shared.tasks import task_group
 
 log = logging.getLogger(__name__)

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _with_bus(args: argparse.Namespace, fn: Callable[[Any], Awaitable[object]]) -> None:
     from shared.bus import Bus
-    from shared.config import check_nkey_seed, tls_context
+    from shared.nats_credentials import check_nkey_seed, tls_context
 
     password = None
     if args.nats_password_file:

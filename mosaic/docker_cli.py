@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from shared.messages import DOCKER_URL
+from shared.sources import DOCKER_URL
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -31,8 +31,9 @@ from shared.config import (
     DatasetConfig,
     LocalTargetConfig,
 )
-from shared.messages import BackupCompleted, FilesSource
+from shared.messages import BackupCompleted
 from shared.natsserver import NatsServer
+from shared.sources import FilesSource
 from shared.targets import open_target
 
 

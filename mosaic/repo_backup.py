@@ -23,9 +23,9 @@ from mosaic.operator import size, summary_table
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened, target_from
 from shared.errors import ConfigError
-from shared.messages import FilesSource
 from shared.repository.keys import PASSPHRASE_ENV
 from shared.repository.repository import Repository
+from shared.sources import FilesSource
 from shared.subjects import check_token
 
 

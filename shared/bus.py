@@ -106,7 +106,7 @@ class Bus:
         restarts); only the initial wait is bounded. Refused credentials fail at once:
         retrying cannot help. ``inbox_prefix`` gives an agent inboxes that only its own
         NATS user may subscribe to (``subjects.agent_inbox``). ``tls`` (see
-        ``shared.config.nats_tls``) verifies the server; a failed TLS handshake fails at
+        ``shared.nats_credentials.nats_tls``) verifies the server; a failed TLS handshake fails at
         once, naming the problem: retrying cannot fix a certificate. ``nkeys_seed`` is
         the path of an NKEY seed file (``shared.nkeys``); nats-py reads it per connect.
         """

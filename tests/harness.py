@@ -28,7 +28,7 @@ from shared.config import (
     S3TargetConfig,
     TargetConfig,
 )
-from shared.messages import FilesSource, Source
+from shared.sources import FilesSource, Source
 from shared.targets import open_target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -42,11 +42,12 @@ from shared.config import (
     SftpTargetConfig,
 )
 from shared.errors import ConfigError, TargetError
-from shared.messages import ApiError, FilesSource, JobRecord, PruneJob, utcnow
+from shared.messages import ApiError, JobRecord, PruneJob, utcnow
 from shared.repository import format as fmt
 from shared.repository.keys import create_key_file
 from shared.repository.lease import lease, live_leases
 from shared.repository.repository import Repository
+from shared.sources import FilesSource
 from shared.targets.local import (
     LocalTarget,
     has_append_attribute,

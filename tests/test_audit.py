@@ -35,13 +35,8 @@ from shared.config import (
     RetentionConfig,
     TierRetention,
 )
-from shared.messages import (
-    BackupCompleted,
-    FilesSource,
-    JobAccepted,
-    PruneCompleted,
-    RestoreCompleted,
-)
+from shared.messages import BackupCompleted, JobAccepted, PruneCompleted, RestoreCompleted
+from shared.sources import FilesSource
 from tests.harness import cli, make_tree, running_stack, unique
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)

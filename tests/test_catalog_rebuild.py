@@ -20,8 +20,9 @@ from mosaic import operator
 from mosaic.repo_catalog import backup_record
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError
-from shared.messages import BackupCompleted, BackupRecord, BackupSummary, FilesSource, utcnow
+from shared.messages import BackupCompleted, BackupRecord, BackupSummary, utcnow
 from shared.repository.manifest import Manifest
+from shared.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique
 
 QUIET = Console(quiet=True)

@@ -19,7 +19,7 @@ import yaml
 from mosaic.cli import build_parser
 from shared import config
 from shared.config import AgentConfig, CoordinatorConfig, S3TargetConfig
-from shared.messages import PostgresSource
+from shared.sources import PostgresSource
 from tests.harness import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"

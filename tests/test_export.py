@@ -17,11 +17,12 @@ from agent.export import ChunkReader, export_tar
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError, UnsafePathError
-from shared.messages import BackupSummary, FilesSource, utcnow
+from shared.messages import BackupSummary, utcnow
 from shared.repository import format as fmt
 from shared.repository.keys import create_key_file
 from shared.repository.manifest import Manifest, Node, encode_tree
 from shared.repository.repository import Repository
+from shared.sources import FilesSource
 from shared.targets.local import LocalTarget
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree
 

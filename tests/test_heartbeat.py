@@ -42,12 +42,12 @@ from shared.config import (
 from shared.messages import (
     Alert,
     BackupCompleted,
-    FilesSource,
     MaintenanceRecord,
     ReplicateCompleted,
     encode,
     utcnow,
 )
+from shared.sources import FilesSource
 from shared.targets import open_target
 from tests.harness import make_tree, unique
 

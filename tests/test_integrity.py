@@ -13,10 +13,11 @@ from agent.restore import restore_tree
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError, UnsafePathError, WrongKeyError
-from shared.messages import BackupCompleted, BackupSummary, FilesSource, utcnow
+from shared.messages import BackupCompleted, BackupSummary, utcnow
 from shared.repository import format as fmt
 from shared.repository.manifest import Manifest, Node, encode_tree
 from shared.repository.repository import Repository
+from shared.sources import FilesSource
 from shared.targets.local import LocalTarget
 from tests.harness import make_tree, running_stack, snapshot
 

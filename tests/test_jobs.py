@@ -18,13 +18,13 @@ from shared.config import LocalTargetConfig
 from shared.messages import (
     BackupCompleted,
     BackupJob,
-    FilesSource,
     JobAccepted,
     JobProgress,
     JobStarted,
     RestoreCompleted,
     utcnow,
 )
+from shared.sources import FilesSource
 from tests.harness import REPO_ROOT, agent_toml, make_tree, running_stack, unique
 
 QUIET = Console(quiet=True)

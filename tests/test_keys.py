@@ -23,7 +23,6 @@ from agent.runner import prepare_key
 from mosaic.compare import tree_differences
 from shared.config import AgentConfig, LocalTargetConfig
 from shared.errors import KeyFileError, WrongKeyError
-from shared.messages import FilesSource
 from shared.repository.keyops import export_key_file, rewrap, rotate
 from shared.repository.keys import (
     create_key_file,
@@ -34,6 +33,7 @@ from shared.repository.keys import (
 )
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository
+from shared.sources import FilesSource
 from shared.targets.base import Target
 from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree, snapshot

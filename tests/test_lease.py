@@ -11,9 +11,9 @@ import pytest
 
 from agent.backup import BackupSpec, backup_dataset
 from shared.errors import SourceError
-from shared.messages import FilesSource
 from shared.repository.lease import lease, live_leases
 from shared.repository.repository import Repository
+from shared.sources import FilesSource
 from shared.targets.local import LocalTarget
 from tests.harness import make_tree
 

@@ -36,9 +36,10 @@ from shared.config import (
     load,
 )
 from shared.errors import ConfigError
-from shared.messages import BackupCompleted, FilesSource, MaintenanceRecord, Source
+from shared.messages import BackupCompleted, MaintenanceRecord
 from shared.repository.keys import load_key_file
 from shared.repository.repository import Repository
+from shared.sources import FilesSource, Source
 from shared.targets import open_target
 from shared.targets.local import LocalTarget
 from tests.harness import make_tree, unique

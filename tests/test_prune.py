@@ -26,12 +26,12 @@ from agent.restore import restore_tree
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig
 from shared.errors import TargetError
-from shared.messages import FilesSource
 from shared.repository import format as fmt
 from shared.repository.keys import create_key_file
 from shared.repository.lease import lease, live_leases
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository, WriteOptions
+from shared.sources import FilesSource
 from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, snapshot
 

@@ -19,11 +19,11 @@ from agent.replicate import ReplicationError, lag, replicate
 from agent.restore import restore_tree
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
-from shared.messages import FilesSource
 from shared.repository import format as fmt
 from shared.repository.keyops import rotate
 from shared.repository.keys import create_key_file
 from shared.repository.repository import Repository, WriteOptions
+from shared.sources import FilesSource
 from shared.targets import Target, open_target
 from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, snapshot

@@ -13,9 +13,9 @@ from agent.backup import BackupSpec, backup_dataset
 from agent.restore import restore_tree
 from mosaic.compare import tree_differences
 from shared.errors import RepositoryError
-from shared.messages import FilesSource
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository
+from shared.sources import FilesSource
 from shared.targets.local import LocalTarget
 from tests.harness import REPO_ROOT, make_tree
 

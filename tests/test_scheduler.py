@@ -31,15 +31,8 @@ from shared.config import (
     ScheduleConfig,
 )
 from shared.errors import BusError
-from shared.messages import (
-    ApiReply,
-    BackupCompleted,
-    BackupType,
-    FilesSource,
-    JobAccepted,
-    JobRecord,
-    utcnow,
-)
+from shared.messages import ApiReply, BackupCompleted, BackupType, JobAccepted, JobRecord, utcnow
+from shared.sources import FilesSource
 from shared.targets import open_target
 from tests.harness import make_tree, unique
 

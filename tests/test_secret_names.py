@@ -14,11 +14,11 @@ from agent.restore import check_paths
 from agent.sources.files import shown_names
 from shared.config import LocalTargetConfig
 from shared.errors import UnsafePathError
-from shared.messages import FilesSource
 from shared.repository import format as fmt
 from shared.repository.keys import create_key_file
 from shared.repository.manifest import Node
 from shared.repository.repository import Repository
+from shared.sources import FilesSource
 from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli
 

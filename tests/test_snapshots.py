@@ -24,9 +24,9 @@ from agent.sources.snapshot import is_mounted, plan, take
 from mosaic.compare import tree_differences
 from shared.config import AgentConfig, LocalTargetConfig
 from shared.errors import ConfigError, SourceError
-from shared.messages import BtrfsSnapshot, FilesSource, LvmSnapshot, ZfsSnapshot
 from shared.repository.manifest import Manifest
 from shared.repository.repository import Repository
+from shared.sources import BtrfsSnapshot, FilesSource, LvmSnapshot, ZfsSnapshot
 from shared.targets.local import LocalTarget
 from tests.harness import make_tree, unique
 

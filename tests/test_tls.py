@@ -42,8 +42,9 @@ from shared.config import (
     nats_tls,
 )
 from shared.errors import BusError, ConfigError
-from shared.messages import BackupCompleted, FilesSource, RestoreCompleted
+from shared.messages import BackupCompleted, RestoreCompleted
 from shared.natsserver import free_port, nats_server_binary
+from shared.sources import FilesSource
 from shared.targets import open_target
 from tests.harness import cli, make_tree, unique
 

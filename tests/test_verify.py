@@ -10,11 +10,11 @@ from pathlib import Path
 from agent.backup import BackupSpec, backup_dataset
 from agent.verify import choose_packs
 from shared.config import LocalTargetConfig
-from shared.messages import FilesSource
 from shared.repository import format as fmt
 from shared.repository.index import IndexEntry
 from shared.repository.keys import create_key_file, load_key_file
 from shared.repository.repository import Repository, WriteOptions
+from shared.sources import FilesSource
 from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree
 

@@ -29,7 +29,6 @@ from mosaic.compare import tree_differences
 from mosaic.operator import OperatorError
 from shared.config import AgentConfig, LocalTargetConfig, S3TargetConfig
 from shared.errors import RepositoryError, WrongKeyError
-from shared.messages import FilesSource
 from shared.repository.crypto import Keyring, open_sealed
 from shared.repository.keyops import write_only_entry
 from shared.repository.keys import create_key_file, load_any_key_file, unwrap_data_key
@@ -43,6 +42,7 @@ from shared.repository.writeonly import (
     unwrap_from_recipient,
     wrap_to_recipient,
 )
+from shared.sources import FilesSource
 from shared.targets import open_target
 from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique

@@ -24,11 +24,12 @@ from rich.console import Console
 from agent.runner import AgentRunner
 from mosaic import operator
 from shared.config import AgentConfig, LocalTargetConfig
-from shared.messages import BackupCompleted, PostgresSource, RestoreCompleted
+from shared.messages import BackupCompleted, RestoreCompleted
 from shared.repository.keyops import write_only_entry
 from shared.repository.keys import create_key_file, load_any_key_file
 from shared.repository.repository import Repository
 from shared.repository.writeonly import WriteOnlyKey, write_write_only_key
+from shared.sources import PostgresSource
 from shared.targets import open_target
 from shared.targets.local import LocalTarget
 from tests.fixtures.postgres import ArchivingPostgres

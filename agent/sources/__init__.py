@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.sources.base import Stream
-from shared.messages import (
+from shared.sources import (
     DockerExecSource,
     DockerVolumeSource,
     MariaDBSource,

@@ -41,7 +41,7 @@ from agent.sources.dockerapi import (
     where,
 )
 from shared.errors import MosaicError, SourceError
-from shared.messages import DockerExecSource, DockerVolumeSource
+from shared.sources import DockerExecSource, DockerVolumeSource
 
 log = logging.getLogger(__name__)
 

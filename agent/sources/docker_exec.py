@@ -30,7 +30,7 @@ from agent.sources.dockerapi import (
     reason,
 )
 from shared.errors import MosaicError, SourceError
-from shared.messages import DockerExecSource
+from shared.sources import DockerExecSource
 
 STREAM_NAME = re.compile(r"^[A-Za-z0-9_.@+-][A-Za-z0-9_.@+/-]*$")
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import SourceError
-from shared.messages import FilesSource, Source
+from shared.sources import FilesSource, Source
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ from pathlib import Path
 from agent.sources.base import CompleteStream, Stream, StreamHandle
 from agent.sources.command import STDERR_TAIL, CommandStream, require
 from shared.errors import SourceError
-from shared.messages import MariaDBSource
+from shared.sources import MariaDBSource
 
 XBSTREAM = b"backup.xbstream"
 DUMP = b"dump.sql"

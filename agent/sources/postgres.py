@@ -35,7 +35,7 @@ import psycopg
 from agent.sources.base import CompleteStream, Stream, StreamHandle, bytes_stream
 from agent.sources.command import CommandStream
 from shared.errors import SourceError
-from shared.messages import PostgresSource
+from shared.sources import PostgresSource
 
 BASE_TAR = b"base.tar"
 DATA_DIR = "pgdata"

@@ -36,7 +36,7 @@ from typing import Any
 from agent.sources.base import CompleteStream, Stream, StreamHandle, bytes_stream
 from agent.sources.command import STDERR_TAIL, CommandStream, require
 from shared.errors import SourceError
-from shared.messages import RedisSource
+from shared.sources import RedisSource
 
 RDB = b"dump.rdb"
 AOF_DIR = "appendonlydir"  # Redis' default appenddirname, what a restore starts with

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from coordinator.catalog.base import AuditEntry, CopyRecord, TargetSummary
+from coordinator.catalog.pg_schema import MIGRATIONS
 from shared.errors import CatalogError
 from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
 
@@ -30,160 +31,6 @@ _T = TypeVar("_T")
 _JOB_STATUSES = frozenset({"dispatched", "running", "completed", "failed"})
 # Any constant works; it only has to be the same in every coordinator ("mosaic" in ASCII).
 _MIGRATION_LOCK = 0x6D6F73616963
-
-# Recomputes target_summary from the backups (migration 2; bench/catalog_scale.py after
-# a bulk load with the triggers disabled).
-REBUILD_TARGET_SUMMARY = """INSERT INTO target_summary
-    SELECT DISTINCT ON (dataset, target) dataset, target, backup_id, finished_at,
-        count(*) OVER w, sum(bytes_stored) OVER w
-    FROM backups
-    WINDOW w AS (PARTITION BY dataset, target)
-    ORDER BY dataset, target, finished_at DESC, backup_id DESC"""
-
-# Each entry is one schema version (index + 1); never edit a released entry, append one.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE jobs (
-            job_id text PRIMARY KEY, job_kind text NOT NULL, dataset text NOT NULL,
-            agent text NOT NULL, target text NOT NULL, status text NOT NULL
-                CHECK (status IN ('dispatched', 'running', 'completed', 'failed')),
-            requested_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
-            backup_id text, error_code text, error_message text)""",
-        """CREATE INDEX jobs_failed_by_updated
-            ON jobs (updated_at DESC, job_id DESC) WHERE status = 'failed'""",
-        """CREATE INDEX jobs_failed_by_dataset_updated
-            ON jobs (dataset, updated_at DESC, job_id DESC) WHERE status = 'failed'""",
-        """CREATE TABLE backups (
-            backup_id text PRIMARY KEY, dataset text NOT NULL, agent text NOT NULL,
-            target text NOT NULL, repository_id text NOT NULL, backup_type text NOT NULL
-                CHECK (backup_type IN ('full', 'incremental')),
-            started_at timestamptz NOT NULL, finished_at timestamptz NOT NULL,
-            files bigint NOT NULL, bytes_read bigint NOT NULL, bytes_new bigint NOT NULL,
-            bytes_stored bigint NOT NULL, duration_s double precision NOT NULL)""",
-        "CREATE INDEX backups_by_finished ON backups (finished_at DESC, backup_id DESC)",
-        """CREATE INDEX backups_by_dataset_finished
-            ON backups (dataset, finished_at DESC, backup_id DESC)""",
-    ),
-    # 2: status at scale — one summary row per (dataset, target), kept by triggers.
-    (
-        """CREATE INDEX backups_by_dataset_target_finished
-            ON backups (dataset, target, finished_at DESC, backup_id DESC)""",
-        """CREATE TABLE target_summary (
-            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
-            finished_at timestamptz NOT NULL, backups bigint NOT NULL,
-            bytes_stored bigint NOT NULL, PRIMARY KEY (dataset, target))""",
-        REBUILD_TARGET_SUMMARY,
-        """CREATE FUNCTION target_summary_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO target_summary AS s VALUES
-                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
-            ON CONFLICT (dataset, target) DO UPDATE SET
-                backups = s.backups + 1,
-                bytes_stored = s.bytes_stored + EXCLUDED.bytes_stored,
-                backup_id = CASE WHEN (EXCLUDED.finished_at, EXCLUDED.backup_id)
-                    > (s.finished_at, s.backup_id) THEN EXCLUDED.backup_id ELSE s.backup_id END,
-                finished_at = GREATEST(s.finished_at, EXCLUDED.finished_at);
-            RETURN NULL;
-        END $$""",
-        """CREATE FUNCTION target_summary_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            UPDATE target_summary SET backups = backups - 1,
-                bytes_stored = bytes_stored - OLD.bytes_stored
-                WHERE dataset = OLD.dataset AND target = OLD.target;
-            DELETE FROM target_summary
-                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
-            UPDATE target_summary s SET backup_id = b.backup_id, finished_at = b.finished_at
-                FROM (SELECT backup_id, finished_at FROM backups
-                      WHERE dataset = OLD.dataset AND target = OLD.target
-                      ORDER BY finished_at DESC, backup_id DESC LIMIT 1) b
-                WHERE s.dataset = OLD.dataset AND s.target = OLD.target
-                  AND s.backup_id = OLD.backup_id;
-            RETURN NULL;
-        END $$""",
-        """CREATE TRIGGER backups_summary_insert AFTER INSERT ON backups
-            FOR EACH ROW EXECUTE FUNCTION target_summary_insert()""",
-        """CREATE TRIGGER backups_summary_delete AFTER DELETE ON backups
-            FOR EACH ROW EXECUTE FUNCTION target_summary_delete()""",
-    ),
-    # 3: the audit trail, append-only (triggers refuse UPDATE and DELETE)
-    (
-        """CREATE TABLE audit (
-            seq bigserial PRIMARY KEY, entry_id text NOT NULL UNIQUE,
-            at timestamptz NOT NULL, action text NOT NULL, actor text NOT NULL,
-            dataset text, backup_id text, job_id text, detail text NOT NULL)""",
-        """CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            RAISE EXCEPTION 'the audit table is append-only: % refused', TG_OP;
-        END $$""",
-        """CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
-            FOR EACH ROW EXECUTE FUNCTION audit_append_only()""",
-        """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
-            FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
-    ),
-    # 4: maintenance results (verify, prune, replicate) and restore drills
-    (
-        """CREATE TABLE maintenance (
-            job_id text PRIMARY KEY, kind text NOT NULL, agent text NOT NULL,
-            target text NOT NULL, dataset text NOT NULL, backup_id text,
-            outcome text NOT NULL CHECK (outcome IN ('passed', 'failed')),
-            started_at timestamptz NOT NULL, finished_at timestamptz NOT NULL,
-            rto_s double precision, rpo_s double precision,
-            summary text NOT NULL, detail text NOT NULL)""",
-        """CREATE INDEX maintenance_by_kind_finished
-            ON maintenance (kind, finished_at DESC, job_id DESC)""",
-        """CREATE INDEX maintenance_by_dataset_kind_finished
-            ON maintenance (dataset, kind, finished_at DESC, job_id DESC)""",
-    ),
-    # 5: a backup's retention tier (NULL on older rows: retention reads the backup id),
-    # and replicated copies: one row per backup × replica target (backups is keyed by
-    # backup_id alone, the primary copy), summarised per (dataset, target) by triggers
-    # like target_summary so status reads a few thousand rows.
-    (
-        """ALTER TABLE backups ADD COLUMN tier text CHECK (tier IN
-            ('daily', 'weekly', 'monthly', 'yearly', 'config', 'translog'))""",
-        """CREATE TABLE backup_copies (
-            backup_id text NOT NULL, target text NOT NULL, dataset text NOT NULL,
-            tier text, finished_at timestamptz NOT NULL, bytes_stored bigint NOT NULL,
-            copied_at timestamptz NOT NULL, PRIMARY KEY (backup_id, target))""",
-        """CREATE INDEX backup_copies_by_dataset_target_finished
-            ON backup_copies (dataset, target, finished_at DESC, backup_id DESC)""",
-        """CREATE TABLE copy_summary (
-            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
-            finished_at timestamptz NOT NULL, backups bigint NOT NULL,
-            bytes_stored bigint NOT NULL, PRIMARY KEY (dataset, target))""",
-        """CREATE FUNCTION copy_summary_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO copy_summary AS s VALUES
-                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
-            ON CONFLICT (dataset, target) DO UPDATE SET
-                backups = s.backups + 1,
-                bytes_stored = s.bytes_stored + EXCLUDED.bytes_stored,
-                backup_id = CASE WHEN (EXCLUDED.finished_at, EXCLUDED.backup_id)
-                    > (s.finished_at, s.backup_id) THEN EXCLUDED.backup_id ELSE s.backup_id END,
-                finished_at = GREATEST(s.finished_at, EXCLUDED.finished_at);
-            RETURN NULL;
-        END $$""",
-        """CREATE FUNCTION copy_summary_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            UPDATE copy_summary SET backups = backups - 1,
-                bytes_stored = bytes_stored - OLD.bytes_stored
-                WHERE dataset = OLD.dataset AND target = OLD.target;
-            DELETE FROM copy_summary
-                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
-            UPDATE copy_summary s SET backup_id = c.backup_id, finished_at = c.finished_at
-                FROM (SELECT backup_id, finished_at FROM backup_copies
-                      WHERE dataset = OLD.dataset AND target = OLD.target
-                      ORDER BY finished_at DESC, backup_id DESC LIMIT 1) c
-                WHERE s.dataset = OLD.dataset AND s.target = OLD.target
-                  AND s.backup_id = OLD.backup_id;
-            RETURN NULL;
-        END $$""",
-        """CREATE TRIGGER backup_copies_summary_insert AFTER INSERT ON backup_copies
-            FOR EACH ROW EXECUTE FUNCTION copy_summary_insert()""",
-        """CREATE TRIGGER backup_copies_summary_delete AFTER DELETE ON backup_copies
-            FOR EACH ROW EXECUTE FUNCTION copy_summary_delete()""",
-    ),
-)
 
 # Explicit, not derived from the Structs: a field added to a record (with a default)
 # keeps decoding until a migration adds its column.
@@ -379,14 +226,14 @@ class PostgresCatalog:
             cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
             row = await cur.fetchone()
             current = int(row[0]) if row else 0
-            if current > len(_MIGRATIONS):
+            if current > len(MIGRATIONS):
                 raise CatalogError(
                     f"postgres catalog {self._where}: schema version {current} is newer than "
-                    f"this program knows ({len(_MIGRATIONS)}); upgrade mosaic-backup",
+                    f"this program knows ({len(MIGRATIONS)}); upgrade mosaic-backup",
                     retryable=False,
                 )
-            for version in range(current + 1, len(_MIGRATIONS) + 1):
-                for statement in _MIGRATIONS[version - 1]:
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[version - 1]:
                     await conn.execute(statement)
                 await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
 

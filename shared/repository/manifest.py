@@ -12,7 +12,8 @@ from typing import Literal
 
 import msgspec
 
-from shared.messages import BackupSummary, Source
+from shared.messages import BackupSummary
+from shared.sources import Source
 
 NodeType = Literal["file", "dir", "symlink", "hardlink"]
 

@@ -1,0 +1,136 @@
+"""The SQLite catalog's schema: one tuple of statements per schema version.
+
+Kept apart from :mod:`coordinator.catalog.sqlite` (the queries) because it only ever
+grows: never edit a released entry, append one. ``migrate`` applies the versions a
+catalog has not seen yet, in order, and records each in ``schema_version``.
+"""
+
+from __future__ import annotations
+
+# Each entry is one schema version (index + 1); never edit a released entry, append one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE jobs (
+            job_id text PRIMARY KEY, job_kind text NOT NULL, dataset text NOT NULL,
+            agent text NOT NULL, target text NOT NULL, status text NOT NULL
+                CHECK (status IN ('dispatched', 'running', 'completed', 'failed')),
+            requested_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+            backup_id text, error_code text, error_message text)""",
+        """CREATE INDEX jobs_failed_by_updated
+            ON jobs (updated_at DESC, job_id DESC) WHERE status = 'failed'""",
+        """CREATE INDEX jobs_failed_by_dataset_updated
+            ON jobs (dataset, updated_at DESC, job_id DESC) WHERE status = 'failed'""",
+        """CREATE TABLE backups (
+            backup_id text PRIMARY KEY, dataset text NOT NULL, agent text NOT NULL,
+            target text NOT NULL, repository_id text NOT NULL, backup_type text NOT NULL
+                CHECK (backup_type IN ('full', 'incremental')),
+            started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,
+            files INTEGER NOT NULL, bytes_read INTEGER NOT NULL, bytes_new INTEGER NOT NULL,
+            bytes_stored INTEGER NOT NULL, duration_s REAL NOT NULL)""",
+        "CREATE INDEX backups_by_finished ON backups (finished_at DESC, backup_id DESC)",
+        """CREATE INDEX backups_by_dataset_finished
+            ON backups (dataset, finished_at DESC, backup_id DESC)""",
+    ),
+    # 2: status at scale — one summary row per (dataset, target), kept by triggers.
+    (
+        """CREATE INDEX backups_by_dataset_target_finished
+            ON backups (dataset, target, finished_at DESC, backup_id DESC)""",
+        """CREATE TABLE target_summary (
+            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
+            finished_at INTEGER NOT NULL, backups INTEGER NOT NULL,
+            bytes_stored INTEGER NOT NULL, PRIMARY KEY (dataset, target))""",
+        """INSERT INTO target_summary
+            SELECT dataset, target,
+                (SELECT b.backup_id FROM backups b
+                 WHERE b.dataset = g.dataset AND b.target = g.target
+                 ORDER BY b.finished_at DESC, b.backup_id DESC LIMIT 1),
+                max(finished_at), count(*), sum(bytes_stored)
+            FROM backups g GROUP BY dataset, target""",
+        """CREATE TRIGGER backups_summary_insert AFTER INSERT ON backups BEGIN
+            INSERT INTO target_summary VALUES
+                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
+            ON CONFLICT (dataset, target) DO UPDATE SET
+                backups = backups + 1,
+                bytes_stored = bytes_stored + excluded.bytes_stored,
+                backup_id = CASE WHEN (excluded.finished_at, excluded.backup_id)
+                    > (finished_at, backup_id) THEN excluded.backup_id ELSE backup_id END,
+                finished_at = max(finished_at, excluded.finished_at);
+        END""",
+        """CREATE TRIGGER backups_summary_delete AFTER DELETE ON backups BEGIN
+            UPDATE target_summary SET backups = backups - 1,
+                bytes_stored = bytes_stored - OLD.bytes_stored
+                WHERE dataset = OLD.dataset AND target = OLD.target;
+            DELETE FROM target_summary
+                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
+            UPDATE target_summary SET (backup_id, finished_at) = (
+                SELECT backup_id, finished_at FROM backups
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                ORDER BY finished_at DESC, backup_id DESC LIMIT 1)
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                  AND backup_id = OLD.backup_id;
+        END""",
+    ),
+    # 3: the audit trail, append-only (triggers refuse UPDATE and DELETE)
+    (
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, entry_id text NOT NULL UNIQUE,
+            at INTEGER NOT NULL, action text NOT NULL, actor text NOT NULL,
+            dataset text, backup_id text, job_id text, detail text NOT NULL)""",
+        """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit table is append-only: UPDATE refused'); END""",
+        """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit table is append-only: DELETE refused'); END""",
+    ),
+    # 4: maintenance results (verify, prune, replicate) and restore drills
+    (
+        """CREATE TABLE maintenance (
+            job_id text PRIMARY KEY, kind text NOT NULL, agent text NOT NULL,
+            target text NOT NULL, dataset text NOT NULL, backup_id text,
+            outcome text NOT NULL CHECK (outcome IN ('passed', 'failed')),
+            started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,
+            rto_s REAL, rpo_s REAL, summary text NOT NULL, detail text NOT NULL)""",
+        """CREATE INDEX maintenance_by_kind_finished
+            ON maintenance (kind, finished_at DESC, job_id DESC)""",
+        """CREATE INDEX maintenance_by_dataset_kind_finished
+            ON maintenance (dataset, kind, finished_at DESC, job_id DESC)""",
+    ),
+    # 5: a backup's retention tier (NULL on older rows: retention reads the backup id),
+    # and replicated copies (see postgres.py), summarised per (dataset, target)
+    (
+        """ALTER TABLE backups ADD COLUMN tier text CHECK (tier IN
+            ('daily', 'weekly', 'monthly', 'yearly', 'config', 'translog'))""",
+        """CREATE TABLE backup_copies (
+            backup_id text NOT NULL, target text NOT NULL, dataset text NOT NULL,
+            tier text, finished_at INTEGER NOT NULL, bytes_stored INTEGER NOT NULL,
+            copied_at INTEGER NOT NULL, PRIMARY KEY (backup_id, target))""",
+        """CREATE INDEX backup_copies_by_dataset_target_finished
+            ON backup_copies (dataset, target, finished_at DESC, backup_id DESC)""",
+        """CREATE TABLE copy_summary (
+            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
+            finished_at INTEGER NOT NULL, backups INTEGER NOT NULL,
+            bytes_stored INTEGER NOT NULL, PRIMARY KEY (dataset, target))""",
+        """CREATE TRIGGER backup_copies_summary_insert AFTER INSERT ON backup_copies BEGIN
+            INSERT INTO copy_summary VALUES
+                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
+            ON CONFLICT (dataset, target) DO UPDATE SET
+                backups = backups + 1,
+                bytes_stored = bytes_stored + excluded.bytes_stored,
+                backup_id = CASE WHEN (excluded.finished_at, excluded.backup_id)
+                    > (finished_at, backup_id) THEN excluded.backup_id ELSE backup_id END,
+                finished_at = max(finished_at, excluded.finished_at);
+        END""",
+        """CREATE TRIGGER backup_copies_summary_delete AFTER DELETE ON backup_copies BEGIN
+            UPDATE copy_summary SET backups = backups - 1,
+                bytes_stored = bytes_stored - OLD.bytes_stored
+                WHERE dataset = OLD.dataset AND target = OLD.target;
+            DELETE FROM copy_summary
+                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
+            UPDATE copy_summary SET (backup_id, finished_at) = (
+                SELECT backup_id, finished_at FROM backup_copies
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                ORDER BY finished_at DESC, backup_id DESC LIMIT 1)
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                  AND backup_id = OLD.backup_id;
+        END""",
+    ),
+)
