@@ -128,28 +128,30 @@ def plan_tasks(cfg: CoordinatorConfig) -> list[Task]:
     return tasks
 
 
-def with_replica_prunes(tasks: list[Task]) -> list[Task]:
-    """``tasks`` plus a prune of every replica target, by the agent that replicates to
-    it, over the datasets copied there (pure). A replica that is also a primary target
-    of that agent gets its datasets added to the existing prune instead, so one job
-    prunes one target. Appended, so the keys of the other tasks do not move."""
+def with_replica_upkeep(tasks: list[Task]) -> list[Task]:
+    """``tasks`` plus a verify and a prune of every replica target, by the agent that
+    replicates to it, over the datasets copied there (pure): a replica is checked and
+    expired by its own tier like any target. A replica that is also a primary target of
+    that agent gets its datasets added to the existing task instead, so one job checks
+    or prunes one target. Appended, so the keys of the other tasks do not move."""
     out = list(tasks)
-    for task in tasks:
-        if task.kind != "replicate":
-            continue
-        at = next(
-            (
-                i
-                for i, t in enumerate(out)
-                if t.kind == "prune" and (t.agent, t.target) == (task.agent, task.to_target)
-            ),
-            None,
-        )
-        if at is None:
-            out.append(Task("prune", task.agent, task.to_target, datasets=task.datasets))
-        else:
-            merged = tuple(sorted({*out[at].datasets, *task.datasets}))
-            out[at] = Task("prune", task.agent, task.to_target, datasets=merged)
+    for kind in ("verify", "prune"):
+        for task in tasks:
+            if task.kind != "replicate":
+                continue
+            at = next(
+                (
+                    i
+                    for i, t in enumerate(out)
+                    if t.kind == kind and (t.agent, t.target) == (task.agent, task.to_target)
+                ),
+                None,
+            )
+            if at is None:
+                out.append(Task(kind, task.agent, task.to_target, datasets=task.datasets))
+            else:
+                merged = tuple(sorted({*out[at].datasets, *task.datasets}))
+                out[at] = Task(kind, task.agent, task.to_target, datasets=merged)
     return out
 
 
@@ -215,7 +217,7 @@ class Maintenance:
         self.catalog = catalog
         self.bus = bus
         self.clock = clock
-        self.tasks = {f"m{i}": t for i, t in enumerate(with_replica_prunes(plan_tasks(cfg)))}
+        self.tasks = {f"m{i}": t for i, t in enumerate(with_replica_upkeep(plan_tasks(cfg)))}
         self.scheduler = Scheduler(
             self._schedules() if cfg.maintenance is not None else {},
             catalog,

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from agent.restore import restore_backup
-from coordinator.maintenance import Task, plan_tasks, with_replica_prunes
+from coordinator.maintenance import Task, plan_tasks, with_replica_upkeep
 from mosaic import operator
 from mosaic.compare import tree_differences
 from shared.config import CoordinatorConfig, DatasetConfig, MaintenanceConfig
@@ -23,7 +23,7 @@ from tests.harness import make_tree
 from tests.test_maintenance_jobs import QUIET, Clock, MaintStack, eventually, maint_stack, next_fire
 
 
-def test_every_replica_target_gets_a_prune_by_the_replicating_agent() -> None:
+def test_every_replica_target_gets_a_verify_and_a_prune_by_the_replicating_agent() -> None:
     src = FilesSource(path="/srv")
     cfg = CoordinatorConfig(
         datasets={
@@ -34,12 +34,13 @@ def test_every_replica_target_gets_a_prune_by_the_replicating_agent() -> None:
             replicate={"local": ["offsite", "nas"], "nas": ["offsite"]}, agent="maint"
         ),
     )
-    prunes = [t for t in with_replica_prunes(plan_tasks(cfg)) if t.kind == "prune"]
-    assert prunes == [
-        Task("prune", "maint", "local", datasets=("a",)),
-        Task("prune", "maint", "nas", datasets=("a", "b")),  # primary of b, replica of a
-        Task("prune", "maint", "offsite", datasets=("a", "b")),
-    ]
+    tasks = with_replica_upkeep(plan_tasks(cfg))
+    for kind in ("verify", "prune"):
+        assert [t for t in tasks if t.kind == kind] == [
+            Task(kind, "maint", "local", datasets=("a",)),
+            Task(kind, "maint", "nas", datasets=("a", "b")),  # primary of b, replica of a
+            Task(kind, "maint", "offsite", datasets=("a", "b")),
+        ]
 
 
 def manifests(repo: Path) -> set[str]:
