@@ -18,11 +18,15 @@ What is recorded (``action``; ``actor``):
 - ``backups_deleted``: a prune job's result, with every backup it forgot (actor: the
   agent that deleted them, carrying out the coordinator's retention decision).
 - ``config_changed``: at start, the coordinator hashes its policy (datasets, schedules,
-  retention, alerts) and records the hash when it differs from the last one recorded,
-  so every policy change leaves a line (actor: the coordinator's name).
+  retention, alerts, maintenance) and records the hash when it differs from the last one
+  recorded, so every policy change leaves a line (actor: the coordinator's name).
 
-Repository tools that run on an agent's host without NATS or a catalog (``repo keys``,
-``repo prune``) are not recorded here: see the README's audit section for why.
+- ``keys_rotated``, ``keys_rewrapped``, ``key_exported``, ``write_only_key_exported``,
+  ``pruned``: a repository tool run on an agent's host with that agent's config (``repo
+  keys …``, ``repo prune``), reported as a ``local_action`` event on the agent's own
+  subject (actor: ``<user@host> (repo tool on agent <name>)``). The event waits in the
+  events stream while the coordinator is down; a tool that cannot reach NATS says the
+  change was not audited.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from coordinator.catalog.base import AuditEntry, Catalog
 from shared import subjects
 from shared.bus import Bus
 from shared.config import CoordinatorConfig
-from shared.messages import PruneCompleted, utcnow
+from shared.messages import LocalAction, PruneCompleted, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ def policy_hash(cfg: CoordinatorConfig) -> str:
         "datasets": cfg.datasets,
         "retention": cfg.retention,
         "alerts": cfg.alerts,
+        "maintenance": cfg.maintenance,  # verify/prune/replicate/drill plans, target tiers
         "scheduler_interval_s": cfg.scheduler_interval_s,
     }
     return hashlib.sha256(msgspec.json.encode(policy, order="sorted")).hexdigest()
@@ -130,6 +135,24 @@ class AuditTrail:
             backup_id=ev.forgotten[0] if len(ev.forgotten) == 1 else None,
             detail=f"prune on target {ev.target} forgot {len(ev.forgotten)} backup(s): {shown}; "
             f"{ev.packs_removed} packs removed",
+        )
+
+    async def record_local(self, ev: LocalAction) -> AuditEntry:
+        """A key change or prune a repository tool did beside an agent."""
+        where = " ".join(
+            part
+            for part in (
+                f"target {ev.target}" if ev.target else "",
+                f"repository {ev.repository_id}" if ev.repository_id else "",
+            )
+            if part
+        )
+        return await self.record(
+            ev.action,
+            f"{ev.actor} (repo tool on agent {ev.agent})",
+            entry_id=f"{ev.action}:{ev.job_id}",
+            job_id=ev.job_id,
+            detail=f"{where}: {ev.detail}" if where else ev.detail,
         )
 
     async def record_policy(self, cfg: CoordinatorConfig) -> AuditEntry | None:

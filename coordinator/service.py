@@ -49,6 +49,7 @@ from shared.messages import (
     JobRecord,
     JobStarted,
     ListRequest,
+    LocalAction,
     MaintenanceList,
     MaintenanceListRequest,
     PruneCompleted,
@@ -204,8 +205,8 @@ class Coordinator:
                 "ignoring event on %s: it names agent %s, job %s", subject, ev.agent, ev.job_id
             )
             return False
-        if isinstance(ev, JobProgress):
-            return True
+        if isinstance(ev, (JobProgress, LocalAction)):
+            return True  # a local action is no job of ours: the subject vouches for the agent
         job = await self.catalog.get_job(ev.job_id)
         if (
             job is None
@@ -253,6 +254,9 @@ class Coordinator:
             await cat.update_job(
                 ev.job_id, "failed", ev.at, error_code=ev.code, error_message=ev.message
             )
+        elif isinstance(ev, LocalAction):
+            await self.audit.record_local(ev)
+            return
         await self.maintenance.record(ev)  # maintenance results and failures
         if isinstance(ev, PruneCompleted) and ev.forgotten and not ev.dry_run:
             await self.audit.record_prune(ev)  # deletes are audited with what went

@@ -21,6 +21,7 @@ import anyio
 from rich.console import Console
 
 from agent.runner import write_options
+from mosaic import local_audit
 from mosaic.repo_cli import common_args, target_from
 from shared import config
 from shared.errors import ConfigError, KeyFileError, WrongKeyError
@@ -143,12 +144,21 @@ async def rotate_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
             raise _wrong_key(cfg, target.name, target) from None
         old = repo.keys.current
         kid = await rotate(repo, master)
+        repository_id = repo.config.repository_id
     finally:
         await target.aclose()
     _say(
         out,
         f"target '{target.name}' ({target.describe()}): data key {kid.hex()} is now current "
         f"(was {old.hex()}). New backups are sealed with it; older backups stay readable.",
+    )
+    await local_audit.report(
+        cfg,
+        "keys_rotated",
+        f"data key {kid.hex()} is current (was {old.hex()})",
+        err,
+        target=target.name,
+        repository_id=repository_id,
     )
     return 0
 
@@ -171,6 +181,7 @@ async def rewrap_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
             f"{new_path} holds the same master key as {cfg.key_file}: nothing to rewrap"
         )
     targets = {n: open_target(n, t) for n, t in cfg.targets.items()}
+    rewrapped: list[str] = []
     try:
         pending: dict[str, int | None] = {}
         for name, target in targets.items():
@@ -190,9 +201,16 @@ async def rewrap_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
                 continue
             n = await rewrap(target, old, new)
             _say(out, f"target '{name}' ({target.describe()}): rewrapped {n} data key(s)")
+            rewrapped.append(f"{name} ({n} data keys)")
     finally:
         for target in targets.values():
             await target.aclose()
+    await local_audit.report(
+        cfg,
+        "keys_rewrapped",
+        f"data keys wrapped by the master key of {new_abs} on {', '.join(rewrapped) or '-'}",
+        err,
+    )
     _say(
         out,
         f'Now set key_file = "{new_abs}" in {args.config} and restart the agent: '
@@ -215,6 +233,9 @@ async def export_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
     )
     _say(out, f"Wrote a copy of {cfg.key_file} to {dest} ({how}).")
     _say(out, KEEP_A_COPY)
+    await local_audit.report(
+        cfg, "key_exported", f"a copy of the master key to {dest} ({how})", err
+    )
     return 0
 
 
@@ -246,6 +267,12 @@ async def write_only_export_cmd(args: argparse.Namespace, out: Console, err: Con
             "key file first (it creates the repository), then export the write-only key"
         )
     dest = write_write_only_key(args.out, list(entries.values()))
+    await local_audit.report(
+        cfg,
+        "write_only_key_exported",
+        f"write-only key file {dest} for repositories {', '.join(sorted(entries))}",
+        err,
+    )
     _say(
         out,
         f"Wrote the write-only key file {dest}. An agent whose key_file points at it backs "

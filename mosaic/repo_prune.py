@@ -19,6 +19,7 @@ from rich.text import Text
 
 from agent.prune import GcReport, collect_garbage, forget, plan_forget
 from coordinator.retention import Backup, select
+from mosaic import local_audit
 from mosaic.operator import size
 from mosaic.repo_cli import common_args, opened
 from shared import config
@@ -155,6 +156,7 @@ async def prune_cmd(args: argparse.Namespace, out: Console, err: Console) -> int
             dry_run=args.dry_run,
             forgotten=gone,
         )
+        where = (repo.target.name, repo.config.repository_id)
     if not out.is_terminal:
         out.width = max(out.width, 200)
     out.print(_manifest_table(manifests, decided))
@@ -175,4 +177,15 @@ async def prune_cmd(args: argparse.Namespace, out: Console, err: Console) -> int
     if rep.deferred:
         line += f"; garbage collection deferred: {rep.deferred}"
     out.print(line, highlight=False, soft_wrap=True)
+    if not args.dry_run and (gone or rep.deleted):
+        shown = ", ".join(sorted(gone)[:20]) + (" …" if len(gone) > 20 else "")
+        await local_audit.report(
+            config.load(args.config, config.AgentConfig),
+            "pruned",
+            f"forgot {_n(len(gone), 'backup')} ({shown or 'none'}), deleted "
+            f"{_n(len(rep.deleted), 'pack')} ({size(rep.bytes_freed)})",
+            err,
+            target=where[0],
+            repository_id=where[1],
+        )
     return 0

@@ -296,6 +296,27 @@ class DrillCompleted(_Msg, frozen=True, kw_only=True, tag="drill_completed"):
 MaintenanceEvent = VerifyCompleted | PruneCompleted | ReplicateCompleted | DrillCompleted
 
 
+LocalActionKind = Literal[
+    "keys_rotated", "keys_rewrapped", "key_exported", "write_only_key_exported", "pruned"
+]
+
+
+class LocalAction(_Msg, frozen=True, kw_only=True, tag="local_action"):
+    """A repository tool (``repo keys …``, ``repo prune``) run with an agent's config
+    changed keys or deleted backups without the coordinator: reported on that agent's
+    own event subject, for the audit trail. ``job_id`` is the tool run's own id
+    (``local-<action>-<random>``); ``actor`` is who ran it (user@host, a claim)."""
+
+    job_id: str
+    agent: str
+    action: LocalActionKind
+    actor: str
+    target: str = ""
+    repository_id: str = ""
+    detail: str = ""
+    at: datetime
+
+
 Event = (
     JobStarted
     | JobProgress
@@ -306,6 +327,7 @@ Event = (
     | PruneCompleted
     | ReplicateCompleted
     | DrillCompleted
+    | LocalAction
 )
 
 

@@ -37,7 +37,7 @@ from shared.config import (
 )
 from shared.messages import BackupCompleted, JobAccepted, PruneCompleted, RestoreCompleted
 from shared.sources import FilesSource
-from tests.harness import cli, make_tree, running_stack, unique
+from tests.harness import agent_toml, cli, make_tree, running_stack, unique
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
 QUIET = Console(quiet=True)
@@ -218,3 +218,62 @@ async def test_a_restore_is_audited_in_the_catalog_and_on_nats(
     assert "restore_requested" in shown.stdout and done.backup_id in shown.stdout
     bad = cli("audit", "--catalog", "mysql://x", "--limit", "5")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--catalog" in bad.stderr
+
+
+async def test_key_rotation_and_prune_by_repo_tools_are_audited(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """`repo keys rotate` and `repo prune` run beside an agent, with its config and no
+    coordinator involved; they still leave audit lines (via the agent's event subject),
+    and a tool that cannot reach NATS says so in one line after doing its work."""
+    src = make_tree(tmp_path / "src", big_mib=1)
+    target = LocalTargetConfig(path=str(tmp_path / "repo"))
+    async with running_stack(nats_url, tmp_path, target, src) as st:
+        done = await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
+        assert isinstance(done, BackupCompleted)
+        cfg = agent_toml(
+            tmp_path / "tool.toml",
+            name=st.agent.name,
+            nats_url=nats_url,
+            key_file=Path(st.agent.key_file),
+            targets={"t": target},
+        )
+        # in a thread: the coordinator and agent of this test share the event loop
+        rotated = await anyio.to_thread.run_sync(
+            lambda: cli("repo", "keys", "rotate", "--config", str(cfg), env={"USER": "carol"})
+        )
+        assert rotated.returncode == 0 and "not audited" not in rotated.stderr, rotated.stderr
+        pruned = await anyio.to_thread.run_sync(
+            lambda: cli(
+                "repo", "prune", "--config", str(cfg), "--forget", done.backup_id, "--margin", "0.1"
+            )
+        )
+        assert pruned.returncode == 0 and "not audited" not in pruned.stderr, pruned.stderr
+
+        catalog = await open_catalog(st.coordinator.catalog.url)
+        try:
+            with anyio.fail_after(30):
+                while True:
+                    trail = {e.action: e for e in await catalog.list_audit(limit=20)}
+                    if {"keys_rotated", "pruned"} <= trail.keys():
+                        break
+                    await anyio.sleep(0.2)
+        finally:
+            await catalog.aclose()
+    rot, prn = trail["keys_rotated"], trail["pruned"]
+    assert rot.actor.startswith("carol@") and f"on agent {st.agent.name}" in rot.actor
+    assert "target t" in rot.detail and "is current" in rot.detail
+    assert done.backup_id in prn.detail and "forgot 1 backup" in prn.detail
+
+    # NATS gone: the rotation still happens, and one line says it was not audited
+    offline = agent_toml(
+        tmp_path / "offline.toml",
+        name=st.agent.name,
+        nats_url="nats://127.0.0.1:1",
+        key_file=Path(st.agent.key_file),
+        targets={"t": target},
+    )
+    again = cli("repo", "keys", "rotate", "--config", str(offline))
+    assert again.returncode == 0, again.stderr
+    assert "is now current" in again.stdout
+    assert again.stderr.count("\n") == 1 and "keys rotated is done but not audited" in again.stderr
