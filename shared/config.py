@@ -535,6 +535,16 @@ def _check_maintenance(p: Path, cfg: CoordinatorConfig) -> None:
                 f"stored on target '{source}' (known: {', '.join(known) or 'none'}); use a "
                 "dataset's target"
             )
+    # A misspelt tier entry would silently give a replica the local tier (a shorter
+    # retention): every name must be a dataset's target or a replication destination.
+    targets = sorted({*known, *(d for dests in m.replicate.values() for d in dests)})
+    for name in m.target_tiers:
+        if name not in targets:
+            raise ConfigError(
+                f"config file {p}: field 'maintenance.target_tiers.{name}': no dataset is "
+                f"stored on or replicated to target '{name}' (known: "
+                f"{', '.join(targets) or 'none'}); check the spelling"
+            )
 
 
 def _check_alerts(p: Path, alerts: AlertsConfig) -> None:

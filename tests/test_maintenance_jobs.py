@@ -206,6 +206,10 @@ def test_tasks_follow_the_datasets_and_the_tier_comes_from_the_scheduled_id() ->
         ('drill_cron = "0 0 31 2 *"', "maintenance.drill_cron"),
         ('timezone = "Mars/Olympus"', "maintenance.timezone"),
         ('replicate = { nowhere = ["offsite"] }', "maintenance.replicate.nowhere"),
+        (
+            'replicate = { local = ["offsite"] }\ntarget_tiers = { ofsite = "remote" }',
+            "maintenance.target_tiers.ofsite",
+        ),
     ],
 )
 def test_bad_maintenance_config_names_the_field(tmp_path: Path, line: str, field: str) -> None:
