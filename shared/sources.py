@@ -97,6 +97,8 @@ class PostgresSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     # the folder archive_command (``mosaic-backup wal-archive --spool DIR %p %f``) copies
     # finished WAL into; set, an incremental backup stores that WAL (a log backup)
     wal_spool: str | None = None
+    # how long a log backup waits for the archiver to copy the segment it just closed
+    archive_wait_s: float = 120.0
 
 
 class MariaDBSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="mariadb"):

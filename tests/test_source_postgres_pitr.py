@@ -101,8 +101,11 @@ async def test_point_in_time_restore_holds_exactly_the_rows_committed_before(
         log = await operator.backup(st.bus, st.dataset, "incremental", QUIET, QUIET, timeout=120)
         assert isinstance(log, BackupCompleted) and log.backup_type == "incremental"
         assert log.log_lag_s is not None and log.log_lag_s >= 0
-        # the shipped segments left the spool once the manifest was stored
-        assert not [n for n in os.listdir(server.spool) if not n.endswith(".history")]
+        # the shipped segments left the spool once the manifest was stored; a mark says
+        # which was the newest, so a later run tells "shipped" from "never arrived"
+        left = [n for n in os.listdir(server.spool) if not n.endswith(".history")]
+        assert left == [postgres.SHIPPED_MARK], left
+        assert len((server.spool / postgres.SHIPPED_MARK).read_text()) == 24
 
         # a point before the base backup was consistent: one clear line, nothing restored
         early = base.started_at - timedelta(minutes=5)
@@ -125,6 +128,21 @@ async def test_point_in_time_restore_holds_exactly_the_rows_committed_before(
         assert _ids(url) == list(range(1, 501))  # batch A, none of batch B
     with restored_server(latest) as url:
         assert _ids(url) == list(range(1, 801))  # batch A and B
+
+
+def test_a_log_backup_refuses_a_spool_the_archiver_does_not_fill(
+    archiving_postgres: ArchivingPostgres, tmp_path: Path
+) -> None:
+    """archive_command copies somewhere else than wal_spool: PostgreSQL reports the WAL
+    archived, but a log backup would store nothing — it must fail and say why."""
+    elsewhere = tmp_path / "not-the-spool"
+    elsewhere.mkdir()
+    src = PostgresSource(port=archiving_postgres.port, wal_spool=str(elsewhere), archive_wait_s=30)
+    with pytest.raises(SourceError) as exc:
+        postgres.ship_wal(src)
+    text = str(exc.value)
+    assert f"not in wal_spool {elsewhere}" in text and "archive_command must copy" in text
+    assert "\n" not in text
 
 
 def _archive(*args: str) -> subprocess.CompletedProcess[str]:

@@ -115,7 +115,9 @@ async def test_write_only_agent_log_backup_restores_to_a_point_in_time(
             # a log backup, not a fall-back to a new base
             assert isinstance(log, BackupCompleted) and log.backup_type == "incremental"
             assert log.log_lag_s is not None
-            assert not [n for n in os.listdir(server.spool) if not n.endswith(".history")]
+            assert not [
+                n for n in os.listdir(server.spool) if not n.endswith(".history") and n[0] != "."
+            ]
 
             # a lost state_dir: the agent cannot vouch for any base, so it takes a new one
             shutil.rmtree(state)

@@ -42,7 +42,7 @@ DATA_DIR = "pgdata"
 LOG_DIR = "wal-archive"  # restore: where the log backups' WAL files are gathered
 WAL_PREFIX = "wal/"
 WAL_REACH = "mosaic-wal-reach"  # a log backup's own file: the instant its WAL reaches
-ARCHIVE_WAIT_S = 120.0
+SHIPPED_MARK = ".mosaic-shipped"  # in the spool: the newest segment a log backup stored
 
 
 def streams(src: PostgresSource) -> list[Stream]:
@@ -137,6 +137,12 @@ class WalShipment:
         self.streams.append(Stream(f"{WAL_PREFIX}{WAL_REACH}".encode(), partial(bytes_stream, end)))
 
     def shipped(self) -> None:
+        segments = [n for n in self.names if _is_segment(n) and not n.endswith(".history")]
+        if segments:  # written first: a segment gone from the spool was shipped, not lost
+            mark = self.spool / SHIPPED_MARK
+            tmp = mark.with_name(f"{SHIPPED_MARK}.tmp")
+            tmp.write_text(max([*segments, _last_shipped(self.spool)])[:24])
+            os.replace(tmp, mark)
         for name in self.names:
             if not name.endswith(".history"):
                 (self.spool / name).unlink(missing_ok=True)
@@ -150,6 +156,14 @@ class WalShipment:
 def _is_segment(name: str) -> bool:
     head = name[:24]
     return len(head) == 24 and all(c in "0123456789ABCDEF" for c in head)
+
+
+def _last_shipped(spool: Path) -> str:
+    """The newest segment an earlier log backup stored from ``spool`` ("" if none)."""
+    try:
+        return (spool / SHIPPED_MARK).read_text().strip()[:24]
+    except FileNotFoundError:
+        return ""
 
 
 def _connect(src: PostgresSource) -> psycopg.Connection[tuple[object, ...]]:
@@ -169,9 +183,10 @@ def _connect(src: PostgresSource) -> psycopg.Connection[tuple[object, ...]]:
         ) from exc
 
 
-def ship_wal(src: PostgresSource, *, wait_s: float = ARCHIVE_WAIT_S) -> WalShipment:
+def ship_wal(src: PostgresSource) -> WalShipment:
     """Close the current WAL segment, wait until it is archived, list the spool."""
     assert src.wal_spool is not None
+    wait_s = src.archive_wait_s
     where = f"{src.host}:{src.port}"
     spool = Path(src.wal_spool)
     hint = f"archive_command = 'mosaic-backup wal-archive --spool {spool} %p %f'"
@@ -203,11 +218,17 @@ def ship_wal(src: PostgresSource, *, wait_s: float = ARCHIVE_WAIT_S) -> WalShipm
                 assert stats is not None
                 last = str(stats[0] or "")
                 if _is_segment(last) and last[:24] >= segment:
-                    break  # archived and already shipped by an earlier run
+                    if _last_shipped(spool) >= segment:
+                        break  # archived and already shipped by an earlier run
+                    raise SourceError(
+                        f"postgres {where}: pg_stat_archiver reports {segment} archived, but "
+                        f"it is not in wal_spool {spool} and no log backup stored it from "
+                        f"there: archive_command must copy into that folder ({hint})"
+                    )
                 if time.monotonic() > deadline:
                     raise SourceError(
                         f"postgres {where}: WAL segment {segment} was not archived into "
-                        f"{spool} within {wait_s:.0f} s (pg_stat_archiver: failed_count="
+                        f"{spool} within {wait_s:g} s (pg_stat_archiver: failed_count="
                         f"{stats[1]}, last_failed_wal={stats[2] or 'none'}); check that "
                         f"{hint} works (see the PostgreSQL log)"
                     )
