@@ -18,11 +18,12 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from io import RawIOBase
 
 import anyio
 import anyio.to_thread
 from opentelemetry import context as otel_context
+from pyfastcdc import FastCDC
 
 from agent import filecache
 from agent.pipeline import (
@@ -100,6 +101,44 @@ def _node(
     )
 
 
+class _Cutter:
+    """FastCDC over files through one buffer reused for the whole backup.
+
+    pyfastcdc's ``cut_stream`` allocates and zero-fills a fresh buffer of twice the
+    largest chunk (8 MiB) for every file: on a tree of small files that was half of the
+    reader thread's time (py-spy). The cuts are the same as ``cut_stream``'s: a chunk is
+    cut only when ``max_size`` bytes from its start are in the buffer, or at end of
+    file. A yielded view is valid until the next one is asked for.
+    """
+
+    def __init__(self, fastcdc: FastCDC) -> None:
+        self.fastcdc = fastcdc
+        self._max = fastcdc.max_size
+        self._buf = bytearray(2 * self._max)
+        self._view = memoryview(self._buf)
+
+    def cut_file(self, f: RawIOBase) -> Iterator[memoryview]:
+        view, cap, most = self._view, len(self._buf), self._max
+        end, eof = 0, False
+        while True:
+            while not eof and end < cap:
+                n = f.readinto(view[end:])
+                if n:
+                    end += n
+                else:
+                    eof = True
+            start = 0
+            for ch in self.fastcdc.cut_buf(view[:end]):
+                if not eof and end - start < most:
+                    break  # this cut could move once more of the file is read
+                start += ch.length
+                yield ch.data
+            if eof:
+                return
+            self._buf[: end - start] = view[start:end]  # memmove of the tail (< max_size)
+            end -= start
+
+
 class _Reader:
     """The reading stage (one worker thread): walk order, chunk, hash, claim ids.
 
@@ -123,7 +162,7 @@ class _Reader:
 
     def __call__(self, emit: Emit) -> list[Node]:
         nodes: list[Node] = []
-        chunker = self.repo.chunker()
+        chunker = _Cutter(self.repo.chunker())
         c = self.counters
         links: dict[tuple[int, int], Node] = {}
         stream_dirs: set[bytes] = set()
@@ -180,12 +219,13 @@ class _Reader:
         self.counters.dirs += len(out)
         return out
 
-    def _read_stream(self, stream: Stream, chunker: Any, emit: Emit) -> Node:
+    def _read_stream(self, stream: Stream, chunker: _Cutter, emit: Emit) -> Node:
         """One stream of a source, as a file node; fails unless its producer succeeded."""
         self.progress.files_total += 1
         handle = stream.open()
         try:
-            chunks, size = self._consume(chunker.cut_stream(handle.reader), emit)
+            cuts = (ch.data for ch in chunker.fastcdc.cut_stream(handle.reader))
+            chunks, size = self._consume(cuts, emit)
             handle.finish()
         except BaseException:
             handle.abort()
@@ -197,22 +237,21 @@ class _Reader:
             path=stream.name, type="file", mode=0o600, mtime_ns=now, size=size, chunks=chunks
         )
 
-    def _read_file(self, entry: Entry, chunker: Any, emit: Emit) -> tuple[list[bytes], int]:
+    def _read_file(self, entry: Entry, chunker: _Cutter, emit: Emit) -> tuple[list[bytes], int]:
         try:
-            with open(entry.abspath, "rb") as f:
-                return self._consume(chunker.cut_stream(f), emit)
+            with open(entry.abspath, "rb", buffering=0) as f:
+                return self._consume(chunker.cut_file(f), emit)
         except OSError as exc:
             # a secret file's name stays out of errors (they travel in events)
             what = "a secret file" if entry.secret else os.fsdecode(entry.abspath)
             raise SourceError(f"cannot read {what}: {exc.strerror}") from exc
 
-    def _consume(self, chunks: Iterator[Any], emit: Emit) -> tuple[list[bytes], int]:
+    def _consume(self, chunks: Iterator[memoryview], emit: Emit) -> tuple[list[bytes], int]:
         """Hash every chunk, claim the new ones and hand them to the sealers."""
         ids: list[bytes] = []
         size = 0
         c, repo = self.counters, self.repo
-        for ch in chunks:
-            data = ch.data
+        for data in chunks:
             n = len(data)
             bid = repo.keys.chunk_id(data)
             ids.append(bid)

@@ -12,7 +12,8 @@
 Every stage is joined by a bounded memory stream, so a slow target slows the reader
 instead of filling memory. Peak memory of the pipeline is about
 ``(QUEUE + 2·SEALERS + 2) · (READ_BATCH_BYTES + max chunk) + (UPLOADS + 1) · pack_size``
-— with the defaults roughly 64 + 40 MiB, whatever the size of the data.
+plus the reader's one reused buffer of 2 · max chunk (agent.backup._Cutter) — with the
+defaults roughly 72 + 40 MiB, whatever the size of the data.
 """
 
 from __future__ import annotations
