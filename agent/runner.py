@@ -22,6 +22,7 @@ from agent import filecache
 from agent.backup import BackupSpec, backup_dataset
 from agent.heartbeat import send_heartbeats
 from agent.hooks import run_post, run_pre
+from agent.keysetup import write_options
 from agent.logchain import base_for_log_backup
 from agent.maintenance import MaintenanceContext, run_maintenance
 from agent.pitr import needs_logs, restore_with_logs
@@ -32,7 +33,7 @@ from agent.sources.snapshot import cleanup_leftovers
 from shared import subjects, tracing
 from shared.bus import Bus, fetch_one
 from shared.config import AgentConfig
-from shared.errors import ConfigError, KeyFileError, MosaicError, WrongKeyError
+from shared.errors import ConfigError, MosaicError, WrongKeyError
 from shared.messages import (
     BackupCompleted,
     BackupJob,
@@ -50,58 +51,13 @@ from shared.messages import (
     utcnow,
 )
 from shared.nats_credentials import nats_password, nats_tls
-from shared.repository.keys import KEEP_A_COPY, RepoKey, create_key_file, load_any_key_file
+from shared.repository.keys import RepoKey
 from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository, WriteOptions
+from shared.repository.repository import Repository
 from shared.targets import Target, open_target
 from shared.tasks import task_group
 
 log = logging.getLogger(__name__)
-
-
-def write_options(cfg: AgentConfig) -> WriteOptions:
-    return WriteOptions(cfg.pack_size, cfg.zstd_level, cfg.index_every_packs)
-
-
-async def prepare_key(
-    cfg: AgentConfig, targets: dict[str, Target], passphrase: str | None = None
-) -> tuple[RepoKey, bool]:
-    """Load the master key; create it on first use (no repository on any target yet).
-
-    Returns (key, created). A missing key file next to an existing repository is an
-    error: a new key could never open the backups already there. ``passphrase`` (read
-    by the entry point) opens a passphrase-protected key file, and protects a new one.
-    A write-only key file (shared/repository/writeonly.py) is returned as loaded.
-    """
-    try:
-        return load_any_key_file(cfg.key_file, passphrase), False
-    except KeyFileError:
-        if await anyio.Path(cfg.key_file).exists():
-            raise
-        for name, target in targets.items():
-            if await Repository.exists(target):
-                raise KeyFileError(
-                    f"key file {cfg.key_file} does not exist, but target '{name}' "
-                    f"({target.describe()}) holds a repository: restore your copy of the key "
-                    "file to that path"
-                ) from None
-        return create_key_file(cfg.key_file, passphrase or None), True
-
-
-async def check_repositories(cfg: AgentConfig, key: RepoKey, targets: dict[str, Target]) -> None:
-    """Fail fast at start when the key does not open an existing repository."""
-    for name, target in targets.items():
-        check = getattr(target, "check", None)
-        if check is not None:
-            await check()
-        if await Repository.exists(target):
-            try:
-                await Repository.open(target, key)
-            except WrongKeyError:
-                raise WrongKeyError(
-                    f"key file {cfg.key_file} does not open the repository on target '{name}' "
-                    f"({target.describe()}): wrong key file"
-                ) from None
 
 
 class AgentRunner:
@@ -405,7 +361,3 @@ class AgentRunner:
             duration_s=time.monotonic() - t0,
             at=utcnow(),
         )
-
-
-def key_notice(path: str) -> str:
-    return f"Created a new repository key file at {path}. {KEEP_A_COPY}"

@@ -34,7 +34,8 @@ import anyio.to_thread
 import psycopg
 from rich.console import Console
 
-from agent.runner import AgentRunner, prepare_key
+from agent.keysetup import prepare_key
+from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
 from mosaic import operator

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 from contextlib import aclosing
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.operator import OperatorError, who
-from shared.bus import Bus
+from mosaic.display import who
+from shared.errors import OperatorError
 from shared.messages import (
     ApiError,
     DrillCompleted,
@@ -27,6 +28,9 @@ from shared.messages import (
     MaintenanceList,
     MaintenanceListRequest,
 )
+
+if TYPE_CHECKING:
+    from shared.bus import Bus
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 
@@ -71,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 async def _connect(args: argparse.Namespace) -> Bus:
+    from shared.bus import Bus  # imported when used: every command parses this module
+
     return await Bus.connect(args.nats, name="mosaic-cli", timeout=args.connect_timeout)
 
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import os
 
-from nats.errors import Error as NatsError
 from rich.console import Console
 
-from mosaic.operator import who
+from mosaic.display import who
 from shared import subjects
-from shared.bus import Bus
 from shared.config import AgentConfig
 from shared.errors import MosaicError
 from shared.messages import LocalAction, LocalActionKind, utcnow
@@ -47,6 +45,11 @@ async def report(
         detail=detail,
         at=utcnow(),
     )
+    # the NATS client is imported only now: repository tools start without it
+    from nats.errors import Error as NatsError
+
+    from shared.bus import Bus
+
     try:
         bus = await Bus.connect(
             cfg.nats_url,

@@ -7,8 +7,6 @@ a progress bar (bytes, rate, ETA) on stderr; results are tables on stdout.
 
 from __future__ import annotations
 
-import getpass
-import socket
 from contextlib import aclosing
 from datetime import datetime
 from typing import TypeVar
@@ -17,16 +15,16 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
+from mosaic.display import size, summary_table, who
 from mosaic.progress import byte_bar
 from shared.bus import Bus
-from shared.errors import MosaicError
+from shared.errors import OperatorError
 from shared.messages import (
     ApiError,
     ApiReply,
     BackupCompleted,
     BackupList,
     BackupRequest,
-    BackupSummary,
     BackupTier,
     BackupType,
     Event,
@@ -42,33 +40,6 @@ from shared.messages import (
 )
 
 T = TypeVar("T")
-
-
-class OperatorError(MosaicError):
-    """The coordinator refused a request or a job failed (message says which)."""
-
-    code = "operator"
-
-
-def who(name: str | None = None) -> str:
-    """Who asks, for the coordinator's audit trail: ``name`` (``--as``) or
-    ``user@host`` of this process. A claim, not a proof: the NATS credentials are what
-    the bus checks."""
-    if name:
-        return name
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (containers)
-        user = "uid-unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-def size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def _when(t: datetime | None) -> str:
@@ -97,30 +68,6 @@ async def follow(bus: Bus, job_id: str, err: Console, *, timeout: float, label: 
                 elif isinstance(ev, BackupCompleted | RestoreCompleted | JobFailed):
                     return ev
     raise OperatorError(f"job {job_id}: event stream ended")
-
-
-def summary_table(title: str, s: BackupSummary, extra: dict[str, str] | None = None) -> Table:
-    t = Table(title=title, show_header=False)
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    dedup = f"{s.bytes_read / s.bytes_new:.2f}x" if s.bytes_new else "— (nothing new)"
-    comp = f"{s.bytes_new / s.bytes_stored:.2f}x" if s.bytes_new and s.bytes_stored else "—"
-    for k, v in {
-        **(extra or {}),
-        "files": f"{s.files:,}",
-        "directories": f"{s.dirs:,}",
-        "symlinks": f"{s.symlinks:,}",
-        "bytes read": size(s.bytes_read),
-        "new bytes (after dedup)": size(s.bytes_new),
-        "bytes stored (compressed, encrypted)": size(s.bytes_stored),
-        "dedup ratio": dedup,
-        "compression ratio": comp,
-        "chunks (new / total)": f"{s.chunks_new:,} / {s.chunks_total:,}",
-        "duration": f"{s.duration_s:.2f} s",
-        "throughput": f"{size(s.bytes_read / s.duration_s) if s.duration_s else '—'}/s",
-    }.items():
-        t.add_row(k, v)
-    return t
 
 
 async def backup(

@@ -17,7 +17,8 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from agent.runner import AgentRunner, key_notice, prepare_key
+from agent.keysetup import key_notice, prepare_key
+from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
 from mosaic import operator

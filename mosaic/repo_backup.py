@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.backup import BackupSpec, backup_dataset
+from agent.keysetup import key_notice, prepare_key, write_options
 from agent.restore import restore_backup
-from agent.runner import key_notice, prepare_key, write_options
-from mosaic.operator import size, summary_table
+from mosaic.display import size, summary_table
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened, target_from
 from shared.errors import ConfigError

@@ -37,7 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from coordinator.catalog import Catalog, open_catalog
-from mosaic.operator import size
+from mosaic.display import size
 from mosaic.repo_cli import common_args, opened
 from shared.errors import IntegrityError, RepositoryError
 from shared.messages import BackupRecord, BackupTier, BackupType

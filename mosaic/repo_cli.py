@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from agent.runner import write_options
+from agent.keysetup import write_options
 from shared import config
 from shared.errors import ConfigError, WrongKeyError
 from shared.repository.keys import PASSPHRASE_ENV, load_key_file

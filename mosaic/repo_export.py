@@ -19,7 +19,7 @@ import anyio.to_thread
 from rich.console import Console
 
 from agent.export import export_tar
-from mosaic.operator import size
+from mosaic.display import size
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened
 from shared.errors import ConfigError

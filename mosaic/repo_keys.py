@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from agent.runner import write_options
+from agent.keysetup import write_options
 from mosaic import local_audit
 from mosaic.repo_cli import common_args, target_from
 from shared import config

@@ -20,7 +20,7 @@ from rich.text import Text
 from agent.prune import GcReport, collect_garbage, forget, plan_forget
 from coordinator.retention import Backup, select
 from mosaic import local_audit
-from mosaic.operator import size
+from mosaic.display import size
 from mosaic.repo_cli import common_args, opened
 from shared import config
 from shared.config import RetentionConfig, TargetTier, Tier

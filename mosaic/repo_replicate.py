@@ -19,7 +19,7 @@ from rich.table import Table
 
 from agent.progress import Progress
 from agent.replicate import LagInfo, ReplicationReport, lag, replicate
-from mosaic.operator import size
+from mosaic.display import size
 from mosaic.repo_cli import target_from
 from shared.errors import ConfigError, RepositoryError
 from shared.repository.keys import PASSPHRASE_ENV, load_key_file

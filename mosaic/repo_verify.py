@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.verify import Problem, VerifyReport, verify
-from mosaic.operator import size
+from mosaic.display import size
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, target_from
 from shared.errors import ObjectNotFound, RepositoryError, TargetError, WrongKeyError

@@ -50,7 +50,8 @@ async def run_coordinator(path: str) -> None:
 async def run_agent(path: str, err: Console) -> None:
     import os
 
-    from agent.runner import AgentRunner, check_repositories, key_notice, prepare_key
+    from agent.keysetup import check_repositories, key_notice, prepare_key
+    from agent.runner import AgentRunner
     from shared.repository.keys import PASSPHRASE_ENV
     from shared.targets import open_target
 

@@ -14,7 +14,8 @@
     │   ├── IntegrityError         an object failed authentication or hashing (names it)
     │   └── UnsafePathError        a manifest path would escape the restore destination
     ├── SourceError                a source could not be read
-    └── CatalogError               the catalog database failed
+    ├── CatalogError               the catalog database failed
+    └── OperatorError              the coordinator refused a request, or a job failed
 
 Every error carries a stable ``code`` (for alert routing and events) and whether retrying
 can help. Messages carry actual values and never credentials.
@@ -83,3 +84,9 @@ class SourceError(MosaicError):
 class CatalogError(MosaicError):
     code = "catalog"
     retryable = True
+
+
+class OperatorError(MosaicError):
+    """The coordinator refused an operator's request or a job failed (message says which)."""
+
+    code = "operator"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import anyio
 
-from agent.runner import AgentRunner, prepare_key
+from agent.keysetup import prepare_key
+from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
 from shared.bus import Bus

@@ -21,7 +21,8 @@ from aiohttp import web
 from nats.js import api
 from rich.console import Console
 
-from agent.runner import AgentRunner, prepare_key
+from agent.keysetup import prepare_key
+from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
 from mosaic import operator

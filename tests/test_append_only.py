@@ -22,10 +22,11 @@ import pytest
 from rich.console import Console
 
 from agent.backup import BackupSpec, backup_dataset
+from agent.keysetup import prepare_key
 from agent.maintenance import MaintenanceContext, run_prune
 from agent.prune import collect_garbage, forget
 from agent.restore import restore_tree
-from agent.runner import AgentRunner, prepare_key
+from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.maintenance import Task
 from coordinator.service import Coordinator

@@ -20,7 +20,8 @@ import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from agent.runner import AgentRunner, prepare_key
+from agent.keysetup import prepare_key
+from agent.runner import AgentRunner
 from coordinator import alerts
 from coordinator.api_models import BackupStatusDoc
 from coordinator.catalog import Catalog, open_catalog

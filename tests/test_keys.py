@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from agent.backup import BackupSpec, backup_dataset
+from agent.keysetup import prepare_key
 from agent.restore import restore_tree
-from agent.runner import prepare_key
 from mosaic.compare import tree_differences
 from shared.config import AgentConfig, LocalTargetConfig
 from shared.errors import KeyFileError, WrongKeyError

@@ -17,8 +17,9 @@ import anyio
 import pytest
 from rich.console import Console
 
+from agent.keysetup import prepare_key
 from agent.restore import restore_backup
-from agent.runner import AgentRunner, prepare_key
+from agent.runner import AgentRunner
 from coordinator.catalog import Catalog, open_catalog
 from coordinator.maintenance import Task, plan_tasks, tier_of
 from coordinator.service import Coordinator

@@ -15,7 +15,8 @@ import anyio
 import pytest
 from rich.console import Console
 
-from agent.runner import AgentRunner, prepare_key
+from agent.keysetup import prepare_key
+from agent.runner import AgentRunner
 from coordinator.catalog import Catalog, open_catalog
 from coordinator.schedule import job_id
 from coordinator.scheduler import Scheduler

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from agent.backup import BackupSpec, backup_dataset
+from agent.keysetup import check_repositories, prepare_key
 from agent.restore import restore_tree
-from agent.runner import AgentRunner, check_repositories, prepare_key
+from agent.runner import AgentRunner
 from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.operator import OperatorError
