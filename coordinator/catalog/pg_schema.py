@@ -16,6 +16,52 @@ REBUILD_TARGET_SUMMARY = """INSERT INTO target_summary
     WINDOW w AS (PARTITION BY dataset, target)
     ORDER BY dataset, target, finished_at DESC, backup_id DESC"""
 
+
+def summary_table(summary: str, rows: str, *, rebuild: str | None = None) -> tuple[str, ...]:
+    """``summary``: one row per (dataset, target) of ``rows`` (count, bytes, newest backup),
+    kept by triggers so status never scans ``rows``. Same statements as written out
+    before, for ``target_summary`` over ``backups`` (migration 2) and ``copy_summary``
+    over ``backup_copies`` (migration 5); ``rebuild`` fills it from existing rows."""
+    return (
+        f"""CREATE TABLE {summary} (
+            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
+            finished_at timestamptz NOT NULL, backups bigint NOT NULL,
+            bytes_stored bigint NOT NULL, PRIMARY KEY (dataset, target))""",
+        *((rebuild,) if rebuild else ()),
+        f"""CREATE FUNCTION {summary}_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO {summary} AS s VALUES
+                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
+            ON CONFLICT (dataset, target) DO UPDATE SET
+                backups = s.backups + 1,
+                bytes_stored = s.bytes_stored + EXCLUDED.bytes_stored,
+                backup_id = CASE WHEN (EXCLUDED.finished_at, EXCLUDED.backup_id)
+                    > (s.finished_at, s.backup_id) THEN EXCLUDED.backup_id ELSE s.backup_id END,
+                finished_at = GREATEST(s.finished_at, EXCLUDED.finished_at);
+            RETURN NULL;
+        END $$""",
+        f"""CREATE FUNCTION {summary}_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE {summary} SET backups = backups - 1,
+                bytes_stored = bytes_stored - OLD.bytes_stored
+                WHERE dataset = OLD.dataset AND target = OLD.target;
+            DELETE FROM {summary}
+                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
+            UPDATE {summary} s SET backup_id = b.backup_id, finished_at = b.finished_at
+                FROM (SELECT backup_id, finished_at FROM {rows}
+                      WHERE dataset = OLD.dataset AND target = OLD.target
+                      ORDER BY finished_at DESC, backup_id DESC LIMIT 1) b
+                WHERE s.dataset = OLD.dataset AND s.target = OLD.target
+                  AND s.backup_id = OLD.backup_id;
+            RETURN NULL;
+        END $$""",
+        f"""CREATE TRIGGER {rows}_summary_insert AFTER INSERT ON {rows}
+            FOR EACH ROW EXECUTE FUNCTION {summary}_insert()""",
+        f"""CREATE TRIGGER {rows}_summary_delete AFTER DELETE ON {rows}
+            FOR EACH ROW EXECUTE FUNCTION {summary}_delete()""",
+    )
+
+
 # Each entry is one schema version (index + 1); never edit a released entry, append one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -44,42 +90,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """CREATE INDEX backups_by_dataset_target_finished
             ON backups (dataset, target, finished_at DESC, backup_id DESC)""",
-        """CREATE TABLE target_summary (
-            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
-            finished_at timestamptz NOT NULL, backups bigint NOT NULL,
-            bytes_stored bigint NOT NULL, PRIMARY KEY (dataset, target))""",
-        REBUILD_TARGET_SUMMARY,
-        """CREATE FUNCTION target_summary_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO target_summary AS s VALUES
-                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
-            ON CONFLICT (dataset, target) DO UPDATE SET
-                backups = s.backups + 1,
-                bytes_stored = s.bytes_stored + EXCLUDED.bytes_stored,
-                backup_id = CASE WHEN (EXCLUDED.finished_at, EXCLUDED.backup_id)
-                    > (s.finished_at, s.backup_id) THEN EXCLUDED.backup_id ELSE s.backup_id END,
-                finished_at = GREATEST(s.finished_at, EXCLUDED.finished_at);
-            RETURN NULL;
-        END $$""",
-        """CREATE FUNCTION target_summary_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            UPDATE target_summary SET backups = backups - 1,
-                bytes_stored = bytes_stored - OLD.bytes_stored
-                WHERE dataset = OLD.dataset AND target = OLD.target;
-            DELETE FROM target_summary
-                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
-            UPDATE target_summary s SET backup_id = b.backup_id, finished_at = b.finished_at
-                FROM (SELECT backup_id, finished_at FROM backups
-                      WHERE dataset = OLD.dataset AND target = OLD.target
-                      ORDER BY finished_at DESC, backup_id DESC LIMIT 1) b
-                WHERE s.dataset = OLD.dataset AND s.target = OLD.target
-                  AND s.backup_id = OLD.backup_id;
-            RETURN NULL;
-        END $$""",
-        """CREATE TRIGGER backups_summary_insert AFTER INSERT ON backups
-            FOR EACH ROW EXECUTE FUNCTION target_summary_insert()""",
-        """CREATE TRIGGER backups_summary_delete AFTER DELETE ON backups
-            FOR EACH ROW EXECUTE FUNCTION target_summary_delete()""",
+        *summary_table("target_summary", "backups", rebuild=REBUILD_TARGET_SUMMARY),
     ),
     # 3: the audit trail, append-only (triggers refuse UPDATE and DELETE)
     (
@@ -123,40 +134,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             copied_at timestamptz NOT NULL, PRIMARY KEY (backup_id, target))""",
         """CREATE INDEX backup_copies_by_dataset_target_finished
             ON backup_copies (dataset, target, finished_at DESC, backup_id DESC)""",
-        """CREATE TABLE copy_summary (
-            dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
-            finished_at timestamptz NOT NULL, backups bigint NOT NULL,
-            bytes_stored bigint NOT NULL, PRIMARY KEY (dataset, target))""",
-        """CREATE FUNCTION copy_summary_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO copy_summary AS s VALUES
-                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
-            ON CONFLICT (dataset, target) DO UPDATE SET
-                backups = s.backups + 1,
-                bytes_stored = s.bytes_stored + EXCLUDED.bytes_stored,
-                backup_id = CASE WHEN (EXCLUDED.finished_at, EXCLUDED.backup_id)
-                    > (s.finished_at, s.backup_id) THEN EXCLUDED.backup_id ELSE s.backup_id END,
-                finished_at = GREATEST(s.finished_at, EXCLUDED.finished_at);
-            RETURN NULL;
-        END $$""",
-        """CREATE FUNCTION copy_summary_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            UPDATE copy_summary SET backups = backups - 1,
-                bytes_stored = bytes_stored - OLD.bytes_stored
-                WHERE dataset = OLD.dataset AND target = OLD.target;
-            DELETE FROM copy_summary
-                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
-            UPDATE copy_summary s SET backup_id = c.backup_id, finished_at = c.finished_at
-                FROM (SELECT backup_id, finished_at FROM backup_copies
-                      WHERE dataset = OLD.dataset AND target = OLD.target
-                      ORDER BY finished_at DESC, backup_id DESC LIMIT 1) c
-                WHERE s.dataset = OLD.dataset AND s.target = OLD.target
-                  AND s.backup_id = OLD.backup_id;
-            RETURN NULL;
-        END $$""",
-        """CREATE TRIGGER backup_copies_summary_insert AFTER INSERT ON backup_copies
-            FOR EACH ROW EXECUTE FUNCTION copy_summary_insert()""",
-        """CREATE TRIGGER backup_copies_summary_delete AFTER DELETE ON backup_copies
-            FOR EACH ROW EXECUTE FUNCTION copy_summary_delete()""",
+        *summary_table("copy_summary", "backup_copies"),
     ),
 )

@@ -7,6 +7,39 @@ catalog has not seen yet, in order, and records each in ``schema_version``.
 
 from __future__ import annotations
 
+
+def summary_triggers(summary: str, rows: str) -> tuple[str, str]:
+    """The triggers that keep ``summary`` (one row per (dataset, target) of ``rows``:
+    count, bytes, newest backup) current; the same statements as written out before, for
+    ``target_summary`` over ``backups`` (migration 2) and ``copy_summary`` over
+    ``backup_copies`` (migration 5)."""
+    return (
+        f"""CREATE TRIGGER {rows}_summary_insert AFTER INSERT ON {rows} BEGIN
+            INSERT INTO {summary} VALUES
+                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
+            ON CONFLICT (dataset, target) DO UPDATE SET
+                backups = backups + 1,
+                bytes_stored = bytes_stored + excluded.bytes_stored,
+                backup_id = CASE WHEN (excluded.finished_at, excluded.backup_id)
+                    > (finished_at, backup_id) THEN excluded.backup_id ELSE backup_id END,
+                finished_at = max(finished_at, excluded.finished_at);
+        END""",
+        f"""CREATE TRIGGER {rows}_summary_delete AFTER DELETE ON {rows} BEGIN
+            UPDATE {summary} SET backups = backups - 1,
+                bytes_stored = bytes_stored - OLD.bytes_stored
+                WHERE dataset = OLD.dataset AND target = OLD.target;
+            DELETE FROM {summary}
+                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
+            UPDATE {summary} SET (backup_id, finished_at) = (
+                SELECT backup_id, finished_at FROM {rows}
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                ORDER BY finished_at DESC, backup_id DESC LIMIT 1)
+                WHERE dataset = OLD.dataset AND target = OLD.target
+                  AND backup_id = OLD.backup_id;
+        END""",
+    )
+
+
 # Each entry is one schema version (index + 1); never edit a released entry, append one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -46,29 +79,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                  ORDER BY b.finished_at DESC, b.backup_id DESC LIMIT 1),
                 max(finished_at), count(*), sum(bytes_stored)
             FROM backups g GROUP BY dataset, target""",
-        """CREATE TRIGGER backups_summary_insert AFTER INSERT ON backups BEGIN
-            INSERT INTO target_summary VALUES
-                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
-            ON CONFLICT (dataset, target) DO UPDATE SET
-                backups = backups + 1,
-                bytes_stored = bytes_stored + excluded.bytes_stored,
-                backup_id = CASE WHEN (excluded.finished_at, excluded.backup_id)
-                    > (finished_at, backup_id) THEN excluded.backup_id ELSE backup_id END,
-                finished_at = max(finished_at, excluded.finished_at);
-        END""",
-        """CREATE TRIGGER backups_summary_delete AFTER DELETE ON backups BEGIN
-            UPDATE target_summary SET backups = backups - 1,
-                bytes_stored = bytes_stored - OLD.bytes_stored
-                WHERE dataset = OLD.dataset AND target = OLD.target;
-            DELETE FROM target_summary
-                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
-            UPDATE target_summary SET (backup_id, finished_at) = (
-                SELECT backup_id, finished_at FROM backups
-                WHERE dataset = OLD.dataset AND target = OLD.target
-                ORDER BY finished_at DESC, backup_id DESC LIMIT 1)
-                WHERE dataset = OLD.dataset AND target = OLD.target
-                  AND backup_id = OLD.backup_id;
-        END""",
+        *summary_triggers("target_summary", "backups"),
     ),
     # 3: the audit trail, append-only (triggers refuse UPDATE and DELETE)
     (
@@ -109,28 +120,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             dataset text NOT NULL, target text NOT NULL, backup_id text NOT NULL,
             finished_at INTEGER NOT NULL, backups INTEGER NOT NULL,
             bytes_stored INTEGER NOT NULL, PRIMARY KEY (dataset, target))""",
-        """CREATE TRIGGER backup_copies_summary_insert AFTER INSERT ON backup_copies BEGIN
-            INSERT INTO copy_summary VALUES
-                (NEW.dataset, NEW.target, NEW.backup_id, NEW.finished_at, 1, NEW.bytes_stored)
-            ON CONFLICT (dataset, target) DO UPDATE SET
-                backups = backups + 1,
-                bytes_stored = bytes_stored + excluded.bytes_stored,
-                backup_id = CASE WHEN (excluded.finished_at, excluded.backup_id)
-                    > (finished_at, backup_id) THEN excluded.backup_id ELSE backup_id END,
-                finished_at = max(finished_at, excluded.finished_at);
-        END""",
-        """CREATE TRIGGER backup_copies_summary_delete AFTER DELETE ON backup_copies BEGIN
-            UPDATE copy_summary SET backups = backups - 1,
-                bytes_stored = bytes_stored - OLD.bytes_stored
-                WHERE dataset = OLD.dataset AND target = OLD.target;
-            DELETE FROM copy_summary
-                WHERE dataset = OLD.dataset AND target = OLD.target AND backups <= 0;
-            UPDATE copy_summary SET (backup_id, finished_at) = (
-                SELECT backup_id, finished_at FROM backup_copies
-                WHERE dataset = OLD.dataset AND target = OLD.target
-                ORDER BY finished_at DESC, backup_id DESC LIMIT 1)
-                WHERE dataset = OLD.dataset AND target = OLD.target
-                  AND backup_id = OLD.backup_id;
-        END""",
+        *summary_triggers("copy_summary", "backup_copies"),
     ),
 )
