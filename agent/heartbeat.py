@@ -27,7 +27,8 @@ from shared import subjects
 from shared.bus import Bus
 from shared.config import AgentConfig
 from shared.errors import MosaicError
-from shared.messages import Heartbeat, TargetSpace, encode, utcnow
+from shared.messages import encode, utcnow
+from shared.monitoring import Heartbeat, TargetSpace
 from shared.targets import Target
 
 log = logging.getLogger(__name__)

@@ -113,7 +113,8 @@ def serve(url: str, datasets: int, agents: int, port_queue: Any) -> None:
         HttpConfig,
         ScheduleConfig,
     )
-    from shared.messages import Heartbeat, TargetSpace, encode, utcnow
+    from shared.messages import encode, utcnow
+    from shared.monitoring import Heartbeat, TargetSpace
     from shared.sources import FilesSource
 
     daily = [ScheduleConfig(cron="0 2 * * *", backup_type="incremental")]

@@ -45,7 +45,7 @@ import msgspec
 
 from coordinator.schedule import FireTimes
 from shared.config import AlertsConfig, ScheduleConfig
-from shared.messages import Alert
+from shared.monitoring import Alert
 
 Severity = Literal["critical", "warning"]
 DURATION_WINDOW = 5

@@ -30,7 +30,8 @@ from nats.js.errors import BadRequestError
 from shared import subjects
 from shared.bus import Bus
 from shared.errors import BusError
-from shared.messages import Heartbeat, heartbeat_decoder, utcnow
+from shared.messages import utcnow
+from shared.monitoring import Heartbeat, heartbeat_decoder
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from coordinator.catalog.base import Catalog
 from coordinator.metrics import CONTENT_TYPE, Metrics, read_snapshot
 from shared.config import HttpConfig
 from shared.errors import ConfigError, MosaicError
-from shared.messages import Alert, StatusReply, utcnow
+from shared.messages import StatusReply, utcnow
+from shared.monitoring import Alert
 
 log = logging.getLogger(__name__)
 

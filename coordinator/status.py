@@ -53,10 +53,10 @@ from shared.messages import (
     ReplicateCompleted,
     StatusReply,
     TargetCopy,
-    TargetSpace,
     TargetSpaceStatus,
     utcnow,
 )
+from shared.monitoring import TargetSpace
 
 # Replication results read per status (newest first; one per source → destination is used).
 REPLICATE_SCAN = 200

@@ -40,7 +40,8 @@ from shared.config import (
     load,
 )
 from shared.errors import ConfigError
-from shared.messages import Alert, BackupCompleted, StatusReply, StatusRequest, alert_decoder
+from shared.messages import BackupCompleted, StatusReply, StatusRequest
+from shared.monitoring import Alert, alert_decoder
 from shared.sources import FilesSource
 from shared.targets import open_target
 from tests.harness import make_tree, unique, write_toml

@@ -40,14 +40,8 @@ from shared.config import (
     LocalTargetConfig,
     ScheduleConfig,
 )
-from shared.messages import (
-    Alert,
-    BackupCompleted,
-    MaintenanceRecord,
-    ReplicateCompleted,
-    encode,
-    utcnow,
-)
+from shared.messages import BackupCompleted, MaintenanceRecord, ReplicateCompleted, encode, utcnow
+from shared.monitoring import Alert
 from shared.sources import FilesSource
 from shared.targets import open_target
 from tests.harness import make_tree, unique

@@ -1,0 +1,74 @@
+"""What the system says about itself outside jobs: alerts and agent heartbeats.
+
+Wire messages like those of :mod:`shared.messages` (same ``schema`` field and evolution
+rules), on subjects of their own: they are not job events, so the coordinator's events
+consumer never sees them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from shared.messages import _Msg
+
+# --- alerts (``mosaic.alert.<rule>.<dataset>``, stream MOSAIC_ALERTS) -------------------
+
+
+class Alert(_Msg, frozen=True, kw_only=True, tag="alert"):
+    """One alert as it starts firing or resolves (and as ``GET /api/v1/alerts`` lists it).
+
+    Not part of :data:`Event`: alerts are about datasets, not jobs, and live on their own
+    subjects. ``fingerprint`` is ``rule/dataset/target`` (target empty when the rule is
+    not about one target): the identity under which the alert is deduplicated.
+    ``ends_at`` is set only when ``status`` is ``resolved``.
+    """
+
+    status: Literal["firing", "resolved"]
+    rule: str
+    dataset: str
+    target: str | None = None
+    severity: Literal["critical", "warning"] = "critical"
+    fingerprint: str
+    summary: str
+    description: str = ""
+    starts_at: datetime
+    ends_at: datetime | None = None
+    coordinator: str = ""
+
+
+alert_decoder = msgspec.json.Decoder(Alert)
+
+
+# --- heartbeats (``mosaic.heartbeat.<agent>``, stream MOSAIC_HEARTBEATS) ----------------
+
+
+class TargetSpace(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the agent's targets: its tags and, where the medium knows, its space."""
+
+    name: str
+    kind: str  # local, s3, sftp
+    media: str
+    location: str
+    tier: str
+    total: int | None = None  # None: unknown (object stores, servers without statvfs)
+    free: int | None = None
+    append_only: bool = False  # this agent may not delete there (no prune jobs)
+
+
+class Heartbeat(_Msg, frozen=True, kw_only=True, tag="heartbeat"):
+    """An agent is alive: sent every ``interval_s``; the last one per agent is kept."""
+
+    agent: str
+    hostname: str
+    version: str
+    at: datetime
+    interval_s: float
+    uptime_s: float
+    running_job: str | None = None
+    targets: list[TargetSpace] = msgspec.field(default_factory=list)
+
+
+heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
