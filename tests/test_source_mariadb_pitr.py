@@ -5,7 +5,11 @@ the rows committed before it and none after — or to the latest archived state.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -147,3 +151,116 @@ def test_binlogs_out_of_reach_and_missing_tools_are_named(
         SourceError, match="mariadb is not on PATH: install the Debian package 'mariadb-client'"
     ):
         mariadb.recover(MariaDBSource(), Path("/nonexistent"), Path("/nonexistent"), None)
+
+
+def _in_background(server: MariaDBServer, sql: str, db: str) -> threading.Thread:
+    worker = threading.Thread(target=server.sql, args=(sql, db), daemon=True)
+    worker.start()
+    return worker
+
+
+def _next_second() -> None:
+    """Wait until the wall clock is just past a whole second (binlog stamps are seconds)."""
+    time.sleep(1.05 - datetime.now(UTC).microsecond / 1e6)
+
+
+async def test_pitr_keeps_what_committed_before_the_point_not_what_merely_started(
+    nats_url: str, tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    """Transactions that started before T but committed after it are not in the restore;
+    one committed just before T is. The source runs a once-a-second heartbeat event
+    (docs/databases.md), which is what makes a single autocommit statement exact too."""
+    db = f"exact_{uuid.uuid4().hex[:8]}"
+    mariadb_server.sql(f"CREATE DATABASE {db}")
+    mariadb_server.sql("CREATE TABLE items (id INT PRIMARY KEY, batch CHAR(1)) ENGINE=InnoDB", db)
+    mariadb_server.sql("CREATE TABLE clock (id INT PRIMARY KEY, at DATETIME(6))", db)
+    mariadb_server.sql("SET GLOBAL event_scheduler = ON")
+    mariadb_server.sql(
+        "CREATE EVENT heartbeat ON SCHEDULE EVERY 1 SECOND "
+        "DO REPLACE INTO clock VALUES (1, NOW(6))",
+        db,
+    )
+    _insert(mariadb_server, db, "A", 1, 54)
+    source = MariaDBSource(socket=str(mariadb_server.socket))
+    try:
+        async with running_stack(
+            nats_url, tmp_path, LocalTargetConfig(path=str(tmp_path / "r")), source
+        ) as st:
+            base = await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=120)
+            assert isinstance(base, BackupCompleted)
+            _next_second()
+            # an explicit transaction and an autocommit statement that start before T
+            # and commit about 3 s later
+            explicit = _in_background(
+                mariadb_server,
+                "BEGIN; INSERT INTO items VALUES (900, 'S'); DO SLEEP(3.5); COMMIT",
+                db,
+            )
+            autocommit = _in_background(
+                mariadb_server, "INSERT INTO items SELECT 777, 'S' FROM (SELECT SLEEP(3.5)) x", db
+            )
+            time.sleep(0.3)
+            _insert(mariadb_server, db, "K", 100, 3)  # committed just before T: kept
+            point = datetime.now(UTC)
+            explicit.join()
+            autocommit.join()
+            _insert(mariadb_server, db, "L", 200, 2)  # after T
+            logs = await operator.backup(
+                st.bus, st.dataset, "incremental", QUIET, QUIET, timeout=120
+            )
+            assert isinstance(logs, BackupCompleted) and logs.backup_type == "incremental"
+            # mysql must reach the restored folder: pytest's tmp_path is root-only
+            top = Path(tempfile.mkdtemp(prefix="mosaic-mdbr-"))
+            os.chmod(top, 0o755)
+            dest = top / "at-point"
+            await operator.restore(
+                st.bus, logs.backup_id, str(dest), QUIET, QUIET, timeout=180, pitr=point
+            )
+    finally:
+        mariadb_server.sql("DROP EVENT IF EXISTS heartbeat", db)
+        mariadb_server.sql("SET GLOBAL event_scheduler = OFF")
+
+    data = dest / "mysql-data"
+    mysql = pwd.getpwnam("mysql")
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in [data, *data.rglob("*")]} == {
+        (mysql.pw_uid, mysql.pw_gid)
+    }
+    try:
+        assert _started_by_the_printed_command(dest, db) == {"A": "54", "K": "3"}
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _started_by_the_printed_command(dest: Path, db: str) -> dict[str, str]:
+    """Run DEST/start-server.sh, check the server runs as mysql, count rows, stop it."""
+    data = dest / "mysql-data"
+    # the printed command starts the restored server as mysql, beside the original
+    script = dest / mariadb.START_FILE
+    command = script.read_text().splitlines()[-1].removeprefix("exec ")
+    assert f"--datadir={data}" in command and "--user=mysql" in command
+    proc = subprocess.Popen(
+        ["sh", str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    sock = next(a for a in command.split() if a.startswith("--socket=")).split("=", 1)[1]
+    ping = ["mariadb", "--no-defaults", "-S", sock, "-u", "root", "-N", "-B"]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            out = subprocess.run(
+                [*ping, db, "-e", "SELECT batch, COUNT(*) FROM items GROUP BY batch"],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode == 0 or time.monotonic() > deadline or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert out.returncode == 0, out.stderr
+        rows = dict(line.split("\t") for line in out.stdout.splitlines())
+        user = subprocess.run(
+            ["ps", "-o", "user=", "-p", str(proc.pid)], capture_output=True, text=True
+        )
+        assert user.stdout.strip() == "mysql"
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    return rows

@@ -24,8 +24,12 @@
 - :func:`recover` (point-in-time restore, called by ``agent.pitr`` after the base is
   prepared and the log backups' binlogs are gathered in ``DEST/binlogs``): a throwaway
   ``mariadbd`` on the prepared folder (private socket, no networking) replays the
-  binlogs from the base's position in ``xtrabackup_binlog_info`` up to the requested
-  instant with ``mariadb-binlog | mariadb``, then shuts down cleanly. Unlike PostgreSQL
+  binlogs from the base's position in ``xtrabackup_binlog_info`` up to the last
+  transaction committed before the requested instant (:func:`commit_stop`: a
+  ``--stop-position`` at a transaction boundary, not ``--stop-datetime``, whose event
+  times are statement start times) with ``mariadb-binlog | mariadb``, then shuts down
+  cleanly. The restored folder is handed to the ``mysql`` user and ``DEST/start-server.sh``
+  holds the exact command that starts it on a free loopback port. Unlike PostgreSQL
   (``restore_command`` + ``recovery_target_time``), MariaDB has no recovery mode that
   replays binlogs at its next start, so the replay must happen here; the server never
   listens on TCP and is gone when ``recover`` returns.
@@ -39,12 +43,17 @@ would otherwise treat ``localhost`` as "use the default socket" and back up anot
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import pwd
+import re
+import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -68,6 +77,8 @@ PACKAGES = {
 }
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 300.0
+
+log = logging.getLogger(__name__)
 
 
 def _where(src: MariaDBSource) -> str:
@@ -163,6 +174,88 @@ def after_restore(src: MariaDBSource, destination: Path) -> None:
     prepare = ["mariabackup", "--no-defaults", "--prepare", f"--target-dir={data}"]
     _run(prepare, f"mariabackup --prepare of {data}")
     stream.unlink()
+    give_to_server_user(data)
+    write_start_command(destination)
+
+
+SERVER_USER = "mysql"
+START_FILE = "start-server.sh"  # in DEST: the command that starts the restored server
+
+
+def give_to_server_user(data: Path) -> None:
+    """Hand the restored folder to the server's user, as PostgreSQL's restore does:
+    ``mariadbd --user=mysql`` cannot open a root-owned data directory. Only root can
+    (and needs to); without a ``mysql`` user on this host the folder stays as it is."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pw = pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        return
+    os.chown(data, pw.pw_uid, pw.pw_gid)
+    for dirpath, dirnames, filenames in os.walk(data):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
+def start_command(destination: Path, port: int) -> list[str]:
+    """mariadbd on the restored folder: its own socket, pid file and error log inside
+    it, a loopback port, no binlog and no replication start, so it never touches the
+    original server's files."""
+    data = destination / DATA_DIR
+    user = SERVER_USER if os.geteuid() == 0 and _has_user(SERVER_USER) else None
+    sock = restored_socket(destination, port)
+    argv = [
+        shutil.which("mariadbd", path=f"{os.environ.get('PATH', '')}:/usr/sbin") or "mariadbd",
+        "--no-defaults",
+        f"--datadir={data}",
+        f"--socket={sock}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        "--skip-slave-start",
+        f"--pid-file={data / 'restored.pid'}",
+        f"--log-error={data / 'restored-error.log'}",
+    ]
+    if user:
+        argv.append(f"--user={user}")
+    return argv
+
+
+def restored_socket(destination: Path, port: int) -> Path:
+    """Inside the restored folder, unless that path is too long for a unix socket."""
+    inside = destination / DATA_DIR / "restored.sock"
+    return inside if len(os.fsencode(inside)) < 100 else Path(f"/tmp/mosaic-restored-{port}.sock")
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_start_command(destination: Path) -> str:
+    """Write ``DEST/start-server.sh`` (and log) the exact command that starts the
+    restored server on a port free now."""
+    port = _free_port()
+    argv = start_command(destination, port)
+    command = shlex.join(argv)
+    sock = restored_socket(destination, port)
+    path = destination / START_FILE
+    path.write_text(
+        f"#!/bin/sh\n# start the restored server (then connect: mariadb -S {sock})\n"
+        f"exec {command}\n"
+    )
+    path.chmod(0o755)
+    log.info("restored into %s; start it with: %s", destination, command)
+    return command
 
 
 # --- log backups: closed binary logs, read from the server's binlog folder -----------
@@ -307,6 +400,87 @@ def stop_datetime(pitr: datetime) -> str:
     return whole.strftime("%Y-%m-%d %H:%M:%S")
 
 
+_HEADER = re.compile(
+    rb"^#(\d{6}) +(\d{1,2}):(\d\d):(\d\d) server id \d+ +end_log_pos (\d+) .*?\t(\S+)(.*)$"
+)
+_EXEC_TIME = re.compile(rb"exec_time=(\d+)")
+
+
+def _event_headers(path: Path, start: int | None) -> Iterator[tuple[int, datetime, bytes, int]]:
+    """(position, timestamp UTC, event type — ``GTID-ddl`` for a DDL's GTID —, seconds
+    the statement ran: ``exec_time``, only Query events carry it) of each event of one
+    binlog, read with ``mariadb-binlog`` in UTC."""
+    argv = [_tool("mariadb-binlog"), "--no-defaults"]
+    if start is not None:
+        argv.append(f"--start-position={start}")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [*argv, str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "TZ": "UTC"},
+        )
+        assert proc.stdout is not None
+        at = 0
+        try:
+            for line in proc.stdout:
+                if line.startswith(b"# at "):
+                    at = int(line[5:].strip() or 0)
+                    continue
+                m = _HEADER.match(line.rstrip(b"\n"))
+                if m is None:
+                    continue
+                d, hh, mm, ss = (x.decode() for x in m.group(1, 2, 3, 4))
+                when = datetime.strptime(f"{d} {hh}:{mm}:{ss}", "%y%m%d %H:%M:%S")
+                kind, rest = m.group(6), m.group(7)
+                if kind == b"GTID" and rest.rstrip().endswith(b"ddl"):
+                    kind = b"GTID-ddl"
+                ran = _EXEC_TIME.search(rest) if kind == b"Query" else None
+                yield at, when.replace(tzinfo=UTC), kind, int(ran.group(1)) if ran else 0
+        finally:
+            proc.stdout.close()
+            code = proc.wait()
+        if code != 0:
+            err.seek(0)
+            raise SourceError(f"mariadb-binlog of {path} failed (exit {code}): {_tail(err.read())}")
+
+
+def commit_stop(files: list[Path], position: int, pitr: datetime) -> tuple[list[Path], int | None]:
+    """The binlogs to replay and the ``--stop-position`` in the last of them, so that the
+    replay holds exactly the transactions committed before ``pitr`` (at one-second
+    resolution, as :func:`stop_datetime`).
+
+    A binlog is in commit order, but an event's timestamp is when its *statement*
+    started, so a statement that began before ``pitr`` and committed after it looks
+    older than it is (``--stop-datetime`` would keep it). A transaction's commit is at or
+    after (a) every timestamp in it and in every transaction before it in the binlog,
+    (b) its statements' start plus ``exec_time`` (Query events). The replay stops at
+    the GTID event of the first transaction whose bound reaches the stop second. An
+    explicit ``COMMIT`` is stamped at commit time, so multi-statement transactions are
+    exact; a single autocommit row-logged statement carries no commit time at all, and
+    is cut exactly only when another transaction stamped after ``pitr`` committed
+    before it (a once-a-second heartbeat on the source guarantees that, see
+    docs/databases.md)."""
+    stop = datetime.strptime(stop_datetime(pitr), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    floor = datetime.min.replace(tzinfo=UTC)
+    for i, path in enumerate(files):
+        group_at: int | None = None  # where the open transaction's GTID event is
+        ddl = False  # a DDL group ends with its one Query event, a transaction at its Xid
+        for at, when, kind, ran in _event_headers(path, position if i == 0 else None):
+            if kind in (b"GTID", b"GTID-ddl"):
+                group_at, ddl = at, kind == b"GTID-ddl"
+            bound = max(floor, when + timedelta(seconds=ran))
+            if bound >= stop:
+                # cut before the transaction this event belongs to (or before the event
+                # itself between transactions)
+                return files[: i + 1], group_at if group_at is not None else at
+            floor = max(floor, when)
+            if kind == b"Xid" or (kind == b"Query" and ddl):
+                group_at = None
+    return files, None
+
+
 class _ReplayServer:
     """A throwaway mariadbd on the restored data: private socket, no TCP, no grant
     checks until the replay session's first statement re-reads them, no replication
@@ -358,10 +532,11 @@ class _ReplayServer:
             f"{START_TIMEOUT_S:.0f}s: {self._log_tail()}"
         )
 
-    def replay(self, files: list[Path], position: int, stop: str | None) -> None:
+    def replay(self, files: list[Path], position: int, stop: int | None) -> None:
         dump = [_tool("mariadb-binlog"), "--no-defaults", f"--start-position={position}"]
         if stop is not None:
-            dump.append(f"--stop-datetime={stop}")
+            dump.append(f"--stop-position={stop}")  # in the last file: before the first txn
+
         client = [
             _tool("mariadb"),
             "--no-defaults",
@@ -449,15 +624,20 @@ def recover(src: MariaDBSource, destination: Path, log_dir: Path, pitr: datetime
         )
     start_file, position = _base_position(data)
     files = _binlogs_from(log_dir, start_file)
-    stop = stop_datetime(pitr) if pitr is not None else None
+    stop: int | None = None
+    if pitr is not None:
+        files, stop = commit_stop(files, position, pitr)
     server = _ReplayServer(data)
     try:
         server.wait_ready()
-        server.replay(files, position, stop)
+        if stop is None or len(files) > 1 or stop > position:
+            server.replay(files, position, stop)
     except BaseException:
         with contextlib.suppress(SourceError):
             server.shutdown()
         raise
     server.shutdown()
-    until = f"until {stop} UTC" if stop else "to the end"
-    marker.write_text(f"{start_file}:{position} .. {files[-1].name} {until}\n")
+    until = f"stopped before {files[-1].name}:{stop}" if stop is not None else "to the end"
+    when = f" (committed before {pitr.isoformat()})" if pitr is not None else ""
+    marker.write_text(f"{start_file}:{position} .. {files[-1].name} {until}{when}\n")
+    give_to_server_user(data)  # the replay ran as root: its new files too

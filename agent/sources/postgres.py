@@ -21,9 +21,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shlex
+import shutil
+import socket
 import tarfile
 import time
 from datetime import UTC, datetime
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import psycopg
 
+from agent import safetar
 from agent.sources.base import CompleteStream, Stream, StreamHandle, bytes_stream
 from agent.sources.command import CommandStream
 from shared.errors import SourceError
@@ -43,6 +47,16 @@ LOG_DIR = "wal-archive"  # restore: where the log backups' WAL files are gathere
 WAL_PREFIX = "wal/"
 WAL_REACH = "mosaic-wal-reach"  # a log backup's own file: the instant its WAL reaches
 SHIPPED_MARK = ".mosaic-shipped"  # in the spool: the newest segment a log backup stored
+FAILED_BASE = ".mosaic-base-failed"  # in the spool: a base backup failed at this time
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the restored server's suggested port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def streams(src: PostgresSource) -> list[Stream]:
@@ -52,7 +66,7 @@ def streams(src: PostgresSource) -> list[Stream]:
 
         def open_base() -> StreamHandle:
             argv = ["pg_basebackup", *conn, "-Ft", "-Xf", "-c", "fast", "-D", "-"]
-            return CommandStream(argv, f"pg_basebackup from {where}")
+            return _BaseStream(argv, f"pg_basebackup from {where}", src.wal_spool)
 
         return [Stream(BASE_TAR, open_base)]
     if not src.database:
@@ -66,6 +80,43 @@ def streams(src: PostgresSource) -> list[Stream]:
     return [Stream(f"{database}.dump".encode(), open_dump)]
 
 
+class _BaseStream(CommandStream):
+    """pg_basebackup's tar; with a WAL spool it records in the spool whether the base
+    succeeded. A log backup trims the spool at the newest base (:func:`_base_start`)
+    only while no base failed since: a failed base must not cut WAL that the older
+    base, which the next log backup then extends, still needs."""
+
+    def __init__(self, argv: list[str], what: str, spool: str | None) -> None:
+        super().__init__(argv, what)
+        self._spool = Path(spool) if spool else None
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except BaseException:
+            self._mark(failed=True)
+            raise
+        self._mark(failed=False)
+
+    def abort(self) -> None:
+        try:
+            super().abort()
+        finally:
+            self._mark(failed=True)
+
+    def _mark(self, *, failed: bool) -> None:
+        if self._spool is None or not self._spool.is_dir():
+            return
+        mark = self._spool / FAILED_BASE
+        try:
+            if failed:
+                mark.write_text(f"{time.time():.0f}\n")
+            else:
+                mark.unlink(missing_ok=True)
+        except OSError as exc:  # the spool is the archiver's: report, never hide the result
+            log.warning("cannot update %s: %s", mark, exc.strerror)
+
+
 def after_restore(src: PostgresSource, destination: Path) -> None:
     """Turn a restored ``base.tar`` into a data directory (safe extraction only)."""
     if src.mode != "basebackup":
@@ -75,10 +126,63 @@ def after_restore(src: PostgresSource, destination: Path) -> None:
     data.mkdir(mode=0o700)
     with tarfile.open(tar_path) as tar:
         owner = _tar_owner(tar)
-        tar.extractall(data, filter="data")  # refuses absolute paths, '..' and odd links
+    try:
+        safetar.extract(tar_path, data)  # refuses absolute paths, '..', odd links, devices
+    except safetar.UnsafeMember as exc:
+        raise SourceError(
+            f"refusing to extract {tar_path} (the restored PostgreSQL base backup): {exc}; "
+            "nothing was started, remove the folder or inspect the tar by hand"
+        ) from None
     os.chmod(data, 0o700)
     tar_path.unlink()
     give_to(data, owner)
+    write_start_command(destination, owner)
+
+
+START_FILE = "start-server.sh"  # in DEST: the command that starts the restored server
+
+
+def write_start_command(destination: Path, owner: tuple[int, int] | None) -> str:
+    """Write (and log) the exact command that starts the restored cluster on a free
+    loopback port with its own socket folder, so it never meets the original server."""
+    data = destination / DATA_DIR
+    version = (data / "PG_VERSION").read_text().strip() if (data / "PG_VERSION").exists() else ""
+    pg_ctl = Path(f"/usr/lib/postgresql/{version}/bin/pg_ctl")
+    exe = str(pg_ctl) if pg_ctl.exists() else (shutil.which("pg_ctl") or "pg_ctl")
+    port = free_port()
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    argv = [
+        exe,
+        "-D",
+        str(data),
+        "-l",
+        str(data / "restored-server.log"),
+        "-o",
+        opts,
+        "-w",
+        "start",
+    ]
+    command = shlex.join(argv)
+    if owner is not None and os.geteuid() == 0:
+        user = _user_name(owner[0])
+        command = shlex.join(["runuser", "-u", user, "--", *argv])
+    _announce(destination, command, f"psql -h {data} -p {port} -U postgres")
+    return command
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _announce(destination: Path, command: str, connect: str) -> None:
+    text = f"#!/bin/sh\n# start the restored server (then connect: {connect})\nexec {command}\n"
+    path = destination / START_FILE
+    path.write_text(text)
+    path.chmod(0o755)
+    log.info("restored into %s; start it with: %s", destination, command)
 
 
 def _tar_owner(tar: tarfile.TarFile) -> tuple[int, int] | None:
@@ -125,10 +229,18 @@ class WalShipment:
     """The spooled files one log backup stores; :meth:`shipped` removes them from the
     spool once the backup's manifest is stored."""
 
-    def __init__(self, spool: Path, names: list[str], lag_s: float | None, reach: datetime) -> None:
+    def __init__(
+        self,
+        spool: Path,
+        names: list[str],
+        lag_s: float | None,
+        reach: datetime,
+        before_base: list[str] | None = None,
+    ) -> None:
         self.spool = spool
         self.names = names
-        self.lag_s = lag_s  # age of the oldest spooled segment: how far the repository trails
+        self.before_base = before_base or []  # covered by the base: dropped, not stored
+        self.lag_s = lag_s  # age of the oldest segment shipped: how far the repository trails
         self.streams = [
             Stream(f"{WAL_PREFIX}{n}".encode(), partial(_spool_file, spool / n)) for n in names
         ]
@@ -143,7 +255,7 @@ class WalShipment:
             tmp = mark.with_name(f"{SHIPPED_MARK}.tmp")
             tmp.write_text(max([*segments, _last_shipped(self.spool)])[:24])
             os.replace(tmp, mark)
-        for name in self.names:
+        for name in [*self.names, *self.before_base]:
             if not name.endswith(".history"):
                 (self.spool / name).unlink(missing_ok=True)
         fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY)
@@ -238,9 +350,27 @@ def ship_wal(src: PostgresSource) -> WalShipment:
                 f"postgres {where}: cannot switch the WAL segment: {exc}".strip()
             ) from exc
     names = sorted(e.name for e in os.scandir(spool) if not e.name.startswith(".") and e.is_file())
+    start = _base_start(spool, names)
+    old = [n for n in names if start and _is_wal_segment(n) and n[8:24] < start[8:24]]
+    names = [n for n in names if n not in set(old)]
     now = time.time()
-    ages = [now - (spool / n).stat().st_mtime for n in names if _is_segment(n)]
-    return WalShipment(spool, names, max(ages) if ages else None, reach)
+    ages = [now - (spool / n).stat().st_mtime for n in names if _is_wal_segment(n)]
+    return WalShipment(spool, names, max(ages) if ages else None, reach, old)
+
+
+def _is_wal_segment(name: str) -> bool:
+    return len(name) == 24 and _is_segment(name)
+
+
+def _base_start(spool: Path, names: list[str]) -> str:
+    """The WAL segment where the newest base backup in the spool starts ("" if none, or
+    if a base failed since the last good one). PostgreSQL archives a backup history
+    file ``<start segment>.<offset>.backup`` when a base backup ends; segments wholly
+    before that start are not needed by that base, so they are neither stored nor kept."""
+    if (spool / FAILED_BASE).exists():
+        return ""
+    starts = [n[:24] for n in names if n.endswith(".backup") and _is_segment(n)]
+    return max(starts, key=lambda n: n[8:24], default="")
 
 
 # --- restore: base + WAL → a data directory that recovers --------------------------
