@@ -12,6 +12,15 @@ repository; mosaic/repo_verify.py loads the index itself so that a damaged index
 is one more reported object, not a repository that cannot be opened. Damaged files of a
 files backup are named as restore names them: a secret's name withheld (``conf/<secret>``,
 agent.sources.files.shown), so several secrets in one folder count as one entry.
+
+Damage is only reported when it is certain. A read that fails at the target (after the
+retries of shared/targets/retry.py) is "could not read", kept apart in
+``VerifyReport.unreadable``: it says nothing about the bytes. A blob, pack, manifest or
+index segment that looks damaged is read once more, fresh, and reported only when the
+second read shows the same. A backup forgotten while verify runs (a concurrent prune) is
+not damage either: its manifest is no longer listed, so it is skipped, and what only it
+referenced is no longer checked. Each damaged object names the repair command
+(:func:`repair_for`). docs/integrity.md describes the outcomes and exit codes.
 """
 
 from __future__ import annotations
@@ -28,7 +37,13 @@ import anyio.to_thread
 
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.sources.files import shown_names
-from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, TargetError
+from shared.errors import (
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryError,
+    TargetError,
+    TargetUnreadable,
+)
 from shared.repository import format as fmt
 from shared.repository.index import IndexEntry
 from shared.repository.manifest import Manifest, Node, decode_tree
@@ -36,6 +51,8 @@ from shared.repository.pack import check_pack_id, read_pack_entries
 from shared.repository.repository import Repository
 
 MISSING_PACK = "missing from the target"
+REPAIR_INDEX = "mosaic-backup repo repair index"
+REPAIR_PACKS = "mosaic-backup repo repair packs, then mosaic-backup repo repair snapshots"
 MISSING_CHUNK = "referenced, but in no index segment (missing)"
 UNINDEXED = "index/"  # where chunks missing from the index are reported, together
 PACK_TAIL = fmt.OVERHEAD + fmt.PACK_TRAILER.size  # the smallest possible table + trailer
@@ -52,6 +69,30 @@ class Problem:
     backups: set[str] = field(default_factory=set)
     files: dict[str, set[bytes]] = field(default_factory=dict)  # backup → shown paths
 
+    @property
+    def repair(self) -> str | None:
+        return repair_for(self.obj)
+
+
+def repair_for(obj: str) -> str | None:
+    """The command that repairs damage to ``obj``: a chunk no index lists, or a damaged
+    index segment, needs the index rebuilt from the packs; a damaged or missing pack
+    needs its readable blobs salvaged, then the backups that used it rewritten."""
+    if obj.startswith(fmt.INDEX_PREFIX):  # UNINDEXED included
+        return REPAIR_INDEX
+    if obj.startswith(fmt.DATA_PREFIX):
+        return REPAIR_PACKS
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def could_not_read(exc: BaseException) -> bool:
+    """A read failed at the target (not "no such object"): the bytes were not seen."""
+    return isinstance(exc, TargetError) and not isinstance(exc, ObjectNotFound)
+
 
 @dataclass
 class VerifyReport:
@@ -61,10 +102,25 @@ class VerifyReport:
     packs_read: int = 0
     blobs_checked: int = 0
     bytes_read: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)  # object → why, one line
+    forgotten: list[str] = field(default_factory=list)  # backups forgotten during the run
+    rereads: int = 0  # objects that looked damaged but read clean a second time
 
     @property
     def ok(self) -> bool:
+        """No damage found (objects that could not be read are not damage)."""
         return not self.problems
+
+    @property
+    def complete(self) -> bool:
+        """Every object verify meant to check was read."""
+        return not self.unreadable
+
+    def unread(self, obj: str, exc: BaseException) -> None:
+        why = one_line(exc)
+        if isinstance(exc, TargetUnreadable):
+            why = f"{exc.attempts} attempts failed, the last: {exc.reason}"
+        self.unreadable.setdefault(obj, why)
 
     def add(
         self, obj: str, message: str, *, chunks: Iterable[bytes] = (), backup: str | None = None
@@ -98,22 +154,32 @@ def _unindexed(report: VerifyReport, chunk_id: bytes, backup: str) -> None:
 async def _fetch_blob(
     repo: Repository, chunk_id: bytes, report: VerifyReport, backup: str
 ) -> bytes | None:
-    """One blob by range GET, or None after reporting why it cannot be read."""
+    """One blob by range GET, or None after reporting why it cannot be read. What looks
+    damaged is read again once and reported only if the second read agrees."""
     e = repo.index.get(chunk_id)
     if e is None:
         _unindexed(report, chunk_id, backup)
         return None
     key = fmt.pack_key(e.pack_id)
     where = f"blob {chunk_id.hex()[:16]}… at offset {e.offset}"
-    try:
-        data = await repo.target.get_range(key, e.offset, e.length)
-        if len(data) != e.length:
-            raise IntegrityError(f"{where}: cut short (truncated pack)")
-        return await anyio.to_thread.run_sync(repo.open_blob, chunk_id, data, where)
-    except ObjectNotFound:
-        report.add(key, MISSING_PACK, chunks=[chunk_id], backup=backup)
-    except (RepositoryError, TargetError) as exc:
-        report.add(key, str(exc), chunks=[chunk_id], backup=backup)
+    damage = ""
+    for _ in range(2):
+        try:
+            data = await repo.target.get_range(key, e.offset, e.length)
+            if len(data) != e.length:
+                raise IntegrityError(f"{where}: cut short (truncated pack)")
+            plain = await anyio.to_thread.run_sync(repo.open_blob, chunk_id, data, where)
+        except ObjectNotFound:
+            damage = MISSING_PACK
+        except RepositoryError as exc:
+            damage = str(exc)
+        except TargetError as exc:
+            report.unread(key, exc)
+            return None
+        else:
+            report.rereads += bool(damage)
+            return plain
+    report.add(key, damage, chunks=[chunk_id], backup=backup)
     return None
 
 
@@ -196,6 +262,38 @@ async def _each(items: Iterable[bytes], fn: Callable[[bytes], Awaitable[None]], 
 # --- the run ---------------------------------------------------------------------------
 
 
+async def _load(
+    repo: Repository, backup_id: str, rep: VerifyReport, listed: bool
+) -> Manifest | None:
+    """The manifest, or None after reporting why not. A manifest that fails is read once
+    more; one that was ``listed`` (``--all``) and is gone from a new listing was
+    forgotten meanwhile: skipped, not damage."""
+    key = fmt.manifest_key(backup_id)
+    damage = ""
+    for _ in range(2):
+        try:
+            m = await repo.load_manifest(backup_id)
+        except TargetError as exc:
+            rep.unread(key, exc)
+            return None
+        except RepositoryError as exc:
+            damage = _why(exc, f"{repo.target.describe()}/{key}")
+        else:
+            rep.rereads += bool(damage)
+            return m
+        if listed:
+            try:
+                still = backup_id in await repo.list_manifests()
+            except TargetError as exc:
+                rep.unread(fmt.MANIFESTS_PREFIX, exc)
+                return None
+            if not still:
+                rep.forgotten.append(backup_id)
+                return None
+    rep.add(key, damage, backup=backup_id)
+    return None
+
+
 async def verify(
     repo: Repository,
     backup_ids: list[str] | None,
@@ -207,50 +305,51 @@ async def verify(
     report: ProgressFn = no_progress,
     concurrency: int = 4,
 ) -> VerifyReport:
-    """Check ``backup_ids`` (None: every backup); ``found`` holds findings of the open."""
+    """Check ``backup_ids`` (None: every backup); ``found`` holds findings of the open.
+
+    Raises TargetError only when the list of manifests cannot be read at all."""
     rep = found or VerifyReport()
     ids = sorted(await repo.list_manifests()) if backup_ids is None else list(backup_ids)
-    rep.backups = ids
     manifests: list[Manifest] = []
     readable: set[str] = set()
-    packs: set[bytes] = set()
+    refs: dict[str, set[bytes]] = {}  # backup → every chunk it references
     for backup_id in ids:
-        try:
-            m = await repo.load_manifest(backup_id)
-        except (RepositoryError, TargetError) as exc:
-            key = fmt.manifest_key(backup_id)
-            rep.add(key, _why(exc, f"{repo.target.describe()}/{key}"), backup=backup_id)
+        m = await _load(repo, backup_id, rep, listed=backup_ids is None)
+        if m is None:
             continue
         manifests.append(m)
         nodes = await read_tree(repo, m, rep)
         if nodes is not None:
             readable.add(backup_id)
-        for chunk_id in [*m.tree, *(c for n in nodes or () for c in n.chunks)]:
-            e = repo.index.get(chunk_id)
-            if e is not None:
-                packs.add(e.pack_id)
-            else:
+        refs[backup_id] = {*m.tree, *(c for n in nodes or () for c in n.chunks)}
+        for chunk_id in sorted(refs[backup_id]):
+            if chunk_id not in repo.index:
                 _unindexed(rep, chunk_id, backup_id)
+    packs = _packs_of(repo, refs.values())
     members: dict[bytes, Members] = defaultdict(list)
     for chunk_id, e in repo.index.items():
         if e.pack_id in packs:
             members[e.pack_id].append((chunk_id, e))
-    rep.packs = len(packs)
 
     sizes: dict[bytes, int] = {}
 
     async def stat_pack(pack_id: bytes) -> None:
         key = fmt.pack_key(pack_id)
-        try:
-            info = await repo.target.stat(key)
-        except TargetError as exc:
-            rep.add(key, f"could not be checked ({exc})")
-            return
-        if info is None:
-            rep.add(key, MISSING_PACK, chunks=[c for c, _ in members[pack_id]])
-            return
-        sizes[pack_id] = info.size
-        for message, chunks in _size_findings(info.size, members[pack_id]):
+        findings: list[tuple[str, list[bytes]]] = []
+        for _ in range(2):  # what looks wrong is looked at again
+            try:
+                info = await repo.target.stat(key)
+            except TargetError as exc:
+                rep.unread(key, exc)
+                return
+            if info is None:
+                findings = [(MISSING_PACK, [c for c, _ in members[pack_id]])]
+                continue
+            sizes[pack_id] = info.size
+            findings = _size_findings(info.size, members[pack_id])
+            if not findings:
+                return
+        for message, chunks in findings:
             rep.add(key, message, chunks=chunks)
 
     await _each(sorted(packs), stat_pack, 16)
@@ -260,19 +359,28 @@ async def verify(
 
         async def read_pack(pack_id: bytes) -> None:
             key = fmt.pack_key(pack_id)
-            try:
-                data = await repo.target.get(key)
-            except ObjectNotFound:
-                rep.add(key, MISSING_PACK, chunks=[c for c, _ in members[pack_id]])
-                return
-            except TargetError as exc:
-                rep.add(key, f"could not be read ({exc})")
-                return
-            findings, blobs = await anyio.to_thread.run_sync(
-                check_pack, repo, pack_id, data, members[pack_id]
-            )
+            everything = [c for c, _ in members[pack_id]]
+            findings: list[tuple[str, list[bytes]]] = []
+            data, blobs = b"", 0
+            for attempt in range(2):  # damage is reported only when a fresh read agrees
+                try:
+                    data = await repo.target.get(key)
+                except ObjectNotFound:
+                    findings, data = [(MISSING_PACK, everything)], b""
+                    continue
+                except TargetError as exc:
+                    rep.unread(key, exc)
+                    return
+                findings, blobs = await anyio.to_thread.run_sync(
+                    check_pack, repo, pack_id, data, members[pack_id]
+                )
+                if not findings:
+                    rep.rereads += attempt
+                    break
             for message, chunks in findings:
                 rep.add(key, message, chunks=chunks)
+            if not data:
+                return  # missing: nothing was read
             rep.packs_read += 1
             rep.blobs_checked += blobs
             rep.bytes_read += len(data)
@@ -280,8 +388,55 @@ async def verify(
             await report(progress)
 
         await _each(chosen, read_pack, concurrency)
+    if manifests:
+        manifests = await _drop_forgotten(repo, rep, manifests, refs)
+    rep.backups = [b for b in ids if b not in rep.forgotten]
+    rep.packs = len(_packs_of(repo, refs.values()))
     await _attribute(repo, rep, manifests, readable)
     return rep
+
+
+def _packs_of(repo: Repository, chunk_sets: Iterable[set[bytes]]) -> set[bytes]:
+    return {e.pack_id for chunks in chunk_sets for c in chunks if (e := repo.index.get(c))}
+
+
+async def _drop_forgotten(
+    repo: Repository, rep: VerifyReport, manifests: list[Manifest], refs: dict[str, set[bytes]]
+) -> list[Manifest]:
+    """List the manifests again: a backup checked here but no longer listed was forgotten
+    meanwhile (a concurrent prune, which then deletes its packs). It is skipped, and a
+    finding about an object only it referenced is dropped: that object is garbage now,
+    not damage. Returns the manifests still listed."""
+    try:
+        still = set(await repo.list_manifests())
+    except TargetError as exc:
+        rep.unread(fmt.MANIFESTS_PREFIX, exc)
+        return manifests
+    gone = {m.backup_id for m in manifests} - still
+    if not gone:
+        return manifests
+    rep.forgotten += sorted(gone)
+    for backup_id in gone:
+        rep.problems.pop(fmt.manifest_key(backup_id), None)
+        rep.unreadable.pop(fmt.manifest_key(backup_id), None)
+    live = set().union(*(c for b, c in refs.items() if b not in gone))
+    live_packs = {fmt.pack_key(p) for p in _packs_of(repo, [live])}
+    for key in [k for k in rep.unreadable if k.startswith(fmt.DATA_PREFIX)]:
+        if key not in live_packs:
+            del rep.unreadable[key]
+    for key, p in list(rep.problems.items()):
+        if key.startswith(fmt.DATA_PREFIX) and key not in live_packs:
+            del rep.problems[key]
+        elif key == UNINDEXED:
+            p.chunks &= live
+            keep = {f"chunk {c.hex()[:16]}" for c in p.chunks}  # as _unindexed words it
+            p.messages = [m for m in p.messages if m[: len("chunk ") + 16] in keep]
+            if not p.chunks:
+                del rep.problems[key]
+        p.backups -= gone
+    for backup_id in gone:
+        refs.pop(backup_id, None)
+    return [m for m in manifests if m.backup_id not in gone]
 
 
 async def _attribute(

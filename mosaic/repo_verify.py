@@ -4,8 +4,13 @@ The checks live in agent/verify.py; this module opens the repository, draws the 
 bar and prints what was found: a table of damaged objects, optionally every affected
 file, and one summary line. It loads the index itself, not through Repository.open, so a
 damaged index segment is reported like any other damaged object instead of making the
-repository unopenable (Repository has no tolerant index load to call). Exit code 0 means clean,
-1 means damage (with one summary line on stderr), so it can run from cron or a monitor.
+repository unopenable (Repository has no tolerant index load to call).
+
+Exit codes, so it can run from cron or a monitor (docs/integrity.md): 0 clean; 1 damage
+found (one summary line on stderr naming the repair command), or an error that stopped
+verify before it checked anything (bad config, wrong key); 3 ("could not read") some
+objects, or the repository itself, could not be read even after the target's retries and
+nothing that was read is damaged: the result is incomplete, try again.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent.verify import Problem, VerifyReport, verify
+from agent.verify import Problem, VerifyReport, could_not_read, one_line, verify
 from mosaic.display import size
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, target_from
@@ -35,6 +40,9 @@ from shared.repository.repository import Repository
 from shared.targets.base import ObjectInfo, Target
 
 SHOWN = 3  # messages and backups per table cell; --detailed shows all
+EXIT_CLEAN = 0
+EXIT_DAMAGE = 1
+EXIT_UNREADABLE = 3  # 2 is argparse's "bad usage"
 _index_dec = msgspec.msgpack.Decoder(list[tuple[bytes, list[PackEntry]]])
 
 
@@ -62,22 +70,34 @@ async def open_for_verify(target: Target, master_key: bytes) -> tuple[Repository
     view.hiding = False
     report = VerifyReport()
     async for obj in target.list(fmt.INDEX_PREFIX):
-        try:
-            _, payload = open_sealed(repo.keys, obj.key.encode(), await target.get(obj.key), "")
-            packs = _index_dec.decode(payload)
-        except ObjectNotFound:
-            continue  # removed since the listing (a concurrent prune): not damage
-        except (RepositoryError, TargetError) as exc:
-            report.add(obj.key, str(exc).removeprefix(": "))
-            continue
-        except msgspec.DecodeError as exc:
-            report.add(obj.key, f"index segment is invalid ({exc})")
-            continue
-        for pack_id, entries in packs:
+        for pack_id, entries in await _segment(repo, target, obj.key, report):
             for e in entries:
                 repo.index[e.id] = IndexEntry(pack_id, e.offset, e.length, e.otype, e.raw_length)
     repo.index.compact()
     return repo, report
+
+
+async def _segment(
+    repo: Repository, target: Target, key: str, report: VerifyReport
+) -> list[tuple[bytes, list[PackEntry]]]:
+    """One index segment's packs; [] after reporting why not. A segment that fails to
+    open is read once more and reported as damaged only if the fresh read fails too."""
+    damage = ""
+    for _ in range(2):
+        try:
+            _, payload = open_sealed(repo.keys, key.encode(), await target.get(key), "")
+            return _index_dec.decode(payload)
+        except ObjectNotFound:
+            return []  # removed since the listing (a concurrent prune): not damage
+        except TargetError as exc:
+            report.unread(key, exc)
+            return []
+        except RepositoryError as exc:
+            damage = str(exc).removeprefix(": ")
+        except msgspec.DecodeError as exc:
+            damage = f"index segment is invalid ({exc})"
+    report.add(key, damage)
+    return []
 
 
 def percent(text: str) -> float:
@@ -131,7 +151,10 @@ def _table(problems: list[Problem]) -> Table:
     t.add_column("problem", overflow="fold")
     t.add_column("affected backups", overflow="fold")
     for p in problems:
-        t.add_row(Text(p.obj), _cell(p.messages, "problems"), _cell(sorted(p.backups), "backups"))
+        cell = _cell(p.messages, "problems")
+        if p.repair:
+            cell.append(f"\nrepair: {p.repair}")
+        t.add_row(Text(p.obj), cell, _cell(sorted(p.backups), "backups"))
     return t
 
 
@@ -159,11 +182,29 @@ def _summary(rep: VerifyReport) -> str:
     if rep.packs_read:
         checked += f", read {_n(rep.packs_read, 'pack')} ({size(rep.bytes_read)}, "
         checked += f"{_n(rep.blobs_checked, 'blob')})"
+    if rep.forgotten:
+        checked += f" ({_n(len(rep.forgotten), 'backup')} forgotten during verify, skipped)"
     if rep.ok:
-        return f"{checked}: no damage found"
-    hit = set().union(*(p.backups for p in rep.problems.values()))
-    damaged = _n(len(rep.problems), "damaged object")
-    return f"{checked}: {damaged}, affecting {_n(len(hit), 'backup')}"
+        line = f"{checked}: no damage found"
+        if rep.unreadable:
+            line += " in what could be read"
+    else:
+        hit = set().union(*(p.backups for p in rep.problems.values()))
+        damaged = _n(len(rep.problems), "damaged object")
+        line = f"{checked}: {damaged}, affecting {_n(len(hit), 'backup')}"
+    if rep.unreadable:
+        line += f"; could not read {_n(len(rep.unreadable), 'object')}, try again"
+    repairs = sorted({p.repair for p in rep.problems.values() if p.repair})
+    if repairs:
+        line += f"; repair: {'; '.join(repairs)}"
+    return line
+
+
+def _unreadable(out: Console, rep: VerifyReport) -> None:
+    for obj, why in sorted(rep.unreadable.items()):
+        out.print(Text(f"could not read {obj}, try again: {why}"), soft_wrap=True)
+    for backup_id in rep.forgotten:
+        out.print(Text(f"backup {backup_id}: forgotten during verify, skipped"))
 
 
 async def verify_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -194,6 +235,16 @@ async def verify_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
                 found=found,
                 report=report,
             )
+    except TargetError as exc:
+        if not could_not_read(exc):
+            raise
+        again = ", try again" if exc.retryable else ""
+        err.print(
+            f"mosaic-backup: error: verify: could not read the repository{again}: {one_line(exc)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_UNREADABLE
     finally:
         await target.aclose()
     problems = sorted(rep.problems.values(), key=lambda p: p.obj)
@@ -203,9 +254,11 @@ async def verify_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
         out.print(_table(problems))
         if args.detailed:
             _details(out, problems)
+    _unreadable(out, rep)
     line = _summary(rep)
     out.print(line, highlight=False, soft_wrap=True)
-    if problems:
+    if problems or rep.unreadable:
         err.print(f"mosaic-backup: error: verify: {line}", highlight=False, soft_wrap=True)
-        return 1
-    return 0
+    if problems:
+        return EXIT_DAMAGE
+    return EXIT_UNREADABLE if rep.unreadable else EXIT_CLEAN

@@ -8,10 +8,13 @@
     ├── TargetError                a storage target failed
     │   ├── ObjectNotFound         the key does not exist (permanent)
     │   └── TargetUnavailable      bucket/folder missing, auth refused, network down
+    │       └── TargetUnreadable   a read kept failing with transient faults (retries spent)
     ├── RepositoryError            the repository format
     │   ├── KeyFileError           key file missing or unreadable
     │   ├── WrongKeyError          the key does not open this repository
     │   ├── IntegrityError         an object failed authentication or hashing (names it)
+    │   │   └── PartialRestoreError  a restore finished with some files damaged (lists them)
+    │   ├── DamagedRepositoryError objects present but config or a key missing: repair
     │   └── UnsafePathError        a manifest path would escape the restore destination
     ├── SourceError                a source could not be read
     ├── CatalogError               the catalog database failed
@@ -57,6 +60,35 @@ class TargetUnavailable(TargetError):
     code = "target.unavailable"
 
 
+class TargetUnreadable(TargetUnavailable):
+    """A read failed with a transient fault (cut-short body, reset, timeout) on every
+    attempt of the retry wrapper (shared/targets/retry.py).
+
+    It says nothing about the stored bytes: the object may be intact, so verify reports
+    it as "could not read, try again", never as damage. ``key`` is the object (or the
+    listing prefix), ``attempts`` how many reads were made, ``cause`` the last fault and
+    ``reason`` that fault in one line without the target's name.
+    """
+
+    code = "target.unreadable"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        attempts: int,
+        cause: BaseException | None = None,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.attempts = attempts
+        self.cause = cause
+        self.reason = reason or message
+
+
 class RepositoryError(MosaicError):
     code = "repository"
 
@@ -75,6 +107,26 @@ class IntegrityError(RepositoryError):
 
 class UnsafePathError(RepositoryError):
     code = "repository.unsafe_path"
+
+
+class DamagedRepositoryError(RepositoryError):
+    """The location holds repository objects but an object every command needs (the
+    ``config``, a data key) is missing or unreadable: never "empty", never initialised
+    over; the message names the ``repo repair`` command that brings it back."""
+
+    code = "repository.damaged"
+
+
+class PartialRestoreError(IntegrityError):
+    """A restore wrote every file it could, but some content was damaged or missing;
+    ``damaged`` lists one line per affected file (path, byte ranges, object)."""
+
+    code = "repository.partial_restore"
+
+    def __init__(self, message: str, damaged: list[str], summary: str = "") -> None:
+        super().__init__(message)
+        self.damaged = damaged
+        self.summary = summary or message  # the message without the examples
 
 
 class SourceError(MosaicError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,8 +22,9 @@ from msgspec.structs import replace
 
 from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
-from shared.targets import ObjectInfo, Target, open_target
+from shared.targets import ObjectInfo, Target, open_target, unwrap
 from shared.targets.local import LocalTarget
+from shared.targets.retry import RetryingTarget
 from shared.targets.s3 import S3Target
 from shared.targets.sftp import SftpTarget
 from tests.fixtures.s3 import s3_client
@@ -37,12 +39,12 @@ async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "local":
         t = open_target("disk", LocalTargetConfig(path=str(tmp_path / "repo")))
         assert isinstance(t, LocalTarget)
-    elif request.param == "s3":
+    elif request.param == "s3":  # remote targets: the contract holds through the wrapper
         t = open_target("cloud", request.getfixturevalue("s3_bucket"))
-        assert isinstance(t, S3Target)
+        assert isinstance(t, RetryingTarget) and isinstance(unwrap(t), S3Target)
     else:
         t = open_target("offsite", request.getfixturevalue("sftp_target_cfg"))
-        assert isinstance(t, SftpTarget)
+        assert isinstance(t, RetryingTarget) and isinstance(unwrap(t), SftpTarget)
     yield t
     await t.aclose()
 
@@ -130,6 +132,22 @@ async def test_list_prefix_is_a_key_prefix(target: Target) -> None:
     assert await keys_of(target, "ind") == ["index/1"]
     assert await keys_of(target, "data/00/aa") == ["data/00/aa"]
     assert await keys_of(target, "nothing") == []
+
+
+async def test_list_after_resumes_after_a_key(target: Target) -> None:
+    """Remote targets resume a broken listing (the retry wrapper) with ``list_after``."""
+    resume = getattr(unwrap(target), "list_after", None)
+    if resume is None:
+        assert isinstance(target, LocalTarget)  # not wrapped: nothing resumes its listing
+        return
+    keys = ["data/00/aa", "data/00/ab", "data/01/aa", "data/0a", "data2/x", "index/1"]
+    for key in keys:
+        await target.put(key, b"x")
+    for i, after in enumerate(keys):
+        assert [o.key async for o in resume("", after)] == keys[i + 1 :]
+    assert [o.key async for o in resume("data/", "data/00/ab")] == ["data/01/aa", "data/0a"]
+    assert [o.key async for o in resume("data/", "data/00/")] == keys[:4]  # folder name
+    assert [o.key async for o in resume("", "data/00/zz")] == keys[2:]  # no such key
 
 
 async def test_delete(target: Target) -> None:
@@ -225,6 +243,26 @@ async def test_local_put_leaves_no_temp_files_and_list_hides_them(tmp_path: Path
     (tmp_path / "a" / ".tmp-abc123").write_bytes(b"torn")
     assert await keys_of(t) == [*(f"a/{i}" for i in range(5)), "a/b"]
     assert await keys_of(t, "a/.tmp") == []
+
+
+def test_local_full_disk_is_one_line_with_path_and_free_space(tmp_path: Path) -> None:
+    """A full target says where, what and how much room is left, never "(None)"."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        t = LocalTarget("disk", mnt / "repo")
+        with pytest.raises(TargetError) as info:
+            anyio.run(t.put, "data/ab/abcdef", os.urandom(2 * MiB))
+        message = str(info.value)
+        assert message.startswith(f"local target 'disk' at {mnt / 'repo'}: no space left on device")
+        assert "writing 2 MiB to data/ab/abcdef" in message
+        assert "(free " in message and " of 1 MiB)" in message
+        assert "None" not in message and "\n" not in message
+        assert not info.value.retryable
+        assert not [p for p in (mnt / "repo").rglob("*") if p.is_file()]  # no torn object
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 # --- S3 --------------------------------------------------------------------------------

@@ -4,17 +4,21 @@ going: every damaged pack of a run is reported, not only the first."""
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.backup import BackupSpec, backup_dataset
-from agent.verify import choose_packs
+from agent.prune import forget
+from agent.verify import VerifyReport, choose_packs, verify
+from mosaic.repo_verify import _summary, open_for_verify
 from shared.config import LocalTargetConfig
 from shared.repository import format as fmt
 from shared.repository.index import IndexEntry
 from shared.repository.keys import create_key_file, load_key_file
 from shared.repository.repository import Repository, WriteOptions
 from shared.sources import FilesSource
+from shared.targets.base import ObjectInfo
 from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree
 
@@ -121,7 +125,11 @@ async def test_every_damaged_pack_is_named_in_one_run(tmp_path: Path) -> None:
     assert code == 1
     assert fmt.pack_key(flipped) in out and fmt.pack_key(truncated) in out
     assert "authentication failed" in out and "truncated" in out
-    assert "2 damaged objects" in _one_error_line(err)
+    line = _one_error_line(err)
+    assert "2 damaged objects" in line
+    # Each damaged pack names its repair, and the summary line says it once.
+    repair = "repair: mosaic-backup repo repair packs, then mosaic-backup repo repair snapshots"
+    assert out.count(repair) == 3 and line.endswith(repair)
 
     # Without reading data, the length check still finds the truncated pack (only).
     code, out, err = s.verify("b1")
@@ -205,7 +213,7 @@ async def test_damaged_index_segment_is_named(tmp_path: Path) -> None:
     assert code == 1
     assert f"index/{segment.name}" in out
     assert "in no index segment" in out  # and what that loses: the chunks it listed
-    _one_error_line(err)
+    assert "repair: mosaic-backup repo repair index" in _one_error_line(err)
 
 
 async def test_subset_of_all_packs_equals_full_read(tmp_path: Path) -> None:
@@ -236,3 +244,111 @@ def test_subset_choice_is_seeded() -> None:
 def test_backup_id_or_all_is_required(tmp_path: Path) -> None:
     proc = cli("repo", "verify", "--config", str(tmp_path / "agent.toml"))
     assert proc.returncode == 2 and "BACKUP_ID" in proc.stderr
+
+
+# --- damage only when certain -----------------------------------------------------------
+
+
+class _Hooked(LocalTarget):
+    """The real disk, with an action run just before the first read of a chosen key
+    (where a concurrent prune lands between verify's steps, without relying on timing),
+    and keys whose first read comes back with one byte flipped (a garbled transfer)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__("t", root)
+        self.before: dict[tuple[str, str], Callable[[], Awaitable[None]]] = {}
+        self.garble: set[str] = set()
+
+    async def _first(self, op: str, key: str) -> None:
+        hook = self.before.pop((op, key), None)
+        if hook is None and key.startswith(fmt.DATA_PREFIX):
+            hook = self.before.pop((op, fmt.DATA_PREFIX), None)
+        if hook is not None:
+            await hook()
+
+    def _maybe_garble(self, key: str, data: bytes) -> bytes:
+        if key not in self.garble or not data:
+            return data
+        self.garble.discard(key)
+        return bytes([data[0], data[1] ^ 0x01, *data[2:]])
+
+    async def get(self, key: str) -> bytes:
+        await self._first("get", key)
+        return self._maybe_garble(key, await super().get(key))
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        await self._first("get", key)
+        return self._maybe_garble(key, await super().get_range(key, offset, length))
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        await self._first("stat", key)
+        return await super().stat(key)
+
+
+async def _hooked(s: Setup) -> tuple[_Hooked, Repository, VerifyReport]:
+    target = _Hooked(s.repo_dir)
+    repo, found = await open_for_verify(target, load_key_file(s.repo_dir.parent / "repo.key"))
+    return target, repo, found
+
+
+async def test_what_reads_garbled_once_is_read_again_and_not_reported(tmp_path: Path) -> None:
+    s = await _setup(tmp_path)
+    target, repo, found = await _hooked(s)
+    manifest = await repo.load_manifest("b1")
+    tree_pack = repo.index[manifest.tree[0]].pack_id
+    target.garble |= {fmt.pack_key(tree_pack), fmt.pack_key((await s.data_packs())[0])}
+
+    rep = await verify(repo, ["b1"], read_data=True, found=found)
+    assert rep.ok and rep.complete, rep.problems
+    assert rep.rereads == 2  # the tree blob (range read) and a whole pack
+    assert not target.garble  # both garbles were served
+
+
+async def test_backup_forgotten_before_its_manifest_is_read_is_skipped(tmp_path: Path) -> None:
+    s = await _setup(tmp_path, backups=("b1", "b2"))
+    target, repo, found = await _hooked(s)
+
+    async def prune_b2() -> None:  # listed by verify, then forgotten before it is read
+        await forget(await s.open(), ["b2"])
+
+    target.before[("get", "manifests/b2")] = prune_b2
+    rep = await verify(repo, None, read_data=True, found=found)
+    assert not target.before  # the prune ran
+    assert rep.ok and rep.complete, rep.problems
+    assert (rep.forgotten, rep.backups) == (["b2"], ["b1"])
+    line = _summary(rep)
+    assert "checked 1 backup" in line and "(1 backup forgotten during verify, skipped)" in line
+    assert line.endswith("no damage found")
+
+
+async def test_backup_forgotten_and_its_packs_deleted_mid_verify_is_not_damage(
+    tmp_path: Path,
+) -> None:
+    s = await _setup(tmp_path)
+    (s.source / "new.bin").write_bytes(random.Random(5).randbytes(3 << 20))  # only in b2
+    writer = await Repository.open(
+        LocalTarget("t", s.repo_dir),
+        load_key_file(s.repo_dir.parent / "repo.key"),
+        options=WriteOptions(pack_size=PACK_SIZE),
+    )
+    spec = BackupSpec(
+        backup_id="b2", dataset="d", agent="a", source=FilesSource(path=str(s.source))
+    )
+    await backup_dataset(writer, spec)
+    target, repo, found = await _hooked(s)
+    b1 = await repo.load_manifest("b1")
+    b1_packs = {repo.index[c].pack_id for n in await repo.read_tree(b1) for c in n.chunks}
+    b1_packs |= {repo.index[c].pack_id for c in b1.tree}
+    only_b2 = sorted({e.pack_id for _, e in repo.index.items()} - b1_packs)
+    assert only_b2, "b2's new file should be in packs of its own"
+
+    async def prune_b2() -> None:  # after verify read both manifests: forget, then GC
+        await forget(await s.open(), ["b2"])
+        for pack_id in only_b2:
+            s.pack_path(pack_id).unlink()
+
+    target.before[("stat", fmt.DATA_PREFIX)] = prune_b2
+    rep = await verify(repo, None, read_data=True, found=found)
+    assert not target.before
+    assert rep.ok and rep.complete, rep.problems
+    assert rep.forgotten == ["b2"] and rep.backups == ["b1"]

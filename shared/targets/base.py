@@ -8,6 +8,7 @@ to files, S3 objects or SFTP paths under its own root or prefix.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import msgspec
@@ -21,6 +22,17 @@ class ObjectInfo(msgspec.Struct, frozen=True):
 class SpaceInfo(msgspec.Struct, frozen=True):
     total: int
     free: int
+
+
+class TemporaryInfo(msgspec.Struct, frozen=True):
+    """A write that never finished (``list_temporary``, on targets that have them): a
+    ``.tmp-*`` file of a killed upload, or an S3 multipart upload never completed.
+    ``list`` never shows these; prune removes them once older than the lease ttl."""
+
+    key: str  # the temporary name (local, SFTP) or the final key (S3 upload)
+    size: int
+    modified: datetime  # UTC; when the upload started (S3) or last wrote (files)
+    upload_id: str = ""  # S3 only
 
 
 @runtime_checkable
@@ -40,6 +52,13 @@ class Target(Protocol):
     - ``space`` returns total and free bytes where the medium knows them, else None.
     - ``describe`` is a human name without credentials, for messages.
     - ``aclose`` releases connections; it is idempotent.
+
+    Backends do not retry reads themselves (beyond what their SDK does per request):
+    :func:`shared.targets.open_target` wraps remote targets in
+    :class:`shared.targets.retry.RetryingTarget`, whose reads raise
+    :class:`shared.errors.TargetUnreadable` once transient faults outlast its attempts.
+    A backend may offer ``list_after(prefix, start_after)`` (``list`` from the first key
+    after ``start_after``) so that a broken listing resumes where it stopped.
     """
 
     name: str

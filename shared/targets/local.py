@@ -15,6 +15,7 @@ attribute of one folder around each delete.
 
 from __future__ import annotations
 
+import builtins
 import ctypes
 import errno
 import fcntl
@@ -24,6 +25,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,7 +34,7 @@ import anyio.to_thread
 
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
 from shared.repository import format as fmt
-from shared.targets.base import ObjectInfo, SpaceInfo, check_key
+from shared.targets.base import ObjectInfo, SpaceInfo, TemporaryInfo, check_key
 
 _LIMIT = anyio.CapacityLimiter(8)
 T = TypeVar("T")
@@ -129,6 +131,20 @@ def _link_new(data: bytes, folder: Path, path: Path) -> bool:
         os.close(fd)
 
 
+def _size(n: int) -> str:
+    """Bytes for messages, in binary units (``64 MiB``)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}".replace(".0 ", " ")
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _writing(data: bytes) -> str:
+    return f"writing {_size(len(data))} to"
+
+
 def _fsync_dir(folder: Path) -> None:
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -160,7 +176,9 @@ class LocalTarget:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def _run(self, fn: Callable[..., T], *args: object, doing: str = "", key: str = "") -> T:
+        """Run ``fn`` in a worker thread; OSErrors become shared errors that say what
+        was being done to which key (``doing``, ``key``) when the OS names no file."""
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=_LIMIT)
         except ObjectNotFound:
@@ -168,11 +186,32 @@ class LocalTarget:
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"{self.describe()}: {exc.filename} not found") from exc
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise await self._full(exc, doing, key) from exc
             retry = exc.errno in (errno.EAGAIN, errno.EINTR, errno.EBUSY)
             cls = TargetUnavailable if exc.errno in (errno.EACCES, errno.EROFS) else TargetError
-            raise cls(
-                f"{self.describe()}: {exc.strerror} ({exc.filename})", retryable=retry
-            ) from exc
+            where = exc.filename or " ".join(w for w in (doing, key) if w) or None
+            text = f"{exc.strerror} ({where})" if where else str(exc.strerror or exc)
+            raise cls(f"{self.describe()}: {text}", retryable=retry) from exc
+
+    async def _full(self, exc: OSError, doing: str, key: str) -> TargetError:
+        """One line for a full disk or quota: the target, the key, and the free space."""
+        try:
+            usage = await anyio.to_thread.run_sync(shutil.disk_usage, self._existing_root())
+            room = f" (free {_size(usage.free)} of {_size(usage.total)})"
+        except OSError:
+            room = ""
+        what = "quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+        action = f" {doing} {key}" if doing and key else ""
+        return TargetError(
+            f"local target {self.name!r} at {self.root}: {what}{action}{room}", retryable=False
+        )
+
+    def _existing_root(self) -> Path:
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        return probe
 
     def _ensure_root(self) -> None:
         if self.root.is_dir():
@@ -236,10 +275,10 @@ class LocalTarget:
         raise self._refuse("replace", key)
 
     async def put(self, key: str, data: bytes) -> None:
-        await self._run(self._store, key, data, False)
+        await self._run(self._store, key, data, False, doing=_writing(data), key=key)
 
     async def create(self, key: str, data: bytes) -> bool:
-        return await self._run(self._store, key, data, True)
+        return await self._run(self._store, key, data, True, doing=_writing(data), key=key)
 
     def _get_range(self, key: str, offset: int, length: int | None) -> bytes:
         with open(self._path(key), "rb") as f:
@@ -247,10 +286,10 @@ class LocalTarget:
             return f.read() if length is None else f.read(length)
 
     async def get(self, key: str) -> bytes:
-        return await self._run(self._get_range, key, 0, None)
+        return await self._run(self._get_range, key, 0, None, doing="reading", key=key)
 
     async def get_range(self, key: str, offset: int, length: int) -> bytes:
-        return await self._run(self._get_range, key, offset, length)
+        return await self._run(self._get_range, key, offset, length, doing="reading", key=key)
 
     def _stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -292,6 +331,31 @@ class LocalTarget:
         for item in await self._run(self._list, prefix):
             yield item
 
+    def _list_temporary(self) -> tuple[TemporaryInfo, ...]:
+        out: builtins.list[TemporaryInfo] = []
+        if not self.root.is_dir():
+            return ()
+        for dirpath, _, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for fn in filenames:
+                if fn.startswith(".tmp-"):
+                    try:
+                        st = os.stat(os.path.join(dirpath, fn))
+                    except FileNotFoundError:
+                        continue
+                    when = datetime.fromtimestamp(st.st_mtime, UTC)
+                    out.append(TemporaryInfo(base + fn, st.st_size, when))
+        return tuple(sorted(out, key=lambda t: t.key))
+
+    async def list_temporary(self) -> AsyncIterator[TemporaryInfo]:
+        """The ``.tmp-*`` files of writes that never finished (``list`` skips them)."""
+        for item in await self._run(self._list_temporary):
+            yield item
+
+    async def delete_temporary(self, item: TemporaryInfo) -> None:
+        await self.delete(item.key)
+
     def _delete(self, key: str) -> None:
         path = self._path(key)
         try:
@@ -310,14 +374,11 @@ class LocalTarget:
     async def delete(self, key: str) -> None:
         if self.append_only:
             raise self._refuse("delete", check_key(key))
-        await self._run(self._delete, key)
+        await self._run(self._delete, key, doing="deleting", key=key)
 
     async def space(self) -> SpaceInfo | None:
         def _space() -> SpaceInfo | None:
-            probe = self.root
-            while not probe.exists() and probe != probe.parent:
-                probe = probe.parent
-            usage = shutil.disk_usage(probe)
+            usage = shutil.disk_usage(self._existing_root())
             return SpaceInfo(usage.total, usage.free)
 
         return await self._run(_space)

@@ -7,9 +7,10 @@ failed upload is aborted so no orphan parts stay billed in the bucket.
 
 boto3 is blocking, so every call runs in a worker thread behind a per-target
 :class:`anyio.CapacityLimiter` sized like the HTTP connection pool. botocore retries
-throttling and transient faults (adaptive mode); what still fails is translated here, at
-the boundary, into :mod:`shared.errors` with messages that name the bucket and key and
-never carry credentials.
+throttling and transient faults (adaptive mode); what still fails is translated at the
+boundary (s3_errors.py) into :mod:`shared.errors` with messages that name the bucket and
+key and never carry credentials. A body cut short after a 200 is not retried by botocore;
+the read retries of retry.py, wrapped around this target by ``open_target``, handle it.
 
 With ``object_lock_mode`` / ``object_lock_days`` set, every object is written with an S3
 Object Lock retention (mode, now + days), and ``check`` refuses a bucket without Object
@@ -32,18 +33,12 @@ import anyio
 import anyio.to_thread
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    NoCredentialsError,
-    ParamValidationError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.config import S3TargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
-from shared.targets.base import ObjectInfo, SpaceInfo, check_key
+from shared.targets.base import ObjectInfo, SpaceInfo, TemporaryInfo, check_key
+from shared.targets.s3_errors import S3Errors
 from shared.targets.s3_versions import delete_version, versions_of
 
 if TYPE_CHECKING:
@@ -52,18 +47,13 @@ if TYPE_CHECKING:
         CompletedPartTypeDef,
         HeadObjectOutputTypeDef,
         ListObjectsV2OutputTypeDef,
+        PaginatorConfigTypeDef,
     )
 
 T = TypeVar("T")
 
 MiB = 1 << 20
 _MAX_PARTS = 10_000  # S3's limit per multipart upload
-_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
-_REFUSED = frozenset(
-    "AccessDenied 403 Forbidden InvalidAccessKeyId SignatureDoesNotMatch AllAccessDisabled "
-    "ExpiredToken InvalidToken AccountProblem".split()
-)
-_TRANSIENT = frozenset("SlowDown RequestTimeout ServiceUnavailable InternalError".split())
 # GetObjectLockConfiguration on a bucket without Object Lock, or on a store without it.
 _NO_LOCK_CONFIG = frozenset({"ObjectLockConfigurationNotFoundError", "NotImplemented"})
 
@@ -134,6 +124,13 @@ class S3Target:
             config=config,
         )
         self._endpoint = _strip_userinfo(self._client.meta.endpoint_url)
+        self._errors = S3Errors(
+            name=name,
+            bucket=cfg.bucket,
+            endpoint=self._endpoint,
+            where=self.describe(),
+            secret=cfg.secret_access_key,
+        )
 
     def describe(self) -> str:
         where = f"{self.cfg.bucket}/{self._prefix.rstrip('/')}" if self._prefix else self.cfg.bucket
@@ -143,60 +140,10 @@ class S3Target:
         return self._prefix + check_key(key)
 
     def _bucket_missing(self) -> TargetUnavailable:
-        return TargetUnavailable(
-            f"s3 bucket {self.cfg.bucket!r} does not exist at {self._endpoint}: "
-            f"create it or fix targets.{self.name}.bucket",
-            retryable=False,
-        )
-
-    def _scrub(self, text: str) -> str:
-        secret = self.cfg.secret_access_key
-        return text.replace(secret, "***") if secret else text
+        return self._errors.bucket_missing()
 
     def _translate(self, exc: Exception, op: str, key: str | None) -> TargetError:
-        """Map a botocore error to the shared tree; the caller chains it with ``from``."""
-        what = f"{op} {key!r}" if key is not None else op
-        if isinstance(exc, ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", "Unknown"))
-            detail = self._scrub(str(err.get("Message", "")))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code == "NoSuchBucket" or (key is None and code in _NOT_FOUND):
-                return self._bucket_missing()
-            if code in _NOT_FOUND:
-                return ObjectNotFound(f"{self.describe()}: object {key!r} not found")
-            if code in _REFUSED:
-                return TargetUnavailable(
-                    f"{self.describe()}: {what} refused ({code}): check the credentials "
-                    f"and permissions of targets.{self.name}",
-                    retryable=False,
-                )
-            if code == "InvalidObjectState":
-                return TargetError(
-                    f"{self.describe()}: {what}: object is in an archive storage class "
-                    "and must be restored before it can be read",
-                    retryable=False,
-                )
-            retry = code in _TRANSIENT or status >= 500
-            return TargetError(
-                f"{self.describe()}: {what} failed: {code} {detail}", retryable=retry
-            )
-        if isinstance(exc, NoCredentialsError):
-            return TargetUnavailable(
-                f"{self.describe()}: no credentials: set targets.{self.name}.access_key_id "
-                "and secret_access_key",
-                retryable=False,
-            )
-        if isinstance(exc, BotoConnectionError | HTTPClientError):
-            return TargetUnavailable(
-                f"{self.describe()}: {what}: cannot reach {self._endpoint}: "
-                f"{self._scrub(str(exc))}",
-                retryable=True,
-            )
-        return TargetError(
-            f"{self.describe()}: {what} failed: {self._scrub(str(exc))}",
-            retryable=not isinstance(exc, ParamValidationError),
-        )
+        return self._errors.translate(exc, op, key)
 
     async def _call(self, op: str, key: str | None, fn: Callable[[], T]) -> T:
         try:
@@ -426,15 +373,30 @@ class S3Target:
     async def exists(self, key: str) -> bool:
         return await self.stat(key) is not None
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        return self.list_after(prefix, "")
+
+    async def list_after(self, prefix: str, start_after: str) -> AsyncIterator[ObjectInfo]:
+        """``list``, from the first key after ``start_after`` (ListObjectsV2 StartAfter),
+        so the retry wrapper resumes a broken listing where it stopped."""
+
         # Building the paginator reads botocore's model files and each page is a request:
         # both stay off the event loop.
         def first() -> Iterator[ListObjectsV2OutputTypeDef]:
+            paginator = self._client.get_paginator("list_objects_v2")
+            config: PaginatorConfigTypeDef = {"PageSize": self._page_size}
+            if start_after:
+                return iter(
+                    paginator.paginate(
+                        Bucket=self.cfg.bucket,
+                        Prefix=self._prefix + prefix,
+                        StartAfter=self._prefix + start_after,
+                        PaginationConfig=config,
+                    )
+                )
             return iter(
-                self._client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.cfg.bucket,
-                    Prefix=self._prefix + prefix,
-                    PaginationConfig={"PageSize": self._page_size},
+                paginator.paginate(
+                    Bucket=self.cfg.bucket, Prefix=self._prefix + prefix, PaginationConfig=config
                 )
             )
 
@@ -473,6 +435,39 @@ class S3Target:
                     f"{version_id}); S3 Object Lock refuses to delete it before then",
                     retryable=False,
                 )
+
+    async def list_temporary(self) -> AsyncIterator[TemporaryInfo]:
+        """Multipart uploads under this target's prefix never completed or aborted (a
+        killed writer's): they hold storage that no listing shows."""
+        bucket, marker = self.cfg.bucket, {"KeyMarker": "", "UploadIdMarker": ""}
+        while True:
+            args: dict[str, Any] = {k: v for k, v in marker.items() if v}
+            page = await self._call(
+                "list",
+                None,
+                partial(
+                    self._client.list_multipart_uploads, Bucket=bucket, Prefix=self._prefix, **args
+                ),
+            )
+            for up in page.get("Uploads", []):
+                key = up["Key"][len(self._prefix) :]
+                yield TemporaryInfo(key, 0, up["Initiated"], up["UploadId"])
+            if not page.get("IsTruncated"):
+                return
+            marker = {
+                "KeyMarker": page.get("NextKeyMarker", ""),
+                "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+            }
+
+    async def delete_temporary(self, item: TemporaryInfo) -> None:
+        k = self._key(item.key)
+        abort = partial(
+            self._client.abort_multipart_upload,
+            Bucket=self.cfg.bucket,
+            Key=k,
+            UploadId=item.upload_id,
+        )
+        await self._call("delete", item.key, abort)
 
     async def space(self) -> SpaceInfo | None:
         return None  # a bucket has no fixed size

@@ -3,6 +3,9 @@
 For offsite copies to a plain server or NAS whose only way in is SSH. One connection and
 SFTP session per target, opened on first use; when the server drops it (reboot, idle NAT
 timeout) the call reconnects once and repeats, safe because every operation is retry-safe.
+Any other failure of the session itself (a timeout, a channel error) closes it, so that
+the next call (the read retries of shared/targets/retry.py) dials a fresh one instead of
+waiting on a dead one.
 
 A value is written to ``.tmp-<random>`` beside its final name, fsynced if the server has
 ``fsync@openssh.com``, then moved over the final name with ``posix-rename@openssh.com``
@@ -28,6 +31,7 @@ import os
 import posixpath
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio
@@ -37,7 +41,7 @@ from asyncssh import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR
 
 from shared.config import SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
-from shared.targets.base import ObjectInfo, SpaceInfo, check_key
+from shared.targets.base import ObjectInfo, SpaceInfo, TemporaryInfo, check_key
 
 T = TypeVar("T")
 
@@ -51,6 +55,12 @@ _DROPPED = (
 )
 _PERMANENT_DISCONNECT = (asyncssh.KeyExchangeFailed, asyncssh.ProtocolNotSupported)
 _Entry = tuple[str, str, bool, int]  # sort key, name, is a folder, size
+
+
+def _answered(exc: BaseException) -> bool:
+    """The server answered the request (no such file, permission denied, failure): the
+    session is fine. Anything else may have left it unusable."""
+    return isinstance(exc, asyncssh.SFTPError) and not isinstance(exc, _DROPPED)
 
 
 def _reason(exc: BaseException) -> str:
@@ -220,6 +230,10 @@ class SftpTarget:
                     raise self._translate(exc, op, key) from exc
                 retried = True
             except (asyncssh.Error, OSError, TimeoutError) as exc:
+                if not _answered(exc):
+                    # The session itself failed (timeout, channel error, disconnect): a
+                    # later call, such as the retry wrapper's, must dial a new one.
+                    await self._forget(sftp)
                 raise self._translate(exc, op, key) from exc
 
     async def check(self) -> None:
@@ -361,24 +375,58 @@ class SftpTarget:
     async def exists(self, key: str) -> bool:
         return await self.stat(key) is not None
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        async for info in self._walk("", prefix):
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        return self.list_after(prefix, "")
+
+    async def list_after(self, prefix: str, start_after: str) -> AsyncIterator[ObjectInfo]:
+        """``list``, from the first key after ``start_after``, so the retry wrapper
+        resumes a broken listing without reading the folders it has walked again."""
+        async for info in self._walk("", prefix, start_after):
             yield info
 
-    async def _walk(self, base: str, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Depth-first over the folders that can hold keys starting with ``prefix``."""
+    async def _walk(self, base: str, prefix: str, after: str) -> AsyncIterator[ObjectInfo]:
+        """Depth-first over the folders that can hold keys starting with ``prefix`` and
+        sorting after ``after``."""
         folder = posixpath.join(self._root, base) if base else self._root
         entries = await self._call("list", prefix, lambda sftp: _readdir(sftp, folder))
         for _, name, is_folder, size in entries:
             key = base + name
             if not is_folder:
-                if key.startswith(prefix):
+                if key.startswith(prefix) and key > after:
                     yield ObjectInfo(key, size)
                 continue
             sub = key + "/"
+            # Every key under ``sub`` sorts before a larger string that does not start so.
+            if after > sub and not after.startswith(sub):
+                continue
             if sub.startswith(prefix) or prefix.startswith(sub):
-                async for info in self._walk(sub, prefix):
+                async for info in self._walk(sub, prefix, after):
                     yield info
+
+    async def list_temporary(self, base: str = "") -> AsyncIterator[TemporaryInfo]:
+        """The ``.tmp-*`` files of puts that never finished (``list`` skips them)."""
+        folder = posixpath.join(self._root, base) if base else self._root
+
+        async def readdir(sftp: asyncssh.SFTPClient) -> list[asyncssh.SFTPName]:
+            try:
+                return list(await sftp.readdir(folder))
+            except asyncssh.SFTPNoSuchFile:
+                return []
+
+        entries = await self._call("list", base, readdir)
+        for entry in sorted(entries, key=lambda e: str(e.filename)):
+            name = str(entry.filename)
+            if name in (".", ".."):
+                continue
+            if entry.attrs.type == FILEXFER_TYPE_DIRECTORY:
+                async for item in self.list_temporary(f"{base}{name}/"):
+                    yield item
+            elif name.startswith(".tmp-") and entry.attrs.type == FILEXFER_TYPE_REGULAR:
+                when = datetime.fromtimestamp(entry.attrs.mtime or 0, UTC)
+                yield TemporaryInfo(base + name, entry.attrs.size or 0, when)
+
+    async def delete_temporary(self, item: TemporaryInfo) -> None:
+        await self.delete(item.key)
 
     async def delete(self, key: str) -> None:
         if self.append_only:
