@@ -39,7 +39,14 @@ from shared.tasks import task_group
 
 CONCURRENCY = 4
 # Copy phases in dependency order; config is handled between keys and data.
-PHASES = (fmt.KEYS_PREFIX, fmt.DATA_PREFIX, fmt.INDEX_PREFIX, fmt.MANIFESTS_PREFIX)
+PHASES = (
+    fmt.KEYS_PREFIX,
+    fmt.RECOVERY_PREFIX,
+    fmt.DATA_PREFIX,
+    fmt.INDEX_PREFIX,
+    fmt.MANIFESTS_PREFIX,
+)
+BY_CONTENT = (fmt.KEYS_PREFIX, fmt.RECOVERY_PREFIX)
 
 
 class ReplicationError(RepositoryError):
@@ -135,8 +142,9 @@ async def replicate(
         have = await _sizes(dst, prefix)
         todo = []
         for key, size in listed[prefix].items():
-            # keys/ are compared by content below: a rewrap keeps their size.
-            if have.get(key) == size and prefix != fmt.KEYS_PREFIX:
+            # keys/ and recovery/ are compared by content below: a rewrap or a key
+            # rotation keeps their size.
+            if have.get(key) == size and prefix not in BY_CONTENT:
                 rep.prefixes[prefix].skipped += 1
                 rep.prefixes[prefix].skipped_bytes += size
             else:
@@ -173,7 +181,7 @@ async def _copy_one(
 ) -> int:
     """Copy one object unless the destination has it; return the bytes it accounts for.
     A dry run reads nothing but keys/ (compared by content)."""
-    if dry_run and prefix != fmt.KEYS_PREFIX:
+    if dry_run and prefix not in BY_CONTENT:
         stats.copied += 1
         stats.copied_bytes += size
         return size
@@ -182,7 +190,7 @@ async def _copy_one(
     except ObjectNotFound:
         stats.vanished += 1
         return size
-    if prefix == fmt.KEYS_PREFIX and await _same(dst, key, data):
+    if prefix in BY_CONTENT and await _same(dst, key, data):
         stats.skipped += 1
         stats.skipped_bytes += len(data)
         return len(data)

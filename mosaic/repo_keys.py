@@ -200,8 +200,12 @@ async def rewrap_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
                 _say(out, f"target '{name}' ({target.describe()}): no repository yet, skipped")
                 continue
             n = await rewrap(target, old, new)
-            _say(out, f"target '{name}' ({target.describe()}): rewrapped {n} data key(s)")
-            rewrapped.append(f"{name} ({n} data keys)")
+            _say(
+                out,
+                f"target '{name}' ({target.describe()}): rewrapped {n} wrapped key "
+                "object(s) (keys/ and recovery/keys/)",
+            )
+            rewrapped.append(f"{name} ({n} wrapped key objects)")
     finally:
         for target in targets.values():
             await target.aclose()

@@ -228,7 +228,7 @@ async def test_rewrap_moves_to_new_master_without_touching_data(tmp_path: Path) 
     target = LocalTarget("t", repo_dir)
 
     new = os.urandom(32)
-    assert await rewrap(target, old, new) == 2
+    assert await rewrap(target, old, new) == 4  # two data keys, each with its recovery copy
 
     assert _contents(repo_dir, *untouched) == before
     keys_after = _contents(repo_dir, "keys/")
@@ -261,8 +261,9 @@ async def test_interrupted_rewrap_is_finished_by_running_it_again(tmp_path: Path
     first.write_bytes(wrap_data_key(new, kid, data_key))
     target = LocalTarget("t", repo_dir)
 
-    assert await rewrap(target, old, new, dry_run=True) == 1
-    assert await rewrap(target, old, new) == 1
+    # two data keys and their recovery copies, one of the four already rewrapped
+    assert await rewrap(target, old, new, dry_run=True) == 3
+    assert await rewrap(target, old, new) == 3
     assert await rewrap(target, old, new) == 0
     await _restores(await Repository.open(target, new), "b1", src1, tmp_path / "out")
 
@@ -378,7 +379,7 @@ async def test_cli_keys_rewrap(tmp_path: Path) -> None:
     new_file = tmp_path / "new.key"
     proc = cli("repo", "keys", "rewrap", "--config", str(cfg), "--new-key-file", str(new_file))
     assert proc.returncode == 0, proc.stderr
-    assert "rewrapped 1 data key" in proc.stdout and "set key_file" in proc.stdout
+    assert "rewrapped 2 wrapped key object" in proc.stdout and "set key_file" in proc.stdout
     assert "no repository yet" in proc.stdout
     assert "Keep a copy" in proc.stderr
     assert _contents(repo_dir, "data/", "index/", "manifests/", "config") == data_before
@@ -392,7 +393,7 @@ async def test_cli_keys_rewrap(tmp_path: Path) -> None:
     # Run again (say, unsure whether it finished): nothing left to do, nothing broken.
     proc = cli("repo", "keys", "rewrap", "--config", str(cfg), "--new-key-file", str(new_file))
     assert proc.returncode == 0, proc.stderr
-    assert "rewrapped 0 data key" in proc.stdout
+    assert "rewrapped 0 wrapped key" in proc.stdout
 
 
 def test_cli_export_refuses_to_overwrite(tmp_path: Path) -> None:

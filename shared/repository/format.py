@@ -13,6 +13,12 @@ Objects on a target (keys are relative to the repository root)::
     index/<hex>              sealed INDEX objects: pack → blobs it holds
     manifests/<backup id>    sealed MANIFEST object, one per backup
     locks/<lease id>         sealed LEASE object of a running writer (see lease.py)
+    recovery/config          a byte-for-byte copy of ``config`` (recovery.py)
+    recovery/keys/<kid hex>  a byte-for-byte copy of ``keys/<kid hex>``
+
+A location that holds any of these objects but no readable ``config`` is a *damaged*
+repository, never an empty one: nothing initialises there (recovery.py explains how
+``config`` and ``keys/`` come back from their copies or from the key file).
 
 Sealed object (every blob, index, manifest, config and pack header)::
 
@@ -102,6 +108,18 @@ DATA_PREFIX = "data/"
 INDEX_PREFIX = "index/"
 MANIFESTS_PREFIX = "manifests/"
 LOCKS_PREFIX = "locks/"
+RECOVERY_PREFIX = "recovery/"
+RECOVERY_CONFIG_KEY = "recovery/config"
+RECOVERY_KEYS_PREFIX = "recovery/keys/"
+# Where a repository's objects live; any object under one of them means "not empty".
+REPOSITORY_PREFIXES = (
+    KEYS_PREFIX,
+    DATA_PREFIX,
+    INDEX_PREFIX,
+    MANIFESTS_PREFIX,
+    LOCKS_PREFIX,
+    RECOVERY_PREFIX,
+)
 
 
 def pack_key(pack_id: bytes) -> str:

@@ -106,6 +106,11 @@ class ChunkIndex:
             if cid not in self._overlay:
                 yield cid, self._entry(*rest)
 
+    def pack_ids(self) -> set[bytes]:
+        """Every pack an entry was ever added for (a superset of the packs in use)."""
+        packs = self._packs
+        return {bytes(packs[i : i + 32]) for i in range(0, len(packs), 32)}
+
     # --- internals -------------------------------------------------------------------
 
     def _pack_number(self, pack_id: bytes) -> int:

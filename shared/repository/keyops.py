@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from shared.errors import KeyFileError, ObjectNotFound, RepositoryError, WrongKeyError
 from shared.repository import format as fmt
+from shared.repository import recovery
 from shared.repository.crypto import Keyring, open_sealed, seal, sealed_kid
 from shared.repository.keys import KEY_SIZE, create_key_file, unwrap_data_key, wrap_data_key
 from shared.repository.repository import RepoConfig, Repository
@@ -94,17 +95,19 @@ async def rotate(repo: Repository, master: bytes) -> bytes:
     repo.keys.add(kid, data_key)
     new_keys = Keyring({kid: data_key}, kid, repo.keys.id_key)
     # The stored payload is re-sealed as is, so fields this version does not know survive.
-    await target.put(
-        fmt.CONFIG_KEY, seal(new_keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), payload)
-    )
+    new_cfg = seal(new_keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), payload)
+    await target.put(fmt.CONFIG_KEY, new_cfg)
     repo.keys.current = kid
+    repo.sealed_config = new_cfg
+    await recovery.ensure_copies(target, new_cfg)
     return kid
 
 
 async def rewrap(
     target: Target, old_master: bytes, new_master: bytes, *, dry_run: bool = False
 ) -> int:
-    """Wrap every data key in ``keys/`` under ``new_master``; return how many were written.
+    """Wrap every data key in ``keys/`` and its copy in ``recovery/keys/`` under
+    ``new_master``; return how many objects were written.
 
     Every object is checked first: each must open with ``old_master`` (or already with
     ``new_master``, left by an interrupted run). If any opens with neither, WrongKeyError
@@ -116,7 +119,11 @@ async def rewrap(
         raise KeyFileError(f"new master key is {len(new_master)} bytes, expected {KEY_SIZE}")
     where = target.describe()
     todo: list[tuple[str, bytes, bytes]] = []
-    async for obj in target.list(fmt.KEYS_PREFIX):
+    # recovery/keys/ holds copies of keys/: rewrapped too, or the old key file would
+    # still open them.
+    objects = [o async for o in target.list(fmt.KEYS_PREFIX)]
+    objects += [o async for o in target.list(fmt.RECOVERY_KEYS_PREFIX)]
+    for obj in objects:
         raw = await target.get(obj.key)
         obj_where = f"{where}/{obj.key}"
         if is_recipient_wrapped(raw):
@@ -195,6 +202,8 @@ async def write_only_entry(repo: Repository, master: bytes) -> WriteOnlyEntry:
         )
         await target.put(fmt.CONFIG_KEY, sealed)
         repo.config, repo.keys.meta, repo.recipient = cfg, ikid, private
+        repo.sealed_config = sealed
+        await recovery.ensure_copies(target, sealed)
     await _reseal_index(repo)
     raw = await target.get(_key_name(cfg.index_kid))
     _, index_key = unwrap_data_key(master, raw, f"{target.describe()}/{_key_name(cfg.index_kid)}")

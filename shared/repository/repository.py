@@ -16,9 +16,11 @@ backup content with :class:`WriteOnlyKeyError`.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -26,8 +28,15 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyfastcdc import FastCDC
 
-from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, WrongKeyError
+from shared.errors import (
+    DamagedRepositoryError,
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryError,
+    WrongKeyError,
+)
 from shared.repository import format as fmt
+from shared.repository import packscan, recovery
 from shared.repository.crypto import Keyring, open_sealed, seal, sealed_kid
 from shared.repository.index import ChunkIndex, IndexEntry
 from shared.repository.keys import KEY_SIZE, RepoKey, unwrap_data_key, wrap_data_key
@@ -48,6 +57,8 @@ from shared.repository.writeonly import (
     wrap_to_recipient,
 )
 from shared.targets.base import Target
+
+log = logging.getLogger(__name__)
 
 
 class RepoConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,12 +131,23 @@ class Repository:
         self.recipient: X25519PrivateKey | None = None
         # A write-only session key not yet stored: (object name, wrapped bytes).
         self._session_key_obj: tuple[str, bytes] | None = None
+        # What recovery.py copies (full key only): the sealed config as stored and the
+        # master-wrapped data keys (kid hex → bytes).
+        self.sealed_config = b""
+        self.wrapped_keys: dict[str, bytes] = {}
+        # Index segments that did not open at load, and packs whose header did not
+        # (key → reason), for verify and ``repo repair``.
+        self.damaged_segments: list[str] = []
+        self.unreadable_packs: dict[str, str] = {}
+        self._scanned = False  # scan_unindexed_packs ran
 
     # --- opening ---------------------------------------------------------------------
 
     @staticmethod
     async def exists(target: Target) -> bool:
-        return await target.exists(fmt.CONFIG_KEY)
+        """True when ``target`` holds a repository or anything of one (a damaged one
+        included): such a location is never treated as empty (recovery.py)."""
+        return await recovery.location_state(target) not in ("empty", "initialising")
 
     @classmethod
     async def open(
@@ -138,51 +160,80 @@ class Repository:
     ) -> Repository:
         """Open the repository on ``target``; with ``create``, initialise an empty one.
 
-        Nothing is written unless the target holds no repository and ``create`` is set;
-        a wrong key is detected before any write. ``master_key`` may be a write-only key.
+        Nothing is written unless the target holds no repository object at all and
+        ``create`` is set; a wrong key is detected before any write. A location with
+        objects but no readable ``config`` raises DamagedRepositoryError naming the
+        repair — except that readers open it from ``recovery/config`` (with a warning).
+        ``master_key`` may be a write-only key.
         """
         where = target.describe()
         if isinstance(master_key, WriteOnlyKey):
             return await cls._open_write_only(target, master_key, options)
         try:
-            sealed_cfg = await target.get(fmt.CONFIG_KEY)
+            sealed_cfg: bytes | None = await target.get(fmt.CONFIG_KEY)
         except ObjectNotFound:
-            if not create:
-                raise RepositoryError(
-                    f"{where}: no repository here (nothing backed up yet)"
-                ) from None
-            return await cls._init(target, master_key, options)
+            sealed_cfg = None
+        from_copy = False
+        if sealed_cfg is None:
+            state = await recovery.location_state(target)
+            if state in ("empty", "initialising"):
+                if not create:
+                    raise RepositoryError(f"{where}: no repository here (nothing backed up yet)")
+                return await cls._init(target, master_key, options)
+            if state == "repository":  # config written since our first look
+                return await cls.open(target, master_key, create=create, options=options)
+            sealed_cfg = await recovery.config_copy(target)
+            if sealed_cfg is None or create:
+                raise DamagedRepositoryError(
+                    recovery.damaged_message(where, "the `config` object is missing")
+                )
+            from_copy = True
+        wrapped = await recovery.wrapped_keys(target)
         data_keys: dict[bytes, bytes] = {}
         wrong: WrongKeyError | None = None
         to_recipient: list[tuple[str, bytes]] = []
-        async for obj in target.list(fmt.KEYS_PREFIX):
-            raw = await target.get(obj.key)
+        for kid_hex, raw in wrapped.items():
+            key_where = f"{where}/{fmt.KEYS_PREFIX}{kid_hex}"
             if is_recipient_wrapped(raw):
-                to_recipient.append((f"{where}/{obj.key}", raw))
+                to_recipient.append((key_where, raw))
                 continue
             try:
-                kid, key = unwrap_data_key(master_key, raw, f"{where}/{obj.key}")
+                kid, key = unwrap_data_key(master_key, raw, key_where)
             except WrongKeyError as exc:
                 wrong = exc
                 continue
             data_keys[kid] = key
         if not data_keys:
-            raise wrong or RepositoryError(f"{where}: repository has no keys/ (damaged)")
+            if wrong is not None:
+                raise wrong
+            raise DamagedRepositoryError(recovery.damaged_message(where, "keys/ is empty"))
         keys = Keyring(data_keys, max(data_keys), b"")
         cfg_where = f"{where}/{fmt.CONFIG_KEY}"
-        _, payload = open_sealed(keys, fmt.CONFIG_KEY.encode(), sealed_cfg, cfg_where)
-        config = _cfg_dec.decode(payload)
-        if config.version != fmt.FORMAT_VERSION:
-            raise RepositoryError(
-                f"{cfg_where}: repository format {config.version} is not supported"
+        try:
+            config = cls._open_config(keys, sealed_cfg, cfg_where)
+        except (IntegrityError, KeyError) as exc:
+            copy = None if from_copy or create else await recovery.config_copy(target)
+            if copy is None or copy == sealed_cfg:
+                raise DamagedRepositoryError(
+                    recovery.damaged_message(where, f"the `config` object does not open ({exc})")
+                ) from None
+            sealed_cfg, from_copy = copy, True
+            config = cls._open_config(keys, sealed_cfg, f"{where}/{fmt.RECOVERY_CONFIG_KEY}")
+        if from_copy:
+            log.warning(
+                "%s: `config` is missing or damaged; opened read-only from recovery/config. "
+                "To write here again, %s",
+                where,
+                recovery.REPAIR_HINT,
             )
         recipient = None
         if config.recipient_kid:
             secret = data_keys.pop(config.recipient_kid, None)
             if secret is None:
-                raise RepositoryError(
-                    f"{where}: the recipient key {config.recipient_kid.hex()} is missing "
-                    "from keys/ (damaged repository?)"
+                raise DamagedRepositoryError(
+                    recovery.damaged_message(
+                        where, f"the recipient key {config.recipient_kid.hex()} is missing"
+                    )
                 )
             recipient = X25519PrivateKey.from_private_bytes(secret)
             for key_where, raw in to_recipient:
@@ -193,8 +244,29 @@ class Repository:
         keys = Keyring(data_keys, current, config.chunk_id_key, meta=config.index_kid or None)
         repo = cls(target, keys, config, options)
         repo.recipient = recipient
+        repo.sealed_config = sealed_cfg
+        repo.wrapped_keys = {k: v for k, v in wrapped.items() if not is_recipient_wrapped(v)}
         await repo._load_index()
+        if create:
+            await recovery.ensure_copies(target, sealed_cfg)
         return repo
+
+    @staticmethod
+    def _open_config(keys: Keyring, sealed: bytes, where: str) -> RepoConfig:
+        kid = sealed_kid(sealed)
+        if kid and not keys.holds(kid):
+            raise IntegrityError(
+                f"{where}: sealed with data key {kid.hex()}, which is in neither keys/ nor "
+                "recovery/keys/"
+            )
+        _, payload = open_sealed(keys, fmt.CONFIG_KEY.encode(), sealed, where)
+        try:
+            config = _cfg_dec.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise IntegrityError(f"{where}: config is invalid ({exc})") from exc
+        if config.version != fmt.FORMAT_VERSION:
+            raise RepositoryError(f"{where}: repository format {config.version} is not supported")
+        return config
 
     @classmethod
     async def _open_write_only(
@@ -203,7 +275,12 @@ class Repository:
         """Open for writing with a write-only key: a fresh session key, wrapped to the
         recipient, seals everything this Repository object writes (see writeonly.py)."""
         where = target.describe()
-        if not await target.exists(fmt.CONFIG_KEY):
+        state = await recovery.location_state(target)
+        if state == "damaged":
+            raise DamagedRepositoryError(
+                recovery.damaged_message(where, "the `config` object is missing")
+            )
+        if state != "repository":
             raise RepositoryError(
                 f"{where}: no repository here; a write-only key cannot create one — "
                 f"initialise it with the full key file, then export the write-only key"
@@ -291,14 +368,19 @@ class Repository:
             chunker_seed=int.from_bytes(os.urandom(4), "little"),
         )
         keys = Keyring({kid: data_key}, kid, config.chunk_id_key)
-        await target.put(f"{fmt.KEYS_PREFIX}{kid.hex()}", wrap_data_key(master_key, kid, data_key))
+        wrapped = wrap_data_key(master_key, kid, data_key)
+        await target.put(f"{fmt.KEYS_PREFIX}{kid.hex()}", wrapped)
         sealed = seal(keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), _cfg_enc.encode(config))
         # Written last and only if absent: it marks the repository as ready, and when two
         # writers initialise at once exactly one config wins; the loser opens that one
         # (its own data key stays in keys/, wrapped by the same master key, unused).
         if not await target.create(fmt.CONFIG_KEY, sealed):
             return await cls.open(target, master_key, options=options)
-        return cls(target, keys, config, options)
+        repo = cls(target, keys, config, options)
+        repo.sealed_config = sealed
+        repo.wrapped_keys = {kid.hex(): wrapped}
+        await recovery.ensure_copies(target, sealed)
+        return repo
 
     async def reload_index(self) -> None:
         """Re-read the index from the target (nothing may be pending). A backup calls
@@ -312,6 +394,36 @@ class Repository:
         await self._load_index()
 
     async def _load_index(self) -> None:
+        """Read every index segment; a segment that fails to open is skipped and the
+        packs it described are read from their own headers instead, so one damaged
+        segment never blocks a restore or a prune. A segment that vanishes between the
+        listing and the read was replaced by a concurrent prune: list again."""
+        for attempt in range(5):
+            self.index = ChunkIndex()
+            self.damaged_segments = []
+            self._scanned = False
+            try:
+                await self._load_segments()
+                break
+            except ObjectNotFound:
+                if attempt == 4:
+                    raise RepositoryError(
+                        f"{self.target.describe()}: the index kept changing while it was "
+                        "read (a prune running?); try again"
+                    ) from None
+        if self.damaged_segments and self.write_only is None:
+            packs = await self.scan_unindexed_packs()
+            log.warning(
+                "%s: %d index segment(s) could not be read (%s); read %d pack header(s) "
+                "instead. Run `mosaic-backup repo repair index` to rewrite the index.",
+                self.target.describe(),
+                len(self.damaged_segments),
+                ", ".join(self.damaged_segments[:3]),
+                packs,
+            )
+        self.index.compact()
+
+    async def _load_segments(self) -> None:
         async for obj in self.target.list(fmt.INDEX_PREFIX):
             where = f"{self.target.describe()}/{obj.key}"
             sealed = await self.target.get(obj.key)
@@ -321,13 +433,54 @@ class Repository:
                 continue
             if self.recipient is not None:
                 await self._ensure_key_for(sealed)
-            _, payload = open_sealed(self.keys, obj.key.encode(), sealed, where)
-            for pack in _idx_dec.decode(payload):
+            try:
+                _, payload = open_sealed(self.keys, obj.key.encode(), sealed, where)
+                packs = _idx_dec.decode(payload)
+            except (IntegrityError, msgspec.DecodeError, KeyError):
+                self.damaged_segments.append(obj.key)
+                continue
+            for pack in packs:
                 for e in pack.entries:
                     self.index[e.id] = IndexEntry(
                         pack.pack_id, e.offset, e.length, e.otype, e.raw_length
                     )
-        self.index.compact()
+
+    async def scan_unindexed_packs(self) -> int:
+        """Add the blobs of every pack the index does not know, read from the packs'
+        own headers (the fallback for a damaged or deleted index segment, and what
+        ``repo repair index`` builds on); return how many packs were read. Packs whose
+        header cannot be read are listed in ``unreadable_packs``."""
+        self.refuse_write_only("reading pack headers")
+        known = self.index.pack_ids()
+        found = 0
+        async for obj in self.target.list(fmt.DATA_PREFIX):
+            pack_id = packscan.pack_id_of(obj.key)
+            if pack_id is None or pack_id in known:
+                continue
+            try:
+                entries = await packscan.read_header(self.target, self.keys, obj.key, obj.size)
+            except (IntegrityError, ObjectNotFound) as exc:
+                if obj.key not in self.unreadable_packs:
+                    self.unreadable_packs[obj.key] = str(exc)
+                continue
+            for e in entries:
+                if e.id not in self.index:
+                    self.index[e.id] = IndexEntry(
+                        pack_id, e.offset, e.length, e.otype, e.raw_length
+                    )
+            found += 1
+        self._scanned = True
+        return found
+
+    async def find_missing(self, chunk_ids: Iterable[bytes]) -> list[bytes]:
+        """The ids the index lacks; before answering, read the headers of unindexed
+        packs once (a deleted index segment must not make intact data unreachable)."""
+        missing = [c for c in chunk_ids if c not in self.index]
+        if missing and not self._scanned and self.write_only is None:
+            await self.scan_unindexed_packs()
+            self.index.compact()
+            missing = [c for c in missing if c not in self.index]
+        return missing
 
     def chunker(self) -> FastCDC:
         c = self.config
@@ -454,6 +607,8 @@ class Repository:
         """Fetch, authenticate and decompress one blob; check its id."""
         self.refuse_write_only("reading backup data")
         entry = self.index.get(blob_id)
+        if entry is None and not await self.find_missing([blob_id]):
+            entry = self.index.get(blob_id)
         if entry is None:
             raise IntegrityError(f"chunk {blob_id.hex()}: not in the repository index (missing)")
         key = fmt.pack_key(entry.pack_id)
