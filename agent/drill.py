@@ -45,7 +45,7 @@ import anyio.to_thread
 
 from agent.maintenance import MaintenanceContext
 from agent.restore import restore_backup
-from shared.errors import MosaicError
+from shared.errors import MosaicError, PartialRestoreError
 from shared.messages import DrillCheck, DrillCompleted, DrillJob, utcnow
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
@@ -99,6 +99,11 @@ async def _restore_and_check(
         manifest = await repo.load_manifest(job.backup_id)
         nodes = await repo.read_tree(manifest)
         files, nbytes = await restore_backup(repo, manifest, dest)
+    except PartialRestoreError as exc:
+        # the damaged files first (their objects named), then how many: a tail cut
+        # would keep only the advice
+        head = f"{len(exc.damaged)} file(s) damaged: " + "; ".join(exc.damaged[:3])
+        return [DrillCheck(name="restore", ok=False, detail=" ".join(head.split())[:ERROR_TAIL])]
     except MosaicError as exc:
         return [DrillCheck(name="restore", ok=False, detail=_one_line(str(exc)))]
     checks = [DrillCheck(name="restore", ok=True, detail=f"{files} files, {nbytes} bytes")]

@@ -8,12 +8,16 @@ nanosecond mtimes (as PAX ``mtime`` records, which GNU and BSD tar apply).
 Memory stays at about one chunk: ``tarfile`` runs in a worker thread and reads each file
 through :class:`ChunkReader`, which fetches one blob at a time from the event loop
 (every blob authenticated and re-hashed, as in a restore). The tree passes the restore's
-path checks first, so an archive never holds a path a restore would refuse. On error
-the archive is left without its end-of-archive blocks, so it never looks complete.
+path checks first, so an archive never holds a path a restore would refuse. On an error
+that stops it the archive is left without its end-of-archive blocks, so it never looks
+complete. Damaged content does not stop it: a chunk that fails is written as zeros (the
+tar header already promised its size), every range is listed in a last member
+``MOSAIC-DAMAGED.txt`` and the export ends with PartialRestoreError (nonzero exit).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from collections.abc import Callable
@@ -26,11 +30,12 @@ import zstandard
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.restore import check_paths
 from agent.sources.files import shown_names
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, PartialRestoreError, TargetError
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
 
 Fetch = Callable[[bytes], bytes]
+DAMAGE_MEMBER = "MOSAIC-DAMAGED.txt"
 
 
 class ChunkReader:
@@ -40,13 +45,25 @@ class ChunkReader:
     :class:`IntegrityError` when the chunks hold fewer or more bytes than the manifest says.
     """
 
-    def __init__(self, node: Node, fetch: Fetch, where: str) -> None:
+    def __init__(
+        self,
+        node: Node,
+        fetch: Fetch,
+        where: str,
+        length: Callable[[bytes], int | None] | None = None,
+        damage: list[str] | None = None,
+    ) -> None:
         self._chunks = iter(node.chunks)
         self._fetch = fetch
         self._buf = memoryview(b"")
         self._size = node.size
         self._done = 0
         self._where = where
+        # With ``damage``, a chunk that fails is replaced by zeros of its length (from
+        # ``length``; unknown → zeros to the end) and recorded, so the archive goes on.
+        self._length = length
+        self._damage = damage
+        self._pos = 0  # offset in the file of the next chunk
 
     def read(self, n: int = -1, /) -> bytes:
         want = self._size - self._done if n < 0 else n
@@ -58,8 +75,11 @@ class ChunkReader:
                     break
                 try:
                     self._buf = memoryview(self._fetch(chunk_id))
-                except IntegrityError as exc:  # say whose data it was, like restore does
-                    raise IntegrityError(f"{exc} (part of {self._where})") from None
+                except (IntegrityError, TargetError) as exc:  # say whose data it was
+                    if self._damage is None:
+                        raise IntegrityError(f"{exc} (part of {self._where})") from None
+                    self._buf = memoryview(self._zeros(chunk_id, exc))
+                self._pos += len(self._buf)
                 continue
             take = self._buf[: want - len(out)]
             out += take
@@ -68,6 +88,19 @@ class ChunkReader:
         if self._done > self._size or (len(out) < want and self._done < self._size):
             raise self._mismatch()
         return bytes(out)
+
+    def _zeros(self, chunk_id: bytes, exc: Exception) -> bytes:
+        assert self._damage is not None
+        n = self._length(chunk_id) if self._length is not None else None
+        if n is None:  # its length is unknown: nothing after it can be placed
+            n = max(self._size - self._pos, 0)
+            self._chunks = iter(())
+            self._damage.append(f"{self._where}: from byte {self._pos:,} zeros ({exc})")
+        else:
+            self._damage.append(
+                f"{self._where}: bytes {self._pos:,}–{self._pos + n - 1:,} zeros ({exc})"
+            )
+        return bytes(n)
 
     def finish(self) -> None:
         """After the copy: no data may be left over."""
@@ -112,9 +145,12 @@ def write_tar(
     where: str,
     zstd: bool,
     name: Callable[[bytes], str] = os.fsdecode,
+    length: Callable[[bytes], int | None] | None = None,
+    damage: list[str] | None = None,
 ) -> None:
     """Write the whole archive (blocking; run in a worker thread); ``name`` shows a
-    stored path in an error (secret files as ``<secret>``)."""
+    stored path in an error (secret files as ``<secret>``). With ``damage`` a damaged
+    chunk becomes zeros and a line there (and in a last member, DAMAGE_MEMBER)."""
     sink: IO[bytes] = out
     compressor = None
     if zstd:
@@ -123,13 +159,19 @@ def write_tar(
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for node in nodes:
             if node.type == "file":
-                reader = ChunkReader(node, fetch, f"{where}: {name(node.path)}")
+                reader = ChunkReader(node, fetch, f"{where}: {name(node.path)}", length, damage)
                 tar.addfile(tar_info(node), reader)
                 reader.finish()
             else:
                 tar.addfile(tar_info(node))
             # tarfile keeps every member written (undocumented list); a stream needs none.
             tar.members.clear()  # type: ignore[attr-defined]
+        if damage:
+            # the archive says it too, at its end: those members hold zeros where lost
+            text = ("\n".join(["mosaic-backup export: damaged content", *damage]) + "\n").encode()
+            info = tarfile.TarInfo(DAMAGE_MEMBER)
+            info.size, info.mode = len(text), 0o644
+            tar.addfile(info, io.BytesIO(text))
     if compressor is not None:
         compressor.flush(zstandard.FLUSH_FRAME)  # ends the zstd frame
     out.flush()
@@ -160,6 +202,20 @@ async def export_tar(
         anyio.from_thread.check_cancelled()  # Ctrl-C stops the export between chunks
         return anyio.from_thread.run(read, chunk_id)
 
+    def length(chunk_id: bytes) -> int | None:
+        e = repo.index.get(chunk_id)
+        return None if e is None else e.raw_length
+
     where = f"backup {manifest.backup_id}"
-    await anyio.to_thread.run_sync(write_tar, out, nodes, fetch, where, zstd, name)
+    damage: list[str] = []
+    await repo.find_missing([c for n in files for c in n.chunks])
+    await anyio.to_thread.run_sync(write_tar, out, nodes, fetch, where, zstd, name, length, damage)
+    if damage:
+        raise PartialRestoreError(
+            f"export of backup {manifest.backup_id}: {len(damage)} damaged range(s) written "
+            f"as zeros (listed in the archive's {DAMAGE_MEMBER}): {damage[0]}",
+            damage,
+            f"export of backup {manifest.backup_id}: {len(damage)} damaged range(s) written "
+            f"as zeros, listed above and in the archive's {DAMAGE_MEMBER}",
+        )
     return len(files), progress.bytes_done

@@ -7,7 +7,7 @@ Safety first: every path of the tree is checked before anything is written (no a
 paths, no ``..``, every parent must be a directory of the same tree, so nothing can be
 written through a symlink), the destination must be new or empty, files are created with
 O_EXCL|O_NOFOLLOW, and symlinks are created last. Every blob is authenticated and its id
-re-hashed, and each file's size is checked against the manifest.
+re-hashed; a damaged one never stops the other files (agent.fetch).
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import anyio.to_thread
 import msgspec
 
-from agent.fetch import fetch_and_write
+from agent.fetch import Damage, fetch_and_write, write_error
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.sources import after_restore
 from agent.sources.files import shown_names
-from shared.errors import IntegrityError, RepositoryError, UnsafePathError
+from shared.errors import IntegrityError, PartialRestoreError, RepositoryError, UnsafePathError
 from shared.repository.manifest import Manifest, Node
 from shared.repository.repository import Repository
 from shared.tasks import task_group
@@ -147,26 +148,77 @@ def _create_layout(root: bytes, nodes: list[Node]) -> None:
         path = os.path.join(root, node.path)
         if node.type == "dir":
             os.mkdir(path, 0o700)
-        elif node.type == "file" and not node.chunks:
-            # empty files; the others are created by their first chunk's write
+        elif node.type == "file":
+            # every file exists before its content arrives (all-zero chunks are never
+            # written, and a damaged file still gets its size and metadata)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             os.close(fd)
 
 
-def _finish(root: bytes, nodes: list[Node], name: Callable[[bytes], str]) -> XattrFailures:
-    """Sizes checked, then metadata; symlinks last, folders' times after their content."""
+DamagedFiles = Literal["rename", "omit"]
+DAMAGED_SUFFIX = b".damaged"
+
+
+def _shown_as(name: Callable[[bytes], str], path: bytes, new: bytes) -> str:
+    """The new name as messages show it: the stored name shown as usual (a secret file
+    stays ``<secret>``), then the suffix."""
+    return name(path) + os.fsdecode(new[len(path) :])
+
+
+def _damaged_name(path: bytes, taken: set[bytes]) -> bytes:
+    new, n = path + DAMAGED_SUFFIX, 1
+    while new in taken:
+        new, n = path + DAMAGED_SUFFIX + b".%d" % n, n + 1
+    taken.add(new)
+    return new
+
+
+def _finish(
+    root: bytes,
+    nodes: list[Node],
+    name: Callable[[bytes], str],
+    damage: Damage,
+    damaged: DamagedFiles,
+) -> tuple[XattrFailures, list[str]]:
+    """Sizes set (holes of sparse files stay holes), damaged files renamed or removed,
+    then metadata for everything written; symlinks last, folders' times after their
+    content. Returns the xattr failures and one line per damaged file."""
     xf = XattrFailures()
+    lines: list[str] = []
+    taken = {n.path for n in nodes}
+    moved: dict[bytes, bytes | None] = {}  # damaged file → its new name (None: removed)
     for node in nodes:
         if node.type == "file":
             path = os.path.join(root, node.path)
-            size = os.lstat(path).st_size
-            if size != node.size:
-                raise IntegrityError(
-                    f"{name(node.path)}: restored {size} bytes, manifest says {node.size}"
-                )
+            try:
+                os.truncate(path, node.size)
+            except OSError as exc:
+                raise write_error(path, exc) from exc
+            if path in damage.ranges:
+                line = damage.describe(path, name(node.path))
+                if damaged == "omit":
+                    os.unlink(path)
+                    moved[node.path] = None
+                    lines.append(f"{line}; left out")
+                    continue
+                new = _damaged_name(node.path, taken)
+                os.rename(path, os.path.join(root, new))
+                moved[node.path] = new
+                lines.append(f"{line}; written as {_shown_as(name, node.path, new)}")
+                path = os.path.join(root, new)
             _set_meta(path, node, xattrs=xf)
     for node in nodes:
         if node.type == "hardlink":
+            if node.target in moved:
+                first = moved[node.target]
+                if first is None:
+                    lines.append(f"{name(node.path)}: hard link to a damaged file; left out")
+                    continue
+                link = _damaged_name(node.path, taken)
+                os.link(os.path.join(root, first), os.path.join(root, link))
+                shown = _shown_as(name, node.path, link)
+                lines.append(f"{name(node.path)}: hard link to a damaged file; written as {shown}")
+                continue
             os.link(os.path.join(root, node.target), os.path.join(root, node.path))
     for node in nodes:
         if node.type == "symlink":
@@ -177,7 +229,7 @@ def _finish(root: bytes, nodes: list[Node], name: Callable[[bytes], str]) -> Xat
     for node in reversed(nodes):
         if node.type == "dir":
             _set_meta(os.path.join(root, node.path), node, xattrs=xf)
-    return xf
+    return xf, lines
 
 
 async def restore_tree(
@@ -187,9 +239,22 @@ async def restore_tree(
     *,
     include: list[str] | None = None,
     report: ProgressFn = no_progress,
+    damaged: DamagedFiles = "rename",
 ) -> tuple[int, int]:
-    """Restore a backup (or the ``include`` paths of it); return (files, bytes written)."""
-    nodes = await repo.read_tree(manifest)
+    """Restore a backup (or the ``include`` paths of it); return (files, bytes written).
+
+    Damage never stops the restore: every intact file is written byte-identical, every
+    file gets its metadata, and a file with damaged content is written as
+    ``NAME.damaged`` (holding what could be read, zeros elsewhere) or, with ``damaged
+    = "omit"``, left out; then PartialRestoreError lists them (nonzero exit)."""
+    try:
+        nodes = await repo.read_tree(manifest)
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"backup {manifest.backup_id}: its file tree cannot be read, so nothing of it "
+            f"can be restored from {repo.target.describe()} ({exc}); restore it from a "
+            "replica, and run `mosaic-backup repo repair packs` then `repo repair snapshots`"
+        ) from exc
     name = shown_names(manifest.source)
     check_paths(nodes, manifest.backup_id, name)
     nodes = _resolve_links(select(nodes, include))
@@ -207,9 +272,9 @@ async def restore_tree(
 
     async with task_group() as tg:
         tg.start_soon(report_every)
-        await fetch_and_write(repo, files, progress, name)
+        damage = await fetch_and_write(repo, files, progress, name)
         tg.cancel_scope.cancel()
-    xf = await anyio.to_thread.run_sync(_finish, root, nodes, name)
+    xf, lines = await anyio.to_thread.run_sync(_finish, root, nodes, name, damage, damaged)
     if xf.count:
         log.warning(
             "restore to %s: %d extended attribute(s) could not be set, e.g. %s; "
@@ -220,6 +285,17 @@ async def restore_tree(
         )
     progress.files_done = len(files)
     await report(progress)
+    if lines:
+        shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
+        what = (
+            f"restore of backup {manifest.backup_id} into {dest}: {len(lines)} of "
+            f"{len(files)} files damaged, every other file restored intact"
+        )
+        fix = (
+            f"check with `mosaic-backup repo verify {manifest.backup_id} --read-data`; "
+            "`repo repair packs` salvages what is left"
+        )
+        raise PartialRestoreError(f"{what}: {shown}; {fix}", lines, f"{what}; {fix}")
     return len(files), progress.bytes_done
 
 
@@ -230,10 +306,15 @@ async def restore_backup(
     *,
     include: list[str] | None = None,
     report: ProgressFn = no_progress,
+    damaged: DamagedFiles = "rename",
 ) -> tuple[int, int]:
     """Restore the tree, then let the source make it usable (e.g. a PostgreSQL data
-    directory from the base-backup tar). Returns (files, bytes written)."""
-    result = await restore_tree(repo, manifest, destination, include=include, report=report)
+    directory from the base-backup tar). Returns (files, bytes written). A restore
+    with damaged files raises before the source's step: a database is never started
+    from a half-restored data directory."""
+    result = await restore_tree(
+        repo, manifest, destination, include=include, report=report, damaged=damaged
+    )
     await anyio.to_thread.run_sync(
         lambda: after_restore(manifest.source, Path(destination), partial=bool(include))
     )

@@ -28,6 +28,7 @@ is private to another user.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -109,7 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:
         where = exc.filename or args.spool
-        print(f"{PROG}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        extra = ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            try:
+                st = os.statvfs(args.spool)
+                extra = (
+                    f" ({st.f_bavail * st.f_frsize:,} bytes free in the spool; PostgreSQL "
+                    "retries this file, so free space there or move wal_spool)"
+                )
+            except OSError:
+                pass
+        print(f"{PROG}: error: {where}: {exc.strerror or exc}{extra}", file=sys.stderr)
         return 1
     return 0
 

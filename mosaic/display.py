@@ -10,9 +10,20 @@ from __future__ import annotations
 import getpass
 import socket
 
+from rich.console import Console
 from rich.table import Table
 
+from shared.errors import PartialRestoreError
 from shared.messages import BackupSummary
+
+
+def print_partial(err: Console, exc: PartialRestoreError) -> int:
+    """A restore, export or dump that kept going past damage: every damaged item on its
+    own line, then the summary; returns the exit code (1)."""
+    for line in exc.damaged:
+        err.print(f"damaged: {line}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"mosaic-backup: error: {exc.summary}", markup=False, highlight=False, soft_wrap=True)
+    return 1
 
 
 def who(name: str | None = None) -> str:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from agent.keysetup import write_options
+from agent.recovery_copy import remember_in_key_file
 from shared import config
 from shared.errors import ConfigError, WrongKeyError
 from shared.repository.keys import PASSPHRASE_ENV, load_key_file
@@ -30,6 +31,8 @@ TOOLS: list[str] = [
     "mosaic.repo_export",
     "mosaic.repo_catalog",
     "mosaic.repo_prune",
+    "mosaic.repo_locks",
+    "mosaic.repo_repair",
     "mosaic.repo_replicate",
 ]
 
@@ -82,6 +85,7 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[Repository]:
                 f"key file {cfg.key_file} does not open the repository at "
                 f"{target.describe()}: wrong key file"
             ) from None
+        remember_in_key_file(cfg.key_file, repo)
         yield repo
     finally:
         await target.aclose()

@@ -19,10 +19,10 @@ import anyio.to_thread
 from rich.console import Console
 
 from agent.export import export_tar
-from mosaic.display import size
+from mosaic.display import print_partial, size
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PartialRestoreError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,21 +65,30 @@ async def export_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
         bar, _, report = byte_bar(err, f"export {args.backup_id}")
 
         t0 = time.monotonic()
+        partial: PartialRestoreError | None = None
         if to_stdout:
             with bar:
-                files, nbytes = await export_tar(
-                    repo, m, sys.stdout.buffer, zstd=args.zstd, report=report
-                )
+                try:
+                    files, nbytes = await export_tar(
+                        repo, m, sys.stdout.buffer, zstd=args.zstd, report=report
+                    )
+                except PartialRestoreError as exc:
+                    partial = exc
         else:
             f, tmp = await anyio.to_thread.run_sync(_open_temp, args.output)
             ok = False
             try:
                 with bar:
-                    files, nbytes = await export_tar(repo, m, f, zstd=args.zstd, report=report)
+                    try:
+                        files, nbytes = await export_tar(repo, m, f, zstd=args.zstd, report=report)
+                    except PartialRestoreError as exc:
+                        partial = exc  # a whole archive, damaged ranges zeroed and listed
                 ok = True
             finally:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_finish, f, tmp, args.output, ok)
+    if partial is not None:
+        return print_partial(err, partial)
     where = "stdout" if to_stdout else args.output
     err.print(
         f"exported {files:,} files, {size(nbytes)} in {time.monotonic() - t0:.2f} s to {where}",

@@ -61,7 +61,10 @@ async def test_damaged_secret_file_is_named_secret_in_verify_and_restore(tmp_pat
     export = cli("repo", "export", "--config", str(config), "b1", "--out", str(tmp_path / "b1.tar"))
     assert verify.returncode != 0 and restore.returncode != 0 and export.returncode != 0
     assert "app/<secret>" in verify.stdout  # the damaged file, named without its name
-    assert "app/<secret>" in restore.stderr and "\n" not in restore.stderr.strip()
+    # one line per damaged file, then the summary; the file is named without its name
+    lines = restore.stderr.strip().splitlines()
+    assert lines[0].startswith("damaged: app/<secret>: ") and "app/<secret>.damaged" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("mosaic-backup: error: ")
     assert "app/<secret>" in export.stderr, export.stderr
     for proc in (verify, restore, export):
         output = proc.stdout + proc.stderr
