@@ -16,7 +16,7 @@ from datetime import timedelta
 from agent.prune import collect_garbage, forget
 from agent.replicate import lag, replicate
 from agent.verify import verify
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TargetUnavailable
 from shared.messages import (
     DrillJob,
     Event,
@@ -71,6 +71,16 @@ async def run_verify(ctx: MaintenanceContext, job: VerifyJob) -> VerifyCompleted
     rep = await verify(repo, None, read_data=job.read_data, subset=job.subset, seed=job.seed)
     names = sorted(rep.problems)
     broken = sorted({b for p in rep.problems.values() for b in p.backups})
+    if rep.unreadable and not names:
+        # nothing damaged among what was read, but not everything could be read: not a
+        # pass (a verify that read nothing must never look clean); retrying can help
+        key, why = next(iter(sorted(rep.unreadable.items())))
+        raise TargetUnavailable(
+            f"verify of target {job.target!r}: could not read {len(rep.unreadable)} "
+            f"object(s) even after retries (e.g. {key}: {why}); the result is incomplete, "
+            "try again",
+            retryable=True,
+        )
     return VerifyCompleted(
         job_id=job.job_id,
         agent=ctx.agent,
@@ -119,7 +129,8 @@ async def run_prune(ctx: MaintenanceContext, job: PruneJob) -> PruneCompleted:
         target=job.target,
         forgotten=gone,
         packs_removed=len(removed),
-        bytes_freed=sum(p.size for p in removed),
+        # net of repacking (new packs written): what the target really got back
+        bytes_freed=rep.plan.estimated_freed if job.dry_run else rep.bytes_freed,
         locked=len(rep.locked),
         locked_objects=[p.key for p, _ in rep.locked][:MAX_NAMES],
         deferred=rep.deferred,

@@ -3,19 +3,28 @@ itself, and nothing ever waits on a lease."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
+import msgspec
 import pytest
 
 from agent.backup import BackupSpec, backup_dataset
+from shared.config import LocalTargetConfig
 from shared.errors import SourceError
-from shared.repository.lease import lease, live_leases
+from shared.repository import lease as lease_module
+from shared.repository.keys import create_key_file, load_key_file
+from shared.repository.lease import LeaseInfo, lease, live_leases, liveness, read_leases
 from shared.repository.repository import Repository
 from shared.sources import FilesSource
 from shared.targets.local import LocalTarget
-from tests.harness import make_tree
+from tests.harness import REPO_ROOT, agent_toml, cli, make_tree
 
 
 async def _repo(tmp_path: Path) -> Repository:
@@ -65,7 +74,7 @@ async def test_backup_holds_a_lease_and_releases_it_even_on_failure(tmp_path: Pa
         seen.append(len((await live_leases(repo.target, repo.keys))[0]))
 
     spec = BackupSpec(backup_id="b1", dataset="d", agent="a", source=FilesSource(path=str(src)))
-    await backup_dataset(repo, spec, report=report)  # type: ignore[arg-type]
+    await backup_dataset(repo, spec, report=report)
     assert seen and all(n == 1 for n in seen)
     assert await live_leases(repo.target, repo.keys) == ([], [])
 
@@ -85,3 +94,120 @@ async def test_a_stale_lease_never_blocks_a_backup(tmp_path: Path) -> None:
     m = await backup_dataset(repo, spec)
     assert m.summary.files == 7
     assert (await live_leases(repo.target, repo.keys))[1] == ["locks/stale"]
+
+
+# --- liveness, `repo locks`, and GC past a dead holder (issue 16) -------------------
+
+_HOLD = """
+import sys, anyio
+from shared.repository.lease import lease
+from shared.repository.repository import Repository
+from shared.targets.local import LocalTarget
+
+async def main() -> None:
+    repo = await Repository.open(LocalTarget("t", sys.argv[1]), bytes.fromhex(sys.argv[2]))
+    async with lease(repo.target, repo.keys, holder="w@h", purpose="backup killed"):
+        print("held", flush=True)
+        await anyio.sleep(3600)
+
+anyio.run(main)
+"""
+
+
+@dataclass
+class Locks:
+    repo: Repository
+    config: Path
+
+
+@pytest.fixture
+async def locks(tmp_path: Path) -> Locks:
+    key_file = tmp_path / "repo.key"
+    key = create_key_file(key_file)
+    repo_dir = tmp_path / "repo"
+    repo = await Repository.open(LocalTarget("t", repo_dir), key, create=True)
+    config = agent_toml(
+        tmp_path / "agent.toml",
+        name="a",
+        nats_url="nats://127.0.0.1:1",
+        key_file=key_file,
+        targets={"t": LocalTargetConfig(path=str(repo_dir))},
+    )
+    return Locks(repo, config)
+
+
+def _killed_writer(repo: Repository, key: bytes) -> int:
+    """A real process that takes a lease and is SIGKILLed holding it; returns its pid."""
+    root = str(repo.target.root)  # type: ignore[attr-defined]
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD, root, key.hex()],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        proc.kill()
+        proc.wait()
+        return proc.pid
+
+
+async def _cli(*args: str) -> tuple[int, str]:
+    proc = await anyio.to_thread.run_sync(lambda: cli("repo", *args))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _line(text: str, word: str) -> str:
+    return next(line for line in text.splitlines() if word in line)
+
+
+def test_liveness_is_dead_only_when_provably_gone() -> None:
+    now = datetime.now(UTC)
+    me = lease_module._host_identity()
+    base = LeaseInfo(lease_id="x", holder="h", purpose="p", started=now, expires=now)
+    assert liveness(base)[0] == "unknown"  # an old lease that names no process
+    ours = msgspec.structs.replace(
+        base,
+        host=me[0],
+        machine_id=me[1],
+        boot_id=me[2],
+        pid_ns=me[3],
+        pid=os.getpid(),
+        pid_start=lease_module._pid_start(os.getpid()) or 0,
+    )
+    assert liveness(ours)[0] == "alive"
+    reused = msgspec.structs.replace(ours, pid_start=ours.pid_start + 1)
+    assert liveness(reused) == (
+        "dead",
+        f"pid {os.getpid()} is now another process (different start time)",
+    )
+    elsewhere = msgspec.structs.replace(ours, host="other-host", pid=999_999)
+    assert liveness(elsewhere)[0] == "unknown"
+    rebooted = msgspec.structs.replace(ours, boot_id="another-boot", pid=999_999)
+    assert liveness(rebooted)[0] == "unknown"
+
+
+async def test_repo_locks_shows_a_killed_holder_dead_and_clears_only_it(locks: Locks) -> None:
+    key = load_key_file(str(locks.config.parent / "repo.key"), None)
+    pid = _killed_writer(locks.repo, key)
+    async with lease(locks.repo.target, locks.repo.keys, holder="l@h", purpose="backup live"):
+        rc, text = await _cli("locks", "--config", str(locks.config))
+        assert rc == 0, text
+        assert f"dead: pid {pid} is not running on this host" in _line(text, "backup killed")
+        assert "alive" in _line(text, "backup live") and "1 alive, 1 dead" in text, text
+        rc, text = await _cli("locks", "--clear-dead", "--config", str(locks.config))
+        assert rc == 0 and "cleared 1 dead leases" in text, text
+        found, _ = await read_leases(locks.repo.target, locks.repo.keys)
+        assert [r.info.purpose for r in found] == ["backup live"]
+
+
+async def test_gc_treats_a_dead_holders_lease_as_gone(locks: Locks) -> None:
+    key = load_key_file(str(locks.config.parent / "repo.key"), None)
+    pid = _killed_writer(locks.repo, key)
+    rc, text = await _cli(
+        "prune", "--keep-last", "1", "--margin", "0.1", "--config", str(locks.config)
+    )
+    assert rc == 0, text
+    assert "lease of backup killed by w@h" in text and f"pid {pid} is not running" in text
+    assert "treated as gone" in text and "running since" not in text and "deferred" not in text
+    assert (await read_leases(locks.repo.target, locks.repo.keys))[0] == []
