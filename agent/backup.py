@@ -8,6 +8,17 @@ tree itself is then chunked like any data and stored as TREE blobs.
 Incremental rule (as restic's): with a parent backup, a file whose size, mtime, ctime and
 inode are unchanged, and whose chunks are all in the index, reuses the parent's chunk
 list without being read. See the README for the limits of that rule.
+
+Damage never spreads: a file that cannot be read is left out with a warning (or fails
+the backup, with ``on_unreadable = "fail"``); a file whose size, mtime or ctime differ
+after reading from what the walk saw is stored as read and named in a "changed"
+warning (its node keeps the walk's times, so the next incremental reads it again).
+
+Sparse files (fewer blocks allocated than their size) are read by SEEK_DATA/SEEK_HOLE:
+holes become zeros in the buffer without a read, and a run of whole chunks inside a
+hole is emitted without scanning or hashing (see :meth:`Cutter.cut_sparse`). The
+chunks are exactly those of reading the zeros, so sparse and dense copies deduplicate.
+See docs/files.md.
 """
 
 from __future__ import annotations
@@ -18,14 +29,13 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from io import RawIOBase
 
 import anyio
 import anyio.to_thread
 from opentelemetry import context as otel_context
-from pyfastcdc import FastCDC
 
 from agent import filecache
+from agent.cutter import Cutter
 from agent.pipeline import (
     READ_BATCH_BYTES,
     Emit,
@@ -37,7 +47,15 @@ from agent.pipeline import (
 from agent.progress import Progress, ProgressFn, no_progress
 from agent.sources import streams_of
 from agent.sources.base import Stream
-from agent.sources.files import Entry, WalkStats, walk
+from agent.sources.files import (
+    Entry,
+    Globs,
+    WalkStats,
+    display_name,
+    unreadable_error,
+    walk,
+    why,
+)
 from agent.sources.snapshot import snapshot_root
 from shared import tracing
 from shared.errors import SourceError
@@ -101,44 +119,6 @@ def _node(
     )
 
 
-class _Cutter:
-    """FastCDC over files through one buffer reused for the whole backup.
-
-    pyfastcdc's ``cut_stream`` allocates and zero-fills a fresh buffer of twice the
-    largest chunk (8 MiB) for every file: on a tree of small files that was half of the
-    reader thread's time (py-spy). The cuts are the same as ``cut_stream``'s: a chunk is
-    cut only when ``max_size`` bytes from its start are in the buffer, or at end of
-    file. A yielded view is valid until the next one is asked for.
-    """
-
-    def __init__(self, fastcdc: FastCDC) -> None:
-        self.fastcdc = fastcdc
-        self._max = fastcdc.max_size
-        self._buf = bytearray(2 * self._max)
-        self._view = memoryview(self._buf)
-
-    def cut_file(self, f: RawIOBase) -> Iterator[memoryview]:
-        view, cap, most = self._view, len(self._buf), self._max
-        end, eof = 0, False
-        while True:
-            while not eof and end < cap:
-                n = f.readinto(view[end:])
-                if n:
-                    end += n
-                else:
-                    eof = True
-            start = 0
-            for ch in self.fastcdc.cut_buf(view[:end]):
-                if not eof and end - start < most:
-                    break  # this cut could move once more of the file is read
-                start += ch.length
-                yield ch.data
-            if eof:
-                return
-            self._buf[: end - start] = view[start:end]  # memmove of the tail (< max_size)
-            end -= start
-
-
 class _Reader:
     """The reading stage (one worker thread): walk order, chunk, hash, claim ids.
 
@@ -151,18 +131,26 @@ class _Reader:
         entries: list[Entry | Stream],
         parent: dict[bytes, Node] | None,
         progress: Progress,
+        *,
+        source: FilesSource | None = None,
+        stats: WalkStats | None = None,
     ) -> None:
         self.repo = repo
         self.entries = entries
         self.parent = parent or {}
         self.progress = progress
         self.counters = BackupCounters()
+        self.source = source
+        self.secrets = Globs(source.secret if source else [])
+        self.strict = source is not None and source.on_unreadable == "fail"
+        self.stats = stats if stats is not None else WalkStats()
         self._batch: Plain = []
         self._batch_bytes = 0
+        self._zero_id: bytes | None = None
 
     def __call__(self, emit: Emit) -> list[Node]:
         nodes: list[Node] = []
-        chunker = _Cutter(self.repo.chunker())
+        chunker = Cutter(self.repo.chunker())
         c = self.counters
         links: dict[tuple[int, int], Node] = {}
         stream_dirs: set[bytes] = set()
@@ -176,8 +164,13 @@ class _Reader:
                 c.dirs += 1
                 nodes.append(_node(entry, "dir"))
             elif stat.S_ISLNK(st.st_mode):
+                try:
+                    target = os.readlink(entry.abspath)
+                except OSError as exc:
+                    self._unreadable(entry, "read the link", exc)
+                    continue
                 c.symlinks += 1
-                nodes.append(_node(entry, "symlink", target=os.readlink(entry.abspath)))
+                nodes.append(_node(entry, "symlink", target=target))
             elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
                 # another name of a file already in this backup: restored as a hard link
                 first = links[(st.st_dev, st.st_ino)]
@@ -191,7 +184,6 @@ class _Reader:
                 self.progress.bytes_done += first.size
                 self.progress.files_done += 1
             else:
-                c.files += 1
                 old = self.parent.get(entry.rel)
                 if old is not None and _unchanged(st, old, self.repo):
                     chunks, size = old.chunks, old.size
@@ -199,7 +191,12 @@ class _Reader:
                     c.chunks_total += len(chunks)
                     self.progress.bytes_done += size
                 else:
-                    chunks, size = self._read_file(entry, chunker, emit)
+                    got = self._read_file(entry, chunker, emit)
+                    if got is None:  # left out, with a warning
+                        self.progress.files_done += 1
+                        continue
+                    chunks, size = got
+                c.files += 1
                 nodes.append(_node(entry, "file", chunks=chunks, size=size))
                 if st.st_nlink > 1:
                     links[(st.st_dev, st.st_ino)] = nodes[-1]
@@ -219,7 +216,7 @@ class _Reader:
         self.counters.dirs += len(out)
         return out
 
-    def _read_stream(self, stream: Stream, chunker: _Cutter, emit: Emit) -> Node:
+    def _read_stream(self, stream: Stream, chunker: Cutter, emit: Emit) -> Node:
         """One stream of a source, as a file node; fails unless its producer succeeded."""
         self.progress.files_total += 1
         handle = stream.open()
@@ -237,23 +234,67 @@ class _Reader:
             path=stream.name, type="file", mode=0o600, mtime_ns=now, size=size, chunks=chunks
         )
 
-    def _read_file(self, entry: Entry, chunker: _Cutter, emit: Emit) -> tuple[list[bytes], int]:
+    def _name(self, entry: Entry) -> str:
+        # a secret file's name stays out of warnings and errors (they travel in events)
+        if self.source is None:
+            return "a secret file" if entry.secret else os.fsdecode(entry.abspath)
+        return display_name(self.source, entry.rel, self.secrets)
+
+    def _unreadable(self, entry: Entry, doing: str, exc: OSError) -> None:
+        name = self._name(entry)
+        if self.strict:
+            raise unreadable_error(name, doing, exc) from exc
+        reason = "vanished" if isinstance(exc, FileNotFoundError) else why(exc)
+        self.stats.warn(name, "unreadable", f"cannot {doing}: {reason}")
+
+    def _read_file(
+        self, entry: Entry, chunker: Cutter, emit: Emit
+    ) -> tuple[list[bytes], int] | None:
+        """The file's chunk ids and size as read; None when it was left out."""
+        st = entry.st
         try:
             with open(entry.abspath, "rb", buffering=0) as f:
-                return self._consume(chunker.cut_file(f), emit)
+                if st.st_blocks * 512 < st.st_size:  # holes: read only the data
+                    zero = chunker.zero_chunk()
+                    if self._zero_id is None:
+                        self._zero_id = self.repo.keys.chunk_id(zero)
+                    ids, size = self._consume(chunker.cut_sparse(f), emit, zero, self._zero_id)
+                else:
+                    ids, size = self._consume(chunker.cut_file(f), emit)
+                after = os.fstat(f.fileno())
         except OSError as exc:
-            # a secret file's name stays out of errors (they travel in events)
-            what = "a secret file" if entry.secret else os.fsdecode(entry.abspath)
-            raise SourceError(f"cannot read {what}: {exc.strerror}") from exc
+            if self.source is None:
+                raise SourceError(f"cannot read {self._name(entry)}: {exc.strerror}") from exc
+            self._unreadable(entry, "read", exc)
+            return None
+        if (size, after.st_mtime_ns, after.st_ctime_ns) != (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        ):
+            self.stats.warn(
+                self._name(entry),
+                "changed",
+                f"changed while read ({st.st_size} bytes when found, {size} read, "
+                f"{after.st_size} now); stored as read",
+            )
+        return ids, size
 
-    def _consume(self, chunks: Iterator[memoryview], emit: Emit) -> tuple[list[bytes], int]:
-        """Hash every chunk, claim the new ones and hand them to the sealers."""
+    def _consume(
+        self,
+        chunks: Iterator[memoryview],
+        emit: Emit,
+        zero: memoryview | None = None,
+        zero_id: bytes = b"",
+    ) -> tuple[list[bytes], int]:
+        """Hash every chunk, claim the new ones and hand them to the sealers. A chunk
+        that *is* ``zero`` (the cutter's shared run-of-zeros chunk) has ``zero_id``."""
         ids: list[bytes] = []
         size = 0
         c, repo = self.counters, self.repo
         for data in chunks:
             n = len(data)
-            bid = repo.keys.chunk_id(data)
+            bid = zero_id if data is zero else repo.keys.chunk_id(data)
             ids.append(bid)
             size += n
             c.chunks_total += 1
@@ -294,6 +335,7 @@ async def backup_tree(
     """
     walk_stats = WalkStats()
     items: list[Entry | Stream]
+    files_source: FilesSource | None = None
     if isinstance(source, FilesSource):
         files_source = source
         entries = await anyio.to_thread.run_sync(
@@ -306,7 +348,7 @@ async def backup_tree(
         # ``streams`` replaces the source's own (a log backup stores archived logs)
         items = list(streams if streams is not None else streams_of(source))
         progress = Progress()  # streams have no size until they end
-    reader = _Reader(repo, items, parent, progress)
+    reader = _Reader(repo, items, parent, progress, source=files_source, stats=walk_stats)
     # The reader's span, a sibling of the pack uploads (both children of the job's span).
     job_context = otel_context.get_current()
 
@@ -383,7 +425,7 @@ async def backup_dataset(
         )
         async with snap as root:  # a snapshot, when asked for: always removed on exit
             nodes: list[Node] | None = [] if local_cache else None
-            tree, c, _ = await backup_tree(
+            tree, c, stats = await backup_tree(
                 repo,
                 spec.source,
                 parent=parent,
@@ -406,6 +448,10 @@ async def backup_dataset(
             chunks_new=c.chunks_new,
             packs_written=repo.packs_written - packs_before,
             duration_s=time.monotonic() - t0,
+            files_skipped=stats.skipped_special,
+            files_unreadable=stats.unreadable,
+            files_changed=stats.changed,
+            warnings=stats.warnings,
         )
         manifest = Manifest(
             backup_id=spec.backup_id,

@@ -150,6 +150,24 @@ Job = BackupJob | RestoreJob | VerifyJob | PruneJob | ReplicateJob | DrillJob
 # --- events --------------------------------------------------------------------------
 
 
+FileWarningKind = Literal["skipped", "unreadable", "changed"]
+
+
+class FileWarning(msgspec.Struct, frozen=True, kw_only=True):
+    """One file a files backup did not store as it found it, by name (a secret file's
+    name withheld): ``skipped`` a socket, FIFO or device (no data to store);
+    ``unreadable`` left out (permission denied, vanished, I/O error); ``changed`` while
+    it was read, stored as read (its content may be a mix of before and after)."""
+
+    path: str
+    kind: FileWarningKind
+    detail: str = ""
+
+
+# How many FileWarnings a summary names; the agent's log names every one.
+WARNINGS_SHOWN = 20
+
+
 class BackupSummary(msgspec.Struct, frozen=True, kw_only=True):
     files: int
     dirs: int
@@ -161,6 +179,32 @@ class BackupSummary(msgspec.Struct, frozen=True, kw_only=True):
     chunks_new: int
     packs_written: int
     duration_s: float
+    # files backups: how many entries were skipped / left out / changed while read, and
+    # the first WARNINGS_SHOWN of them by name (all of them are in the agent's log)
+    files_skipped: int = 0
+    files_unreadable: int = 0
+    files_changed: int = 0
+    warnings: list[FileWarning] = []
+
+    def warning_lines(self) -> list[str]:
+        """The file warnings as lines for people: a count, then each named one."""
+        total = self.files_skipped + self.files_unreadable + self.files_changed
+        if not total:
+            return []
+        kinds = [
+            f"{n} {what}"
+            for n, what in (
+                (self.files_unreadable, "unreadable (left out)"),
+                (self.files_changed, "changed while read (stored as read)"),
+                (self.files_skipped, "skipped (socket, FIFO or device)"),
+            )
+            if n
+        ]
+        lines = [f"warning: {total} files not stored as found: {', '.join(kinds)}"]
+        lines += [f"  {w.kind} {w.path}: {w.detail}" for w in self.warnings]
+        if total > len(self.warnings):
+            lines.append(f"  … and {total - len(self.warnings)} more (the log names every one)")
+        return lines
 
 
 class JobStarted(_Msg, frozen=True, kw_only=True, tag="started"):
@@ -297,7 +341,12 @@ MaintenanceEvent = VerifyCompleted | PruneCompleted | ReplicateCompleted | Drill
 
 
 LocalActionKind = Literal[
-    "keys_rotated", "keys_rewrapped", "key_exported", "write_only_key_exported", "pruned"
+    "keys_rotated",
+    "keys_rewrapped",
+    "key_exported",
+    "write_only_key_exported",
+    "pruned",
+    "repaired",
 ]
 
 

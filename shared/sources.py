@@ -58,7 +58,9 @@ class FilesSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     kept. ``secret`` files are backed up, but their names and contents never appear in
     logs, events or errors. ``one_file_system`` stops at mount points (recorded as empty
     folders and logged). ``snapshot``: read from an LVM/ZFS/btrfs snapshot taken for
-    this backup and always removed afterwards."""
+    this backup and always removed afterwards. ``on_unreadable``: a file or folder
+    that cannot be read (permission denied, vanished, I/O error) is left out with a
+    warning naming it (``warn``), or fails the backup (``fail``)."""
 
     path: str
     exclude: list[str] = []
@@ -67,6 +69,7 @@ class FilesSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     one_file_system: bool = False
     xattrs: bool = True
     snapshot: Snapshot | None = None
+    on_unreadable: Literal["warn", "fail"] = "warn"
 
 
 class RedisSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="redis"):

@@ -111,6 +111,24 @@ async def test_include_exclude_restore_exactly_the_selected_tree(
     assert manifest.summary.files == sum(not r.endswith("/") for r in expected)
 
 
+async def test_filtered_out_special_files_raise_no_warning(tmp_path: Path) -> None:
+    """Only what the filters keep is warned about: an excluded FIFO, or one outside the
+    included folders, is not the user's concern; an included one is named."""
+    src = tmp_path / "src"
+    _write(src, ["etc/app.conf", "var/cache/blob.bin"])
+    os.mkfifo(src / "etc" / "control.fifo")
+    os.mkfifo(src / "var" / "cache" / "cache.fifo")
+    os.mkfifo(src / "etc" / "excluded.pipe")
+    source = FilesSource(path=str(src), include=["etc/"], exclude=["*.pipe"])
+    _, manifest, dest = await _backup_restore(tmp_path, source)
+    s = manifest.summary
+    assert s.files_skipped == 1
+    assert [(w.kind, w.path) for w in s.warnings] == [
+        ("skipped", str(src / "etc" / "control.fifo"))
+    ]
+    assert _listing(dest) == {"etc/", "etc/app.conf"}
+
+
 @contextlib.contextmanager
 def _mounted(fstype: str, where: Path) -> Iterator[Path]:
     where.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The backup reader cuts files through one reused buffer (agent.backup._Cutter).
+"""The backup reader cuts files through one reused buffer (agent.cutter.Cutter).
 
 What a user cares about: every file comes back byte for byte, and the chunk ids are
 exactly those pyfastcdc's own streaming chunker gives — so a backup made by this

@@ -2,7 +2,14 @@
 
 Yields entries in a stable order (sorted by name, parents before children) so trees of
 unchanged folders produce identical tree streams and deduplicate. Sockets, FIFOs and
-device nodes are counted and skipped: they hold no data to restore.
+device nodes are skipped (they hold no data to restore), each named in a warning.
+
+Damage never spreads: a folder or file that cannot be listed, stat'ed or read
+(permission denied, I/O error, vanished) is left out with a warning naming it, and the
+rest is backed up — unless the source says ``on_unreadable = "fail"``. Warnings are
+collected in :class:`WalkStats` (the reader in agent/backup.py adds the files that could
+not be read or changed while read); every one is logged, the first
+:data:`~shared.messages.WARNINGS_SHOWN` travel in the backup's summary.
 
 Filters (``FilesSource``): globs are matched against the '/'-separated path relative to
 the source root. A glob without '/' matches an entry's name at any depth (``*.log``);
@@ -31,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import SourceError
+from shared.messages import WARNINGS_SHOWN, FileWarning, FileWarningKind
 from shared.sources import FilesSource, Source
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,18 @@ class Entry:
     secret: bool = False
 
 
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def special_kind(mode: int) -> str:
+    return next((name for test, name in _SPECIAL_KINDS if test(mode)), "special file")
+
+
 @dataclass(slots=True)
 class WalkStats:
     skipped_special: int = 0
@@ -54,6 +74,36 @@ class WalkStats:
     skipped: list[str] = field(default_factory=list)
     mount_points: list[str] = field(default_factory=list)  # not crossed (shown names)
     xattr_errors: int = 0
+    unreadable: int = 0  # files and folders left out
+    changed: int = 0  # files that changed while read (stored as read)
+    warnings: list[FileWarning] = field(default_factory=list)  # the first WARNINGS_SHOWN
+
+    def warn(self, path: str, kind: FileWarningKind, detail: str) -> None:
+        """Count and log one file warning; keep it by name while there is room."""
+        if kind == "skipped":
+            self.skipped_special += 1
+            log.info("skipped %s: %s", path, detail)
+        else:
+            if kind == "unreadable":
+                self.unreadable += 1
+            else:
+                self.changed += 1
+            log.warning("%s %s: %s", kind, path, detail)
+        if len(self.warnings) < WARNINGS_SHOWN:
+            self.warnings.append(FileWarning(path=path, kind=kind, detail=detail))
+
+
+def why(exc: OSError) -> str:
+    """The reason of an OSError without its file name (which may be a secret's)."""
+    return exc.strerror or type(exc).__name__
+
+
+def unreadable_error(path: str, doing: str, exc: OSError) -> SourceError:
+    """The one-line error of ``on_unreadable = "fail"``: what, where, how to fix."""
+    return SourceError(
+        f"cannot {doing} {path}: {why(exc)}; fix its permissions, exclude it, "
+        'or set on_unreadable = "warn" on the source to back up the rest'
+    )
 
 
 def _segment_regex(seg: str) -> str:
@@ -188,15 +238,49 @@ def read_xattrs(path: bytes, stats: WalkStats) -> dict[str, bytes] | None:
     return out or None
 
 
+def display_name(source: FilesSource, rel: bytes, secrets: Globs) -> str:
+    """How a file of ``source`` is named in warnings and errors: its path where the
+    user knows it (the source path, even when read from a snapshot), secrets withheld."""
+    return os.path.join(source.path, shown(os.fsdecode(rel), secrets))
+
+
+_FAR = 1 << 62  # "to the end of the file, however long it grows"
+
+
+def file_region(fd: int, pos: int) -> tuple[bool, int]:
+    """(whether offset ``pos`` of the open file ``fd`` is in a hole, where that hole or
+    data region ends), from SEEK_DATA/SEEK_HOLE; a hole reads as zeros. Where the file
+    system cannot tell, everything is data."""
+    try:
+        data = os.lseek(fd, pos, os.SEEK_DATA)
+        if data > pos:
+            return True, data
+        return False, os.lseek(fd, pos, os.SEEK_HOLE)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            return False, _FAR  # no SEEK_DATA here (EINVAL): read it all
+        size = os.fstat(fd).st_size  # no data after pos: a hole up to the end
+        return (True, size) if pos < size else (False, _FAR)
+
+
 class _Walker:
     def __init__(self, source: FilesSource, stats: WalkStats, root_dev: int) -> None:
+        self.source = source
         self.exclude = Globs(source.exclude)
         self.include = Globs(source.include)
         self.secret = Globs(source.secret)
         self.one_fs = source.one_file_system
         self.xattrs = source.xattrs
+        self.strict = source.on_unreadable == "fail"
         self.stats = stats
         self.root_dev = root_dev
+
+    def unreadable(self, rel: bytes, doing: str, exc: OSError) -> None:
+        """Leave ``rel`` out with a warning, or fail the backup when the source is strict."""
+        name = display_name(self.source, rel, self.secret)
+        if self.strict:
+            raise unreadable_error(name, doing, exc) from exc
+        self.stats.warn(name, "unreadable", f"cannot {doing}: {why(exc)}")
 
     def entry(self, rel: bytes, path: bytes, st: os.stat_result, secret: bool) -> Entry:
         xattrs = read_xattrs(path, self.stats) if self.xattrs else None
@@ -209,8 +293,10 @@ class _Walker:
             with os.scandir(absdir) as it:
                 names = sorted(e.name for e in it)
         except OSError as exc:
-            where = shown(os.fsdecode(reldir), self.secret) if reldir else "the source root"
-            raise SourceError(f"cannot list {where}: {exc.strerror}") from exc
+            if not reldir:
+                raise SourceError(f"cannot list {self.source.path}: {exc.strerror}") from exc
+            self.unreadable(reldir, "list", exc)  # kept as an empty folder
+            return
         for name in names:
             rel = reldir + b"/" + name if reldir else name
             rels = os.fsdecode(rel)
@@ -218,11 +304,10 @@ class _Walker:
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
-                continue  # vanished while we walked
+                continue  # vanished between listing and stat: as if never there
             except OSError as exc:
-                raise SourceError(
-                    f"cannot stat {shown(rels, self.secret)}: {exc.strerror}"
-                ) from exc
+                self.unreadable(rel, "stat", exc)
+                continue
             mode = st.st_mode
             is_dir = stat.S_ISDIR(mode)
             if not self.exclude.empty and self.exclude.match(rels, is_dir):
@@ -250,8 +335,9 @@ class _Walker:
             elif stat.S_ISREG(mode) or stat.S_ISLNK(mode):
                 if inc:
                     yield self.entry(rel, path, st, secret)
-            else:
-                self.stats.skipped_special += 1
+            elif inc:
+                name_shown = display_name(self.source, rel, self.secret)
+                self.stats.warn(name_shown, "skipped", f"{special_kind(mode)}, no data to store")
 
 
 def walk(
