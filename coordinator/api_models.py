@@ -20,6 +20,7 @@ from shared.messages import (
     JobRecord,
     TargetSpaceStatus,
 )
+from shared.monitoring import Alert
 
 API_PREFIX = "/api/v1"
 # Times are always UTC-aware; saying so makes the schema read ``format: date-time``.
@@ -34,7 +35,10 @@ class BackupStatusDoc(msgspec.Struct, frozen=True, kw_only=True):
     (failing, never backed up, not 3-2-1 compliant, replication over 1 h behind) first,
     then the others by name; ``?dataset=NAME`` shows one. ``storage_used``: bytes the
     catalogued backups take in their repositories; ``storage_free``: free bytes the
-    agents' targets report in heartbeats (null: none can tell, as for S3).
+    agents' targets report in heartbeats (null: none can tell, as for S3). The API has
+    no authentication, so failed jobs' ``error_message`` is a category and the message
+    with paths, URLs and hosts replaced (``<path>``, ``<endpoint>``); the coordinator's
+    log and the NATS ``status`` reply keep the full text.
     """
 
     status: Literal["healthy", "degraded", "failing"]
@@ -55,6 +59,13 @@ class BackupStatusDoc(msgspec.Struct, frozen=True, kw_only=True):
     datasets: list[DatasetStatus] = []
     agents: list[AgentStatus] = []
     targets: list[TargetSpaceStatus] = []
+
+
+class AlertsDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /api/v1/alerts``: the alerts firing now (descriptions redacted like the
+    status document's error messages)."""
+
+    alerts: list[Alert]
 
 
 class BackupPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,8 +101,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 def openapi_document(version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API (built once at start-up)."""
-    (status, page, record, error), components = msgspec.json.schema_components(
-        [BackupStatusDoc, BackupPage, BackupRecord, ErrorDoc],
+    (status, page, record, error, alerts), components = msgspec.json.schema_components(
+        [BackupStatusDoc, BackupPage, BackupRecord, ErrorDoc, AlertsDoc],
         ref_template="#/components/schemas/{name}",
     )
     bad = _json(error, "invalid query parameter")
@@ -165,6 +176,13 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "404": _json(error, "no backup with this id"),
                         "500": failed,
                     },
+                }
+            },
+            f"{API_PREFIX}/alerts": {
+                "get": {
+                    "operationId": "listAlerts",
+                    "summary": "Alerts firing now, as this coordinator's alerter holds them",
+                    "responses": {"200": _json(alerts, "the firing alerts")},
                 }
             },
             "/metrics": {

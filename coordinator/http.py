@@ -8,12 +8,15 @@ request time, so any coordinator gives the same answer and nothing resets on res
 
 Errors are ``{"error": {"code": …, "message": …}}`` with a fitting HTTP status; a
 failure inside a handler is logged in full but answered without its details, because
-library messages can carry hosts, users or URLs.
+library messages can carry hosts, users or URLs. For the same reason the failed jobs'
+messages and the alerts' descriptions in the (unauthenticated) documents are redacted
+by :func:`redact`: the coordinator logs every job failure in full when it arrives.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from importlib import metadata
@@ -25,6 +28,7 @@ from aiohttp import web
 
 from coordinator.api_models import (
     API_PREFIX,
+    AlertsDoc,
     BackupPage,
     BackupStatusDoc,
     ErrorBody,
@@ -35,7 +39,7 @@ from coordinator.catalog.base import Catalog
 from coordinator.metrics import CONTENT_TYPE, Metrics, read_snapshot
 from shared.config import HttpConfig
 from shared.errors import ConfigError, MosaicError
-from shared.messages import StatusReply, utcnow
+from shared.messages import DatasetStatus, JobRecord, StatusReply, utcnow
 from shared.monitoring import Alert
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,74 @@ MAX_LIMIT = 10_000
 # Datasets detailed in one status document by default (problems first; ?limit, ?offset).
 STATUS_PAGE = 100
 _enc = msgspec.json.Encoder()
+
+
+# error code (its first matching prefix) → what an unauthenticated reader is told
+_CATEGORIES = (
+    ("target.not_found", "object missing on target"),
+    ("target.unreadable", "target unreadable"),
+    ("target", "target unreachable"),
+    ("repository.integrity", "integrity error"),
+    ("repository.partial_restore", "integrity error"),
+    ("repository.key_file", "key file problem"),
+    ("repository.wrong_key", "wrong key"),
+    ("repository.damaged", "repository damaged"),
+    ("repository", "repository error"),
+    ("source", "source unreadable"),
+    ("config", "configuration error"),
+    ("bus", "NATS error"),
+    ("catalog", "catalog error"),
+    ("restore", "restore failed"),
+    ("no_restore_point", "no restore point"),
+    ("operator", "job refused"),
+    ("internal", "internal error"),
+)
+_SECRETS = [
+    # how a target describes itself: local:/path, s3:bucket/prefix at URL, sftp:user@host…
+    (re.compile(r"\b(?:local|s3|sftp):[^\s'\"`()]+(?: at [^\s'\"`()]+)?"), "<endpoint>"),
+    (re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"`()]+"), "<endpoint>"),  # URLs
+    (re.compile(r"(?<![\w<>/])~?/[^\s'\"`,;()]+"), "<path>"),
+    (re.compile(r"\b[\w.-]+@[\w.-]+(?::\d+)?"), "<endpoint>"),  # user@host
+    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<endpoint>"),
+    (re.compile(r"\[[0-9A-Fa-f:]*:[0-9A-Fa-f:]*\](?::\d+)?"), "<endpoint>"),  # [v6]:port
+    (re.compile(r"\b[A-Za-z][\w-]*(?:\.[\w-]+)*:\d{2,5}\b"), "<endpoint>"),  # host:port
+    # a bucket named in our words ("bucket 'x'", "bucket=x")
+    (re.compile(r"(?i)\b(bucket)(\s+|=|:\s*)['\"]?[\w.-]+['\"]?"), r"\1\2<endpoint>"),
+]
+
+
+def redact(text: str) -> str:
+    """``text`` fit for an unauthenticated reader: paths become ``<path>``, URLs, host
+    names, addresses and buckets ``<endpoint>``."""
+    for pattern, repl in _SECRETS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def public_error(code: str | None, message: str | None) -> str | None:
+    """A failed job's message as the HTTP documents show it: ``category: redacted``."""
+    if message is None:
+        return None
+    c = code or ""
+    category = next(
+        (cat for prefix, cat in _CATEGORIES if c == prefix or c.startswith(prefix + ".")),
+        "job failed",
+    )
+    return f"{category}: {redact(message)[:300]}"
+
+
+def _public_job(job: JobRecord | None) -> JobRecord | None:
+    if job is None or job.error_message is None:
+        return job
+    return msgspec.structs.replace(
+        job, error_message=public_error(job.error_code, job.error_message)
+    )
+
+
+def _public_dataset(ds: DatasetStatus) -> DatasetStatus:
+    if ds.last_failure is None:
+        return ds
+    return msgspec.structs.replace(ds, last_failure=_public_job(ds.last_failure))
 
 
 class BadRequest(Exception):
@@ -177,14 +249,14 @@ class HttpApi:
             storage_used=sum(t.catalog_bytes for t in st.targets),
             storage_free=sum(frees) if frees else None,
             backups_total=st.backups_total,
-            recent_failures=st.recent_failures,
+            recent_failures=[j for j in map(_public_job, st.recent_failures) if j is not None],
             datasets_total=st.datasets_total,
             datasets_failing=st.datasets_failing,
             datasets_without_backup=st.datasets_without_backup,
             datasets_not_compliant=st.datasets_not_compliant,
             offset=offset,
             limit=limit,
-            datasets=st.datasets,
+            datasets=[_public_dataset(d) for d in st.datasets],
             agents=st.agents,
             targets=st.targets,
         )
@@ -222,4 +294,8 @@ class HttpApi:
         """The alerts firing now, as this coordinator's alerter holds them (in memory:
         another coordinator, or this one just after a restart, may list fewer)."""
         firing = self._alerts() if self._alerts is not None else []
-        return _json({"alerts": firing})
+        shown = [
+            msgspec.structs.replace(a, description=redact(a.description)) if a.description else a
+            for a in firing
+        ]
+        return _json(AlertsDoc(alerts=shown))

@@ -7,17 +7,24 @@ event subject — what the agent's NATS permissions allow anyway — so it is st
 events stream at once and reaches the coordinator's audit trail when it reads the
 stream, also if it is down right now. The change itself is done either way: when NATS
 cannot be reached, one line on stderr says it was not audited.
+
+An event is published only to a NATS server somebody chose: ``nats_url`` must be set in
+the agent's file (its default, a NATS on loopback, may be anyone's server on a host
+that runs only the repository tools), and the connection must be authenticated (user +
+password file, NKEY or TLS) unless ``audit_plain_nats = true`` says a plain server is
+trusted. Otherwise the event stays local: one line on stderr carries it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from rich.console import Console
 
 from mosaic.display import who
 from shared import subjects
-from shared.config import AgentConfig
+from shared.config import AgentConfig, is_set
 from shared.errors import MosaicError
 from shared.messages import LocalAction, LocalActionKind, utcnow
 from shared.nats_credentials import nats_password, nats_tls
@@ -45,6 +52,17 @@ async def report(
         detail=detail,
         at=utcnow(),
     )
+    what = action.replace("_", " ")
+    reason = _why_not_publish(cfg)
+    if reason is not None:
+        err.print(
+            f"mosaic-backup: warning: {what} is done but not audited on NATS ({reason}); "
+            f"the audit event stays local: {event.actor}: {detail}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+        return False
     # the NATS client is imported only now: repository tools start without it
     from nats.errors import Error as NatsError
 
@@ -67,10 +85,28 @@ async def report(
             await bus.aclose()
     except (MosaicError, NatsError) as exc:
         err.print(
-            f"mosaic-backup: warning: {action.replace('_', ' ')} is done but not audited: "
-            f"{exc or type(exc).__name__}",
+            f"mosaic-backup: warning: {what} is done but not audited: {exc or type(exc).__name__}",
             highlight=False,
             soft_wrap=True,
         )
         return False
     return True
+
+
+def _why_not_publish(cfg: AgentConfig) -> str | None:
+    """Why the event must not go to ``cfg.nats_url``, or None when it may."""
+    if not is_set(cfg, "nats_url"):
+        return "nats_url is not set in the agent's config, and its default is nobody's choice"
+    authenticated = (
+        (cfg.nats_user is not None and cfg.nats_password_file is not None)
+        or cfg.nats_nkey_seed_file is not None
+        or cfg.nats_tls_ca is not None
+    )
+    if authenticated or cfg.audit_plain_nats:
+        return None
+    url = re.sub(r"//[^/@]*@", "//", cfg.nats_url)  # never echo credentials
+    return (
+        f"{url} would be reached without credentials or TLS: set nats_user and "
+        "nats_password_file, nats_nkey_seed_file or nats_tls_ca, or audit_plain_nats = true "
+        "for a trusted server"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -17,14 +18,16 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.backup import BackupSpec, backup_dataset
-from agent.keysetup import key_notice, prepare_key, write_options
+from agent.keysetup import key_notice, prepare_key, prepare_state_dir, write_options
+from agent.recovery_copy import remember_in_key_file
 from agent.restore import restore_backup
-from mosaic.display import size, summary_table
+from mosaic.display import print_partial, size, summary_table
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened, target_from
-from shared.errors import ConfigError
+from shared.errors import ConfigError, IntegrityError, PartialRestoreError, TargetError
 from shared.repository.keys import PASSPHRASE_ENV
 from shared.repository.repository import Repository
+from shared.repository.writeonly import WriteOnlyKey
 from shared.sources import FilesSource
 from shared.subjects import check_token
 
@@ -52,6 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="PATH",
         help="restore only this path of the backup (repeatable)",
     )
+    p.add_argument(
+        "--damaged",
+        choices=("rename", "omit"),
+        default="rename",
+        help="a file whose content is damaged: write what is intact as NAME.damaged "
+        "(default) or leave it out; either way the restore lists it and exits 1",
+    )
     p.set_defaults(func=restore_cmd)
 
     p = sub.add_parser("dump", help="write one file of a backup to stdout")
@@ -73,16 +83,27 @@ async def _latest(repo: Repository, dataset: str) -> str | None:
 async def backup_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
     cfg, target = target_from(args)
     path = args.path  # made absolute by cli.main
-    dataset = check_token("dataset name", args.dataset or os.path.basename(path) or "root")
+    if args.dataset:
+        try:
+            dataset = check_token("dataset name", args.dataset)
+        except ValueError as exc:
+            raise ConfigError(f"--dataset: {exc}") from None
+    else:  # named after the folder, made a valid name ("my.data" → "my-data")
+        dataset = re.sub(r"[^A-Za-z0-9_-]", "-", os.path.basename(path))[:128] or "root"
     key, created = await prepare_key(cfg, {target.name: target}, os.environ.get(PASSPHRASE_ENV))
     if created:
         err.print(key_notice(cfg.key_file))
+    if isinstance(key, WriteOnlyKey):
+        # It cannot read the parent backup's tree: its file cache lives in state_dir.
+        for line in await anyio.to_thread.run_sync(prepare_state_dir, cfg.state_dir):
+            err.print(f"mosaic-backup: warning: {line}", highlight=False, markup=False)
     repo = await Repository.open(
         target,
         key,
         create=True,
         options=write_options(cfg),
     )
+    remember_in_key_file(cfg.key_file, repo)
     backup_id = f"local-{dataset}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
     spec = BackupSpec(
         backup_id=backup_id,
@@ -91,6 +112,7 @@ async def backup_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
         source=FilesSource(path=path, exclude=args.exclude),
         backup_type=args.backup_type,
         parent_backup_id=await _latest(repo, dataset),
+        state_dir=cfg.state_dir,
     )
     bar, _, report = byte_bar(err, f"backup {dataset}")
     with bar:
@@ -101,6 +123,8 @@ async def backup_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
             f"backup {m.backup_id}", m.summary, {"dataset": dataset, "type": spec.backup_type}
         )
     )
+    for line in m.summary.warning_lines():  # files not stored as found, by name
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -109,10 +133,18 @@ async def restore_cmd(args: argparse.Namespace, out: Console, err: Console) -> i
         m = await repo.load_manifest(args.backup_id)
         bar, _, report = byte_bar(err, f"restore {args.backup_id}")
         t0 = time.monotonic()
-        with bar:
-            files, nbytes = await restore_backup(
-                repo, m, args.destination, include=args.paths or None, report=report
-            )
+        try:
+            with bar:
+                files, nbytes = await restore_backup(
+                    repo,
+                    m,
+                    args.destination,
+                    include=args.paths or None,
+                    report=report,
+                    damaged=args.damaged,
+                )
+        except PartialRestoreError as exc:
+            return print_partial(err, exc)
         dt = time.monotonic() - t0
     out.print(f"restored {files:,} files, {size(nbytes)} in {dt:.2f} s into {args.destination}")
     return 0
@@ -148,8 +180,30 @@ async def dump_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
         if node is None or node.type not in ("file", "hardlink"):
             raise ConfigError(f"backup {args.backup_id} has no file {args.file!r}")
         sink = sys.stdout.buffer
+        offset, damaged = 0, []
+        await repo.find_missing(node.chunks)
         for chunk_id in node.chunks:
-            data = await repo.read_blob(chunk_id)
+            entry = repo.index.get(chunk_id)
+            try:
+                data = await repo.read_blob(chunk_id)
+            except (IntegrityError, TargetError) as exc:
+                if entry is None:  # its length is unknown: nothing after it can be placed
+                    damaged.append(f"from byte {offset:,}: {exc}")
+                    break
+                damaged.append(f"bytes {offset:,}–{offset + entry.raw_length - 1:,}: {exc}")
+                data = bytes(entry.raw_length)  # zeros keep the rest at its offsets
             await anyio.to_thread.run_sync(sink.write, data)
+            offset += len(data)
         await anyio.to_thread.run_sync(sink.flush)
+    for line in damaged:
+        err.print(f"damaged: {args.file}: {line}", markup=False, highlight=False, soft_wrap=True)
+    if damaged:
+        err.print(
+            f"mosaic-backup: {args.file} of backup {args.backup_id}: {len(damaged)} damaged "
+            "range(s) written as zeros; see `repo verify --read-data` and `repo repair packs`",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
     return 0

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import re
 import tomllib
+import weakref
 import zoneinfo
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect as mi
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from shared.config_fields import UnknownField, check_unknown
 from shared.errors import ConfigError
 from shared.messages import BackupType
 from shared.nats_credentials import check_nkey_seed, nats_tls
@@ -36,7 +39,8 @@ class LocalTargetConfig(
     tag_field="type",
     tag="local",
 ):
-    """A repository in a folder on a local or mounted disk."""
+    """A repository in a folder on a local or mounted disk; ``path`` is absolute (an
+    empty or relative one would put the repository wherever the agent happens to run)."""
 
     path: str
     # The agent never deletes or replaces an object here (prune fails at once; leases are
@@ -46,6 +50,18 @@ class LocalTargetConfig(
     media: str = "disk"
     location: Literal["onsite", "offsite"] = "onsite"
     tier: Literal["local", "remote", "archive"] = "local"
+
+    def __post_init__(self) -> None:
+        if not self.path.strip():
+            raise ValueError(
+                "field path: is empty; write the repository folder as an absolute path "
+                '(path = "/srv/backup/repository")'
+            )
+        if not self.path.startswith("/"):
+            raise ValueError(
+                f"field path: {self.path!r} is relative; write it as an absolute path "
+                '(path = "/srv/backup/repository")'
+            )
 
 
 class S3TargetConfig(
@@ -84,8 +100,25 @@ class S3TargetConfig(
     location: Literal["onsite", "offsite"] = "offsite"
     tier: Literal["local", "remote", "archive"] = "remote"
 
+    def __post_init__(self) -> None:
+        url = self.endpoint_url
+        if url is not None and not re.match(r"^https?://[^/\s]", url):
+            shown = re.sub(r"//[^/@]*@", "//", url)  # never echo credentials
+            bare = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", shown)
+            problem = f"{shown!r} has no scheme" if bare == shown else f"{shown!r} is not http(s)"
+            raise ValueError(
+                f"field endpoint_url: {problem}; write http://{bare} or https://{bare}"
+            )
 
-class SftpTargetConfig(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="sftp"):
+
+class SftpTargetConfig(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="type",
+    tag="sftp",
+):
     """A repository in a folder on an SSH server, reached over SFTP with a key.
 
     - ``host``, ``port``, ``user``: where to log in; only public-key login is used.
@@ -130,11 +163,21 @@ class HookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     timeout_s: PositiveFloat = 600.0
 
 
-class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``agent.toml``: who this agent is, where NATS is, its key and its targets."""
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+class AgentConfig(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, weakref=True
+):
+    """``agent.toml``: who this agent is, where NATS is, its key and its targets.
+
+    (``weakref``: :func:`is_set` remembers which keys the file itself set.)"""
 
     name: Name
-    nats_url: str = "nats://127.0.0.1:4222"
+    # The agent daemon connects here (default: a NATS on this host). The repository
+    # tools publish their audit events here only when the file sets it (see
+    # ``audit_plain_nats``): a default must never send them to a server nobody chose.
+    nats_url: str = DEFAULT_NATS_URL
     # The repository key file, or a write-only key file (`repo keys write-only-export`):
     # with one the agent backs up but cannot restore, verify data, prune or drill.
     key_file: str
@@ -167,6 +210,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     nats_tls_ca: str | None = None
     nats_tls_cert: str | None = None
     nats_tls_key: str | None = None
+    # Repository tools (``repo keys …``, ``repo prune``) publish an audit event to
+    # ``nats_url`` only over authenticated NATS (user + password file, NKEY, or TLS);
+    # true allows plain, unauthenticated NATS too (a trusted server on loopback).
+    audit_plain_nats: bool = False
 
 
 Tier = Literal["daily", "weekly", "monthly", "yearly", "config", "translog"]
@@ -397,8 +444,59 @@ def _replace_at(raw: dict[str, object], parts: list[str], value: object) -> dict
     return out
 
 
-def load(path: str | Path, kind: type[T]) -> T:
-    """Read and validate one TOML config file, or raise ConfigError in one line."""
+# id(config) → the top-level keys its file set; entries leave with their config (weakref).
+_SET_KEYS: dict[int, frozenset[str]] = {}
+
+
+def is_set(cfg: AgentConfig, key: str) -> bool:
+    """Whether ``cfg``'s file set the top-level ``key`` itself (not left to the default).
+
+    A config built in code rather than loaded counts a key as set when its value is not
+    the default."""
+    keys = _SET_KEYS.get(id(cfg))
+    if keys is not None:
+        return key in keys
+    field = next(f for f in msgspec.structs.fields(cfg) if f.encode_name == key)
+    return bool(getattr(cfg, field.name) != field.default)
+
+
+def _remember_keys(cfg: object, raw: dict[str, object]) -> None:
+    if isinstance(cfg, AgentConfig):
+        _SET_KEYS[id(cfg)] = frozenset(raw)
+        weakref.finalize(cfg, _SET_KEYS.pop, id(cfg), None)
+
+
+_TYPE_INFO: dict[type, mi.Type] = {}
+
+
+# Top-level fields naming a file that a systemd unit may hand over as a credential
+# (``LoadCredential=<field>:<path>``, docs/deployment.md): the unit's user cannot read
+# the root-owned 0600 original, so the copy systemd puts in $CREDENTIALS_DIRECTORY
+# under the field's name is read instead.
+CREDENTIAL_FIELDS = (
+    "nats_password_file",
+    "nats_nkey_seed_file",
+    "nats_tls_ca",
+    "nats_tls_cert",
+    "nats_tls_key",
+)
+
+
+def _with_credentials(raw: dict[str, object], folder: Path) -> dict[str, object]:
+    """``raw`` with each credential field the file sets pointed at its copy in ``folder``
+    (when systemd placed one there)."""
+    out = dict(raw)
+    for key in CREDENTIAL_FIELDS:
+        if key in out and (folder / key).is_file():
+            out[key] = str(folder / key)
+    return out
+
+
+def load(path: str | Path, kind: type[T], *, credentials: str | Path | None = None) -> T:
+    """Read and validate one TOML config file, or raise ConfigError in one line.
+
+    ``credentials``: the unit's credentials directory (the entry point passes
+    $CREDENTIALS_DIRECTORY), see :data:`CREDENTIAL_FIELDS`."""
     p = Path(path)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -408,6 +506,15 @@ def load(path: str | Path, kind: type[T]) -> T:
         raise ConfigError(f"config file {p} cannot be read: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {p}: not valid TOML: {exc}") from None
+    if credentials is not None:
+        raw = _with_credentials(raw, Path(credentials))
+    info = _TYPE_INFO.get(kind)
+    if info is None:
+        info = _TYPE_INFO[kind] = mi.type_info(kind)
+    try:
+        check_unknown(raw, info)
+    except UnknownField as exc:
+        raise ConfigError(f"config file {p}: {exc.line()}") from None
     try:
         cfg = msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
@@ -419,10 +526,15 @@ def load(path: str | Path, kind: type[T]) -> T:
         if m:
             field = f"{field}.{m.group(2)}".lstrip(".")
             what = "missing required field" if "missing" in m.group(1) else "unknown field"
+        m = re.match(r"field (\w+): (.*)$", what)  # from a __post_init__: says the fix
+        if m:
+            field = f"{field}.{m.group(1)}".lstrip(".")
+            raise ConfigError(f"config file {p}: field '{field}': {m.group(2)}") from None
         hint = next((h for k, h in _HINTS.items() if k in what), "fix the value")
         where = f"field '{field}'" if field else "top level"
         raise ConfigError(f"config file {p}: {where}: {what} ({hint})") from None
     _check(p, cfg)
+    _remember_keys(cfg, raw)
     return cfg
 
 

@@ -237,6 +237,7 @@ async def test_key_rotation_and_prune_by_repo_tools_are_audited(
             nats_url=nats_url,
             key_file=Path(st.agent.key_file),
             targets={"t": target},
+            extra="audit_plain_nats = true",  # this test's NATS has no auth
         )
         # in a thread: the coordinator and agent of this test share the event loop
         rotated = await anyio.to_thread.run_sync(

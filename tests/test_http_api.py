@@ -150,7 +150,9 @@ async def test_errors_are_json(nats_url: str, tmp_path: Path) -> None:
         assert doc.status == "degraded" and doc.last_backup is None and doc.storage_used == 0
 
 
-async def test_failed_backup_shows_in_status_and_metrics(nats_url: str, tmp_path: Path) -> None:
+async def test_failed_backup_shows_in_status_and_metrics(
+    nats_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     missing = tmp_path / "does-not-exist"
     target = LocalTargetConfig(path=str(tmp_path / "repo"))
     async with running_stack(nats_url, tmp_path, target, missing, http=True) as st:
@@ -169,6 +171,19 @@ async def test_failed_backup_shows_in_status_and_metrics(nats_url: str, tmp_path
         [failure] = doc.recent_failures
         assert failure.dataset == st.dataset and failure.status == "failed"
         assert doc.datasets[0].last_failure is not None
+        # Unauthenticated: a category and the message without paths; the full text is
+        # in the coordinator's log (and in the NATS status reply, which needs a login).
+        for shown in (failure, doc.datasets[0].last_failure):
+            assert shown.error_message is not None
+            assert shown.error_message.startswith("source unreadable: "), shown.error_message
+            assert "<path>" in shown.error_message
+            assert str(tmp_path) not in shown.error_message
+        assert str(tmp_path) not in body.decode()
+        logged = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
+        assert any(str(missing) in line for line in logged), logged
+        full = await operator.status(st.bus, QUIET)
+        assert full.recent_failures[0].error_message is not None
+        assert str(missing) in full.recent_failures[0].error_message
 
         _, _, body = await get(f"{st.http_url}/metrics")
         m = metrics(body.decode())
@@ -220,3 +235,58 @@ def test_failure_counter_counts_backup_jobs_per_dataset() -> None:
     m = metrics(text)
     assert m["backup_failure_total"] == {(("dataset", "db"),): 0, (("dataset", "old"),): 2}
     assert "backup_size_bytes" not in m and m["mosaic_catalog_backups_total"] == {(): 0}
+
+
+async def test_alerts_are_redacted_and_every_route_is_in_openapi(tmp_path: Path) -> None:
+    """The alert list over real HTTP: descriptions carry no paths or endpoints. And the
+    OpenAPI document the server serves lists every route the server answers."""
+    from coordinator.api_models import AlertsDoc
+    from coordinator.catalog import open_catalog
+    from coordinator.http import HttpApi
+    from shared.config import HttpConfig
+    from shared.monitoring import Alert
+
+    alert = Alert(
+        status="firing",
+        rule="backup_failed",
+        dataset="db",
+        fingerprint="backup_failed/db/",
+        summary="backup of db failed",
+        description=(
+            "failed at 2026-12-03T02:00:00+00:00: job j1: repository.key_file: key file "
+            "/etc/mosaic-backup/repository.key does not exist, but target 'off' "
+            "(s3:mosaic-backups/web1 at https://s3.example.net:9000) holds a repository"
+        ),
+        starts_at=utcnow(),
+    )
+
+    async def status(**_: Any) -> StatusReply:
+        return StatusReply(
+            status="healthy", coordinator="c", datasets=[], recent_failures=[], backups_total=0
+        )
+
+    catalog = await open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    api = HttpApi(HttpConfig(port=0), catalog, status, alerts=lambda: [alert])
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(api.serve)
+            url = f"http://127.0.0.1:{api.port}"
+            code, _, body = await get(f"{url}/api/v1/alerts")
+            assert code == 200
+            [shown] = msgspec.json.decode(body, type=AlertsDoc).alerts
+            assert shown.summary == alert.summary and shown.fingerprint == alert.fingerprint
+            for secret in ("/etc/mosaic-backup", "mosaic-backups", "s3.example.net"):
+                assert secret not in body.decode(), secret
+            assert "key file <path> does not exist" in shown.description
+            assert "(<endpoint>)" in shown.description
+
+            _, _, body = await get(f"{url}/api/v1/openapi.json")
+            spec: dict[str, Any] = msgspec.json.decode(body)
+            served = {
+                r.resource.canonical for r in api.app().router.routes() if r.resource is not None
+            }
+            assert served and served <= set(spec["paths"]), served - set(spec["paths"])
+            assert "AlertsDoc" in spec["components"]["schemas"]
+            tg.cancel_scope.cancel()
+    finally:
+        await catalog.aclose()
