@@ -27,6 +27,7 @@ from agent.logchain import base_for_log_backup
 from agent.maintenance import MaintenanceContext, run_maintenance
 from agent.pitr import needs_logs, restore_with_logs
 from agent.progress import Progress
+from agent.recovery_copy import remember_in_key_file
 from agent.restore import restore_backup
 from agent.sources import LogShipment, archives_logs, ship_logs
 from agent.sources.snapshot import cleanup_leftovers
@@ -67,6 +68,7 @@ class AgentRunner:
         self.targets = targets or {n: open_target(n, t) for n, t in cfg.targets.items()}
         self.hostname = socket.gethostname()
         self.running_job: str | None = None  # reported by the heartbeat
+        self.ack_wait_s = cfg.ack_wait_s  # of the bound consumer, once known
 
     async def aclose(self) -> None:
         for t in self.targets.values():
@@ -75,6 +77,10 @@ class AgentRunner:
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         # snapshots a crashed run left behind are removed before any new job runs
         await anyio.to_thread.run_sync(cleanup_leftovers, self.cfg.state_dir, self.cfg.name)
+        # An agent with its own NATS user runs in its own `nats-config` account: it sees
+        # JetStream only through the imports of its own consumer (docs/security.md),
+        # and the coordinator creates streams and its consumer.
+        restricted = self.cfg.nats_user is not None or self.cfg.nats_nkey_seed_file is not None
         bus = await Bus.connect(
             self.cfg.nats_url,
             name=f"agent-{self.cfg.name}",
@@ -84,17 +90,20 @@ class AgentRunner:
             inbox_prefix=subjects.agent_inbox(self.cfg.name),
             tls=nats_tls(self.cfg),
             nkeys_seed=self.cfg.nats_nkey_seed_file,
+            js_prefix=subjects.JS_IMPORT_PREFIX if restricted else None,
         )
         try:
-            # An agent with its own NATS user runs under `nats-config` permissions,
-            # which leave stream management to the coordinator.
-            restricted = self.cfg.nats_user is not None or self.cfg.nats_nkey_seed_file is not None
-            await bus.ensure_streams(create=not restricted)
-            sub = await bus.job_consumer(self.cfg.name, self.cfg.ack_wait_s)
-            log.info("agent %s ready on %s", self.cfg.name, bus.url)
-            task_status.started()
+            if not restricted:
+                await bus.ensure_streams()
             async with task_group() as tg:
+                # alive while it waits for the coordinator to create its consumer
                 tg.start_soon(send_heartbeats, bus, self.cfg, self.targets, self._running)
+                sub = await bus.job_consumer(self.cfg.name, self.cfg.ack_wait_s)
+                # the coordinator's consumer may wait less long than this agent's setting
+                wait = bus.job_ack_wait or self.cfg.ack_wait_s
+                self.ack_wait_s = min(self.cfg.ack_wait_s, wait)
+                log.info("agent %s ready on %s", self.cfg.name, bus.url)
+                task_status.started()
                 while True:
                     msg = await fetch_one(sub, timeout=5.0)
                     if msg is not None:
@@ -195,7 +204,7 @@ class AgentRunner:
 
     async def _keep_alive(self, msg: Any) -> None:
         while True:
-            await anyio.sleep(self.cfg.ack_wait_s / 3)
+            await anyio.sleep(self.ack_wait_s / 3)
             await msg.in_progress()
 
     def _reporter(self, bus: Bus, job_id: str):  # type: ignore[no-untyped-def]
@@ -235,12 +244,14 @@ class AgentRunner:
 
     async def _open(self, target: Target, *, create: bool) -> Repository:
         try:
-            return await Repository.open(
+            repo = await Repository.open(
                 target,
                 self.key,
                 create=create,
                 options=write_options(self.cfg),
             )
+            remember_in_key_file(self.cfg.key_file, repo)
+            return repo
         except WrongKeyError:
             raise WrongKeyError(
                 f"key file {self.cfg.key_file} does not open the repository at "

@@ -3,6 +3,12 @@
 It never touches backup data: it publishes jobs on NATS and folds the agents' events
 into the catalog. Events are acked only after the catalog write, so a coordinator crash
 replays them (catalog writes are idempotent).
+
+It also guards what it depends on: at start and every ``guard_interval_s`` it checks
+the streams and consumers (``Bus.check_control_plane``), re-creates what is missing or
+was changed, and raises the ``control_plane_changed`` alert and an audit line for each
+change it did not make. A deleted events consumer is re-created where it stopped, so
+an operator account that deletes it cannot blind the coordinator (issue 15).
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from typing import Any
 import anyio
 import msgspec
 from nats.errors import Error as NatsError
+from nats.js.errors import APIError, NotFoundError
 
 from coordinator.alerter import Alerter
+from coordinator.alerts import Finding
 from coordinator.audit import AuditTrail
 from coordinator.catalog.base import Catalog
 from coordinator.heartbeats import HeartbeatStore
@@ -28,7 +36,7 @@ from coordinator.maintenance import Maintenance
 from coordinator.scheduler import Scheduler
 from coordinator.status import StatusBuilder
 from shared import subjects, tracing
-from shared.bus import Bus
+from shared.bus import Bus, Repair
 from shared.config import CoordinatorConfig, Tier
 from shared.errors import BusError
 from shared.messages import (
@@ -68,6 +76,8 @@ from shared.tasks import task_group
 log = logging.getLogger(__name__)
 
 API_VERBS = ("backup", "restore", "list", "status", "drill", "maintenance")
+GUARD_INTERVAL_S = 15.0  # how often streams and consumers are checked while running
+REPAIR_ALERT_S = 3600.0  # a change someone else made stays an alert this long
 
 
 def new_job_id(kind: str, dataset: str) -> str:
@@ -107,6 +117,17 @@ class Coordinator:
         self.alerter.sources.append(self.maintenance.findings)
         self.audit = AuditTrail(catalog)
         self.http = HttpApi(cfg.http, catalog, self.status, alerts=self.alerter.firing)
+        self.guard_interval_s = GUARD_INTERVAL_S
+        self.repairs: list[tuple[datetime, Repair]] = []  # changes it did not make
+        self._next_event_seq = 0  # stream sequence after the last recorded event
+        self.alerter.sources.append(self._repair_findings)
+
+    def _agents(self) -> set[str]:
+        """The agents this coordinator gives jobs to (their consumers are its own)."""
+        agents = {ds.agent for ds in self.cfg.datasets.values()}
+        if self.cfg.maintenance is not None and self.cfg.maintenance.agent:
+            agents.add(self.cfg.maintenance.agent)
+        return agents
 
     def _append_only(self, agent: str, target: str) -> bool:
         """Whether ``agent``'s last heartbeat says it may not delete on ``target``."""
@@ -136,6 +157,8 @@ class Coordinator:
             await self.audit.record_policy(self.cfg)  # a changed policy leaves a line
             for verb in API_VERBS:
                 await bus.serve(verb, self.handle)
+            # never reuse a consumer someone else shaped (a filter that matches nothing)
+            await self.check_control_plane(startup=True)
             sub = await bus.events_consumer(subjects.COORDINATOR_EVENTS_CONSUMER)
             owner = f"{self.cfg.name}/{os.urandom(4).hex()}"
             self.leader = Leader(bus.js, owner, ttl_s=self.cfg.leader_ttl_s)
@@ -143,6 +166,7 @@ class Coordinator:
                 # The coordinator's long-running parts, one line each. Every instance
                 # records events and answers; only the lease holder schedules and alerts.
                 tg.start_soon(self._consume_events, sub)
+                tg.start_soon(self._guard)
                 await tg.start(self.heartbeats.run, bus)
                 await tg.start(self.http.serve)
                 await tg.start(self.leader.run_when_leader, self._run_active)
@@ -163,11 +187,68 @@ class Coordinator:
 
     # --- events → catalog -------------------------------------------------------------
 
+    # --- guarding streams and consumers -----------------------------------------------
+
+    async def check_control_plane(self, *, startup: bool = False) -> list[Repair]:
+        """One check of streams and consumers; alert and audit what had to be fixed."""
+        assert self.bus is not None
+        repairs = await self.bus.check_control_plane(
+            subjects.COORDINATOR_EVENTS_CONSUMER,
+            self._agents(),
+            next_event_seq=self._next_event_seq,
+            create_missing_silently=startup,
+        )
+        try:
+            await self.bus.js.stream_info(subjects.AUDIT_STREAM)
+        except NotFoundError:
+            await self.audit.ensure_stream()  # the catalog keeps the trail itself
+            if not startup:
+                repairs.append(Repair(f"stream {subjects.AUDIT_STREAM}", "missing (deleted)"))
+        now = utcnow()
+        for r in repairs:
+            log.error("NATS control plane changed by someone else: %s", r)
+            self.repairs.append((now, r))
+            await self.audit.record("control_plane_repaired", self.cfg.name, detail=str(r))
+        return repairs
+
+    async def _guard(self) -> None:
+        while True:
+            await anyio.sleep(self.guard_interval_s)
+            await self._check_or_say_why()
+
+    async def _check_or_say_why(self) -> None:
+        try:
+            await self.check_control_plane()
+        except (NatsError, BusError) as exc:  # NATS down: the next round tries again
+            log.warning("streams and consumers not checked: %r", exc)
+            await anyio.sleep(1.0)  # not a tight loop while NATS is away
+
+    async def _repair_findings(self, now: datetime) -> list[Finding]:
+        horizon = now - timedelta(seconds=REPAIR_ALERT_S)
+        self.repairs = [(at, r) for at, r in self.repairs if at >= horizon]
+        return [
+            Finding(
+                rule="control_plane_changed",
+                dataset=r.key,
+                severity="critical",
+                summary=f"NATS {r} (not by this coordinator)",
+                description="Someone with access to the coordinator's NATS account "
+                "changed it; see docs/security.md.",
+            )
+            for _, r in self.repairs
+        ]
+
+    # --- events → catalog -------------------------------------------------------------
+
     async def _consume_events(self, sub: Any) -> None:
         while True:
             try:
                 msgs = await sub.fetch(50, timeout=2.0)
             except TimeoutError:
+                continue
+            except APIError as exc:  # the consumer was deleted under us: put it back
+                log.error("events consumer failed (%s): checking streams and consumers", exc)
+                await self._check_or_say_why()
                 continue
             for msg in msgs:
                 try:
@@ -193,6 +274,7 @@ class Coordinator:
                 ):
                     await self.record(ev)
                 await msg.ack()
+                self._next_event_seq = msg.metadata.sequence.stream + 1
 
     async def _authentic(self, subject: str, ev: Event) -> bool:
         """An event counts only if it comes from the agent it names, on that agent's own

@@ -1,15 +1,19 @@
-"""``mosaic-backup nats-config``: a nats-server config with one user per agent.
+"""``mosaic-backup nats-config``: a nats-server config with one account per agent.
 
 Why: without it every agent can read every other agent's jobs (restore jobs name paths
 and backup ids) and publish events in another agent's name, which the coordinator would
-record as that agent's backups. The generated ``authorization`` block gives each agent
-a user that may only pull its own consumer and publish its own events
-(``shared.subjects.agent_publish_allow``), the coordinator a user for all of mosaic's
-subjects, and operators a user for API requests.
+record as that agent's backups. Subject permissions alone are not enough: JetStream
+answers a request on the reply subject the requester chose, from the server's own
+client, so one agent could aim a pull request's timeout at ``$JS.API.STREAM.DELETE…``
+(issue 15). So the generated ``accounts`` block puts the streams in the coordinator's
+account and gives each agent an account of its own that imports, as services, only the
+subjects of its own work (``shared.subjects.agent_imports``); a service import rewrites
+reply subjects into the requester's account. Operators get an account that imports the
+operator API. docs/security.md describes the layout.
 
 Files written under ``--out``::
 
-    nats-server.conf           listen, jetstream, authorization (bcrypt hashes only)
+    nats-server.conf           listen, jetstream, accounts (bcrypt hashes only)
     creds/<user>.password      one random password per user, mode 0600
 
 nats-server treats a password that starts with ``$2a$`` as a bcrypt hash, so the server
@@ -49,12 +53,21 @@ class NatsUser:
     publish: list[str]
     subscribe: list[str]
     nkey: str | None = None  # public NKEY (U…): then the user logs in with its seed
+    account: str = subjects.COORDINATOR_ACCOUNT
+    imports: tuple[subjects.ServiceImport, ...] = ()  # what its account imports
+    publish_deny: tuple[str, ...] = ()
 
     def entry(self) -> dict[str, object]:
-        permissions = {
-            "publish": {"allow": self.publish},
+        publish: dict[str, list[str]] = {"allow": self.publish}
+        if self.publish_deny:
+            publish["deny"] = list(self.publish_deny)
+        permissions: dict[str, object] = {
+            "publish": publish,
             "subscribe": {"allow": self.subscribe},
         }
+        if self.account == subjects.COORDINATOR_ACCOUNT:
+            # API replies go to the ``_R_.…`` subjects of the operators' service import
+            permissions["allow_responses"] = True
         if self.nkey is not None:
             return {"nkey": self.nkey, "permissions": permissions}
         hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS))
@@ -78,13 +91,23 @@ def plan_users(
             "and the operator need a user of their own: rename one or pass --coordinator-user)"
         )
     coord = subjects.coordinator_allow()
-    users = [NatsUser(coordinator_user, secrets.token_urlsafe(32), coord, coord)]
+    users = [
+        NatsUser(
+            coordinator_user,
+            secrets.token_urlsafe(32),
+            coord,
+            coord,
+            publish_deny=tuple(subjects.coordinator_publish_deny()),
+        )
+    ]
     users.append(
         NatsUser(
             operator_user,
             secrets.token_urlsafe(32),
             subjects.operator_publish_allow(),
             subjects.operator_subscribe_allow(),
+            account=subjects.OPERATOR_ACCOUNT,
+            imports=tuple(subjects.operator_imports()),
         )
     )
     users += [
@@ -93,10 +116,43 @@ def plan_users(
             secrets.token_urlsafe(32),
             subjects.agent_publish_allow(a),
             subjects.agent_subscribe_allow(a),
+            account=subjects.agent_account(a),
+            imports=tuple(subjects.agent_imports(a)),
         )
         for a in agents
     ]
     return users
+
+
+def accounts_block(users: list[NatsUser]) -> dict[str, dict[str, object]]:
+    """The ``accounts`` map: JetStream only in the coordinator's account, which exports
+    each import to the one account that needs it (``accounts: [...]`` on the export, so
+    no other account may import it even with a hand-edited config of its own)."""
+    accounts: dict[str, dict[str, object]] = {
+        subjects.COORDINATOR_ACCOUNT: {"jetstream": "enabled", "users": [], "exports": []}
+    }
+    exports: list[dict[str, object]] = []
+    for u in users:
+        acc = accounts.setdefault(u.account, {"users": [], "imports": []})
+        users_of = acc["users"]
+        assert isinstance(users_of, list)
+        users_of.append(u.entry())
+        if u.account == subjects.COORDINATOR_ACCOUNT:
+            continue
+        imports = acc["imports"]
+        assert isinstance(imports, list)
+        for imp in u.imports:
+            export: dict[str, object] = {"service": imp.subject, "accounts": [u.account]}
+            if imp.streamed:
+                export["response_type"] = "stream"
+            exports.append(export)
+            service = {"account": subjects.COORDINATOR_ACCOUNT, "subject": imp.subject}
+            entry: dict[str, object] = {"service": service}
+            if imp.local != imp.subject:
+                entry["to"] = imp.local
+            imports.append(entry)
+    accounts[subjects.COORDINATOR_ACCOUNT]["exports"] = exports
+    return accounts
 
 
 @dataclass(frozen=True)
@@ -146,11 +202,19 @@ def render(
         f"listen: {json.dumps(f'{host}:{port}')}",
         f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
         *(tls.block() if tls is not None else []),
-        "authorization {",
-        "  users: [",
+        "accounts {",
     ]
-    lines += [f"    {json.dumps(u.entry())}" for u in users]
-    lines += ["  ]", "}", ""]
+    for name, acc in accounts_block(users).items():
+        lines.append(f"  {json.dumps(name)}: {{")
+        for key, value in acc.items():
+            if isinstance(value, list):
+                lines.append(f"    {key}: [")
+                lines += [f"      {json.dumps(v)}" for v in value]
+                lines.append("    ]")
+            else:
+                lines.append(f"    {key}: {json.dumps(value)}")
+        lines.append("  }")
+    lines += ["}", ""]
     return "\n".join(lines)
 
 

@@ -10,15 +10,22 @@
 - Operator commands use core NATS request/reply on ``mosaic.api.<verb>``.
 Streams and consumers are created idempotently, so every process may call
 :meth:`Bus.ensure_streams` at start.
+
+With the accounts that ``mosaic-backup nats-config`` writes (docs/security.md), an agent
+sees JetStream only through its account's imports, under ``subjects.JS_IMPORT_PREFIX``
+(``js_prefix``): it may look up and pull its own consumer, which the coordinator
+creates (:meth:`Bus.ensure_agent_consumer`), but create nothing. The coordinator checks
+the streams and consumers it depends on (:meth:`Bus.check_control_plane`) and repairs
+what someone else changed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -26,14 +33,12 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import (
-    ConnectionClosedError,
-    ConnectionDrainingError,
     NoRespondersError,
     NoServersError,
 )
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from shared import subjects, tracing
 from shared.errors import BusError
@@ -56,6 +61,11 @@ log = logging.getLogger(__name__)
 JOBS_DUPLICATE_WINDOW_S = 3600.0
 EVENTS_MAX_AGE_S = 30 * 86400.0
 MAX_DELIVER = 5
+# ack_wait of the agent consumers the coordinator creates: AgentConfig.ack_wait_s's
+# default. An agent keeps its job alive every third of the consumer's actual value.
+AGENT_ACK_WAIT_S = 30.0
+CONSUMER_WAIT_S = 2.0  # an agent whose consumer does not exist yet asks again this often
+WATCH_POLL_S = 0.1  # how often watch_job asks for the next stored event (operator CLIs)
 
 
 def strip_credentials(url: str) -> str:
@@ -80,11 +90,43 @@ async def _quiet(exc: Exception) -> None:
         log.warning("NATS refused: %s", exc)
 
 
+@dataclass(frozen=True)
+class Repair:
+    """Something in JetStream that was not as the coordinator made it, and was fixed."""
+
+    what: str  # "consumer MOSAIC_EVENTS/coordinator"
+    found: str  # "missing", "filter ['x'] instead of ['mosaic.event.>']"
+    done: str = "re-created"  # or "removed", "set back"
+
+    @property
+    def key(self) -> str:
+        """A subject-safe name of the object (alert fingerprints, audit entries)."""
+        return re.sub(r"[^A-Za-z0-9_-]+", "-", self.what).strip("-")
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.found}, {self.done}"
+
+
+def _consumer_problem(cfg: api.ConsumerConfig, filter_subject: str) -> str | None:
+    """What makes ``cfg`` unfit: another filter, push delivery, no explicit acks."""
+    filters = list(cfg.filter_subjects or ([cfg.filter_subject] if cfg.filter_subject else []))
+    if filters != [filter_subject]:
+        return f"filter {filters} instead of [{filter_subject!r}]"
+    if cfg.deliver_subject:
+        return f"push delivery to {cfg.deliver_subject!r} instead of pull"
+    if cfg.ack_policy != api.AckPolicy.EXPLICIT:
+        return f"ack policy {cfg.ack_policy} instead of explicit"
+    return None
+
+
 class Bus:
-    def __init__(self, nc: NATS, url: str) -> None:
+    def __init__(self, nc: NATS, url: str, js_prefix: str | None = None) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
+        self.js = nc.jetstream(prefix=js_prefix) if js_prefix else nc.jetstream()
+        self.js_prefix = js_prefix
         self.url = strip_credentials(url)
+        self.job_ack_wait: float | None = None  # of the agent's consumer, once bound
+        self._agent_consumers: set[str] = set()  # agents whose consumer this bus ensured
         self._closed = False
 
     @classmethod
@@ -99,6 +141,7 @@ class Bus:
         inbox_prefix: str | None = None,
         tls: ssl.SSLContext | None = None,
         nkeys_seed: str | None = None,
+        js_prefix: str | None = None,
     ) -> Bus:
         """Connect, retrying until ``timeout``; BusError naming the URL if it never works.
 
@@ -109,6 +152,8 @@ class Bus:
         ``shared.nats_credentials.nats_tls``) verifies the server; a failed TLS handshake fails at
         once, naming the problem: retrying cannot fix a certificate. ``nkeys_seed`` is
         the path of an NKEY seed file (``shared.nkeys``); nats-py reads it per connect.
+        ``js_prefix`` is where this account sees JetStream (``subjects.JS_IMPORT_PREFIX``
+        for an agent account of ``nats-config``).
         """
         nc = NATS()
         auth: dict[str, Any] = {}
@@ -151,7 +196,7 @@ class Bus:
                     error_cb=on_error,
                     drain_timeout=5,  # a stopping process must not hang for 30 s
                 )
-                return cls(nc, url)
+                return cls(nc, url, js_prefix)
             except (NoServersError, OSError, TimeoutError):
                 pass  # reported below, with the URL
         with anyio.CancelScope(shield=True):
@@ -195,30 +240,17 @@ class Bus:
         except BadRequestError:
             await self.js.update_stream(cfg)
 
-    async def ensure_streams(self, *, create: bool = True) -> None:
-        """Create or update both streams; with ``create=False`` (an agent whose NATS user
-        may not manage streams) only check that the coordinator has made them."""
-        if not create:
-            for stream in (subjects.JOBS_STREAM, subjects.EVENTS_STREAM):
-                try:
-                    await self.js.stream_info(stream)
-                except NotFoundError:
-                    raise BusError(
-                        f"stream {stream} does not exist on NATS at {self.url}: start the "
-                        "coordinator first (this NATS user may not create streams)",
-                        retryable=True,
-                    ) from None
-            return
-        await self._ensure_stream(
+    @staticmethod
+    def stream_configs() -> list[api.StreamConfig]:
+        """The two streams of this module, as the coordinator creates them."""
+        return [
             api.StreamConfig(
                 name=subjects.JOBS_STREAM,
                 subjects=[subjects.jobs_all()],
                 retention=api.RetentionPolicy.WORK_QUEUE,
                 storage=api.StorageType.FILE,
                 duplicate_window=JOBS_DUPLICATE_WINDOW_S,
-            )
-        )
-        await self._ensure_stream(
+            ),
             api.StreamConfig(
                 name=subjects.EVENTS_STREAM,
                 subjects=[subjects.events_all()],
@@ -226,35 +258,206 @@ class Bus:
                 storage=api.StorageType.FILE,
                 max_age=EVENTS_MAX_AGE_S,
                 duplicate_window=120.0,
-            )
+                allow_direct=True,  # watch_job reads one job's events with DIRECT.GET
+            ),
+        ]
+
+    async def ensure_streams(self) -> None:
+        """Create or update both streams (the coordinator; in one shared account, as
+        with ``quickstart``, agents too)."""
+        for cfg in self.stream_configs():
+            await self._ensure_stream(cfg)
+
+    @staticmethod
+    def agent_consumer_config(agent: str, ack_wait: float = AGENT_ACK_WAIT_S) -> api.ConsumerConfig:
+        durable = subjects.agent_consumer(agent)
+        return api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=subjects.job(agent),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_deliver=MAX_DELIVER,
+            max_ack_pending=1,
         )
 
     async def job_consumer(self, agent: str, ack_wait: float) -> Any:
-        """The agent's durable pull subscription: one job in flight at a time."""
-        return await self.js.pull_subscribe(
-            subjects.job(agent),
-            durable=subjects.agent_consumer(agent),
-            stream=subjects.JOBS_STREAM,
-            config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_deliver=MAX_DELIVER,
-                max_ack_pending=1,
-            ),
+        """The agent's durable pull subscription: one job in flight at a time.
+
+        An agent that sees JetStream through its account's imports (``js_prefix``) may
+        not create consumers: it waits until the coordinator has made its consumer, then
+        binds it, and keeps the job alive by the consumer's ``ack_wait``. Otherwise
+        (one shared account, ``quickstart``) it creates or updates its own."""
+        durable = subjects.agent_consumer(agent)
+        if self.js_prefix is None:
+            info = await self.js.add_consumer(
+                subjects.JOBS_STREAM, self.agent_consumer_config(agent, ack_wait)
+            )
+        else:
+            info = await self._await_consumer(durable)
+        self.job_ack_wait = float(info.config.ack_wait or ack_wait)
+        return await self.js.pull_subscribe_bind(durable=durable, stream=subjects.JOBS_STREAM)
+
+    async def _await_consumer(self, durable: str) -> api.ConsumerInfo:
+        told = False
+        while True:
+            try:
+                info: api.ConsumerInfo = await self.js.consumer_info(subjects.JOBS_STREAM, durable)
+                return info
+            except NotFoundError:
+                reason = "it does not exist yet"
+            except NoRespondersError:
+                reason = "this account imports no JetStream API (regenerate with nats-config)"
+            if not told:
+                log.warning(
+                    "waiting for the coordinator to create consumer %s on NATS at %s: %s",
+                    durable,
+                    self.url,
+                    reason,
+                )
+                told = True
+            await anyio.sleep(CONSUMER_WAIT_S)
+
+    async def ensure_agent_consumer(self, agent: str) -> None:
+        """The coordinator creates each agent's consumer (once per process), so agent
+        accounts need no right to create or change any consumer."""
+        if agent in self._agent_consumers:
+            return
+        try:
+            await self.js.consumer_info(subjects.JOBS_STREAM, subjects.agent_consumer(agent))
+        except NotFoundError:
+            await self.js.add_consumer(subjects.JOBS_STREAM, self.agent_consumer_config(agent))
+        self._agent_consumers.add(agent)
+
+    @staticmethod
+    def events_consumer_config(durable: str, start_seq: int = 0) -> api.ConsumerConfig:
+        """``start_seq`` > 0: a consumer re-created after someone removed it goes on
+        from the first event not yet recorded instead of replaying the whole stream."""
+        return api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=subjects.events_all(),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
+            if start_seq
+            else api.DeliverPolicy.ALL,
+            opt_start_seq=start_seq or None,
         )
 
     async def events_consumer(self, durable: str) -> Any:
-        return await self.js.pull_subscribe(
-            subjects.events_all(),
-            durable=durable,
-            stream=subjects.EVENTS_STREAM,
-            config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0),
+        """Bind ``durable``, creating it if it does not exist (check it first with
+        :meth:`check_control_plane`: an existing consumer is used as it is)."""
+        try:
+            await self.js.consumer_info(subjects.EVENTS_STREAM, durable)
+        except NotFoundError:
+            await self.js.add_consumer(subjects.EVENTS_STREAM, self.events_consumer_config(durable))
+        return await self.js.pull_subscribe_bind(durable=durable, stream=subjects.EVENTS_STREAM)
+
+    # --- control-plane checks (the coordinator) ------------------------------------
+
+    async def check_control_plane(
+        self,
+        durable: str,
+        agents: Iterable[str],
+        *,
+        next_event_seq: int = 0,
+        create_missing_silently: bool = False,
+    ) -> list[Repair]:
+        """Check both streams, the coordinator's events consumer ``durable``, and the
+        agents' consumers against what this module creates; fix what differs and return
+        what was fixed. Consumers on the jobs stream that are no agent's own are removed
+        (on a work queue they would take jobs away). ``create_missing_silently``: at
+        start, a missing object is the first start, not a change."""
+        repairs: list[Repair] = []
+        for cfg in self.stream_configs():
+            assert cfg.name is not None
+            try:
+                stream = await self.js.stream_info(cfg.name)
+            except NotFoundError:
+                await self._ensure_stream(cfg)
+                if not create_missing_silently:
+                    repairs.append(Repair(f"stream {cfg.name}", "missing (deleted)"))
+                continue
+            found = sorted(stream.config.subjects or [])
+            if found != sorted(cfg.subjects or []) or (
+                cfg.allow_direct and not stream.config.allow_direct
+            ):
+                await self.js.update_stream(cfg)
+                repairs.append(Repair(f"stream {cfg.name}", f"subjects {found}", "set back"))
+        want = self.events_consumer_config(durable, next_event_seq)
+        repair = await self._check_consumer(
+            subjects.EVENTS_STREAM, want, subjects.events_all(), create_missing_silently
         )
+        repairs += [repair] if repair else []
+        known = set(agents) | self._agent_consumers
+        listed = {info.name: info for info in await self._job_consumers()}
+        for agent in sorted(known):
+            repair = await self._check_consumer(
+                subjects.JOBS_STREAM,
+                self.agent_consumer_config(agent),
+                subjects.job(agent),
+                create_missing_silently,
+                listed.pop(subjects.agent_consumer(agent), None),
+            )
+            repairs += [repair] if repair else []
+            self._agent_consumers.add(agent)
+        for name, info in listed.items():
+            # agents of a shared account (quickstart) create ``agent-<name>`` themselves
+            owner = name.removeprefix("agent-") if name.startswith("agent-") else None
+            try:
+                fit = owner is not None and not _consumer_problem(info.config, subjects.job(owner))
+            except ValueError:  # not a valid agent name at all
+                fit = False
+            if not fit:
+                await self.js.delete_consumer(subjects.JOBS_STREAM, name)
+                problem = f"not an agent's own consumer (filter {info.config.filter_subject!r})"
+                repairs.append(
+                    Repair(f"consumer {subjects.JOBS_STREAM}/{name}", problem, "removed")
+                )
+        return repairs
+
+    async def _job_consumers(self) -> list[api.ConsumerInfo]:
+        """Every consumer of the jobs stream, 256 per request (the server's page)."""
+        out: list[api.ConsumerInfo] = []
+        while True:
+            page = await self.js.consumers_info(subjects.JOBS_STREAM, offset=len(out))
+            out += page
+            if not page:
+                return out
+
+    async def _check_consumer(
+        self,
+        stream: str,
+        want: api.ConsumerConfig,
+        filter_subject: str,
+        silent: bool,
+        info: api.ConsumerInfo | None = None,
+    ) -> Repair | None:
+        """``info``: what a listing found (None: look it up, a miss means missing)."""
+        assert want.durable_name is not None
+        what = f"consumer {stream}/{want.durable_name}"
+        if info is None:
+            try:
+                info = await self.js.consumer_info(stream, want.durable_name)
+            except NotFoundError:
+                pass
+        if info is None:
+            await self.js.add_consumer(stream, want)
+            return None if silent else Repair(what, "missing (deleted)")
+        problem = _consumer_problem(info.config, filter_subject)
+        if problem is None:
+            return None
+        await self.js.delete_consumer(stream, want.durable_name)
+        await self.js.add_consumer(stream, want)
+        return Repair(what, problem)
 
     # --- publishing ------------------------------------------------------------------
 
     async def publish_job(self, job: Job) -> bool:
-        """Publish a job; return True if JetStream dropped it as a duplicate."""
+        """Publish a job; return True if JetStream dropped it as a duplicate. The agent's
+        consumer is made first: agents of a ``nats-config`` account cannot make it."""
+        await self.ensure_agent_consumer(job.agent)
         ack = await self.js.publish(
             subjects.job(job.agent),
             encode(job),
@@ -272,23 +475,43 @@ class Bus:
         )
 
     async def watch_job(self, job_id: str, timeout: float) -> AsyncGenerator[Event, None]:
-        """Every event of one job from the start (stored ones first), until ``timeout``
-        passes with no new event."""
-        sub = await self.js.subscribe(
-            subjects.events_of_job(job_id),
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
-        )
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except NatsTimeout:
+        """Every event of one job from the start, in order, until ``timeout`` passes
+        with no new event.
+
+        Read with DIRECT.GET (next message on the job's subjects after the last one
+        seen), the one JetStream call an operator account imports: a consumer would need
+        the right to create consumers, whose delivery subject is a redirection. Asked
+        first through the import prefix, then, on a shared account, directly."""
+        where = subjects.events_of_job(job_id)
+        js = self.js
+        if self.js_prefix is None:
+            js = self.nc.jetstream(prefix=subjects.JS_IMPORT_PREFIX)
+        seq = 1
+        idle_until = anyio.current_time() + timeout
+        while True:
+            try:
+                msg = await js.get_msg(
+                    subjects.EVENTS_STREAM, seq=seq, subject=where, next=True, direct=True
+                )
+            except NoRespondersError:
+                if js is self.js:
+                    raise BusError(
+                        f"NATS at {self.url} has no events stream to follow job {job_id} "
+                        "(is the coordinator running?)"
+                    ) from None
+                js = self.js  # one shared account: no import prefix
+                continue
+            except NotFoundError:
+                if anyio.current_time() >= idle_until:
                     raise BusError(f"no event for job {job_id} within {timeout:.0f}s") from None
-                yield event_decoder.decode(msg.data)
-        finally:
-            with contextlib.suppress(ConnectionClosedError, ConnectionDrainingError):
-                await sub.unsubscribe()
+                await anyio.sleep(WATCH_POLL_S)
+                continue
+            except NatsTimeout:
+                raise BusError(f"no event for job {job_id} within {timeout:.0f}s") from None
+            assert msg.seq is not None and msg.data is not None
+            seq = msg.seq + 1
+            idle_until = anyio.current_time() + timeout
+            yield event_decoder.decode(msg.data)
 
     # --- operator request/reply ------------------------------------------------------
 
@@ -327,6 +550,6 @@ async def fetch_one(sub: Any, timeout: float) -> Msg | None:
         msgs = await sub.fetch(1, timeout=timeout)
     except (NatsTimeout, TimeoutError):
         return None
-    except NotFoundError as exc:
+    except (NotFoundError, APIError) as exc:
         raise BusError(f"consumer vanished: {exc}") from exc
     return msgs[0] if msgs else None

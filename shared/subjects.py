@@ -83,15 +83,25 @@ def alert(rule: str, dataset: str) -> str:
     return f"{PREFIX}.alert.{check_token('alert rule', rule)}.{check_token('dataset', dataset)}"
 
 
-# --- permissions (added with mosaic/natsconfig.py) -------------------------------------
+# --- accounts and permissions (mosaic/natsconfig.py, docs/security.md) ----------------
 #
-# The subjects each NATS user may use, as nats-server permission lists. Worked out
-# against nats-server 2.15 and nats-py 2.16 by denying everything and adding back what
-# the real calls needed (tests/test_nats_security.py proves the sets both work and
-# keep agents apart). An agent gets its own inbox prefix: with the shared ``_INBOX.>``
-# every agent could subscribe to the inbox that another agent's jobs are delivered to.
+# One NATS account per agent, one for the coordinator (it owns every stream, consumer
+# and KV bucket) and one for operators. Accounts share no subjects: an agent account
+# sees exactly the services the coordinator account exports to it, listed below.
+# A service import rewrites the reply subject of every request into a private
+# ``_R_.…`` subject that leads back to the requester's own account, so a reply can
+# never be aimed at the coordinator account's JetStream API (the redirection hole of
+# issue 15). The JetStream API is imported under ``JS_IMPORT_PREFIX`` because an
+# account without JetStream answers ``$JS.API.>`` itself ("not enabled").
 
 JS_API = "$JS.API"
+JS_IMPORT_PREFIX = "JS.mosaic.API"
+COORDINATOR_ACCOUNT = "MOSAIC"
+OPERATOR_ACCOUNT = "OPERATORS"
+
+
+def agent_account(agent: str) -> str:
+    return f"AGENT_{check_token('agent name', agent)}"
 
 
 def agent_inbox(agent: str) -> str:
@@ -99,21 +109,51 @@ def agent_inbox(agent: str) -> str:
     return f"_INBOX_{check_token('agent name', agent)}"
 
 
-def agent_publish_allow(agent: str) -> list[str]:
-    """What an agent may publish: its events, and the JetStream API calls for its own
-    consumer (look up, create with its own filter, pull, ack) and for checking that the
-    streams exist. It cannot create or change streams, nor touch any other consumer."""
+class ServiceImport:
+    """One subject the coordinator account exports to one importing account.
+
+    ``subject`` is the name in the coordinator account, ``local`` the name the importer
+    publishes to; ``streamed`` marks a request answered by many messages (a pull)."""
+
+    __slots__ = ("local", "streamed", "subject")
+
+    def __init__(self, subject: str, local: str | None = None, *, streamed: bool = False):
+        self.subject = subject
+        self.local = local or subject
+        self.streamed = streamed
+
+
+def _js(api_call: str, *, streamed: bool = False) -> ServiceImport:
+    return ServiceImport(
+        f"{JS_API}.{api_call}", f"{JS_IMPORT_PREFIX}.{api_call}", streamed=streamed
+    )
+
+
+def agent_imports(agent: str) -> list[ServiceImport]:
+    """Everything an agent does on NATS (agent/runner.py, agent/heartbeat.py,
+    mosaic/local_audit.py): pull and look up its own consumer, which the coordinator
+    creates, ack its jobs, publish its events and heartbeats. Nothing else exists in
+    its account: no stream, no consumer creation, no stream info, no KV."""
     durable = agent_consumer(agent)
     return [
-        f"{PREFIX}.event.{check_token('agent name', agent)}.>",
-        heartbeat(agent),
-        f"{JS_API}.STREAM.INFO.{JOBS_STREAM}",
-        f"{JS_API}.STREAM.INFO.{EVENTS_STREAM}",
-        f"{JS_API}.CONSUMER.INFO.{JOBS_STREAM}.{durable}",
-        f"{JS_API}.CONSUMER.CREATE.{JOBS_STREAM}.{durable}.{job(agent)}",
-        f"{JS_API}.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{durable}",
-        f"$JS.ACK.{JOBS_STREAM}.{durable}.>",
+        _js(f"CONSUMER.MSG.NEXT.{JOBS_STREAM}.{durable}", streamed=True),
+        _js(f"CONSUMER.INFO.{JOBS_STREAM}.{durable}"),
+        ServiceImport(f"$JS.ACK.{JOBS_STREAM}.{durable}.>"),
+        ServiceImport(f"{PREFIX}.event.{check_token('agent name', agent)}.>"),
+        ServiceImport(heartbeat(agent)),
     ]
+
+
+def operator_imports() -> list[ServiceImport]:
+    """Operator CLIs send API requests (the coordinator checks roles) and read stored
+    events of the job they follow (``Bus.watch_job``): one read-only JetStream call."""
+    return [ServiceImport(f"{PREFIX}.api.>"), _js(f"DIRECT.GET.{EVENTS_STREAM}")]
+
+
+def agent_publish_allow(agent: str) -> list[str]:
+    """Exactly the imported subjects (permissions inside the agent's own account are a
+    second fence: anything else it publishes would reach nobody anyway)."""
+    return [i.local for i in agent_imports(agent)]
 
 
 def agent_subscribe_allow(agent: str) -> list[str]:
@@ -127,19 +167,15 @@ def coordinator_allow() -> list[str]:
     return [f"{PREFIX}.>", "$JS.>", "$KV.>", "_INBOX.>"]
 
 
+def coordinator_publish_deny() -> list[str]:
+    """No client of the coordinator account deletes or purges a stream: the coordinator
+    never does, so a stolen coordinator password cannot wipe the audit trail or the
+    pending jobs either (an administrator removes streams with the system account)."""
+    return [f"{JS_API}.STREAM.DELETE.>", f"{JS_API}.STREAM.PURGE.>"]
+
+
 def operator_publish_allow() -> list[str]:
-    """Operator CLIs send API requests and follow one job's events with an ephemeral
-    ordered consumer on the events stream (``watch_job``)."""
-    return [
-        f"{PREFIX}.api.>",
-        f"{JS_API}.STREAM.NAMES",
-        f"{JS_API}.STREAM.INFO.{EVENTS_STREAM}",
-        f"{JS_API}.CONSUMER.CREATE.{EVENTS_STREAM}",  # ordered consumers: no name
-        f"{JS_API}.CONSUMER.CREATE.{EVENTS_STREAM}.>",
-        f"{JS_API}.CONSUMER.DELETE.{EVENTS_STREAM}.>",
-        f"{JS_API}.CONSUMER.INFO.{EVENTS_STREAM}.>",
-        f"$JS.FC.{EVENTS_STREAM}.>",
-    ]
+    return [i.local for i in operator_imports()]
 
 
 def operator_subscribe_allow() -> list[str]:

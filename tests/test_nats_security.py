@@ -1,8 +1,9 @@
-"""Subject permissions and per-agent credentials against a real nats-server.
+"""Accounts, subject permissions and per-agent credentials against a real nats-server.
 
 The server runs from the config that ``mosaic-backup nats-config`` writes, so what is
 tested is what a deployment gets: agent ``alpha`` works with its own jobs and events,
-agent ``beta`` can neither read alpha's jobs nor publish in alpha's name.
+agent ``beta`` can neither read alpha's jobs nor publish in alpha's name. The attacks
+through reply subjects are in tests/test_nats_accounts.py.
 """
 
 from __future__ import annotations
@@ -52,9 +53,14 @@ class SecureNats:
 
     async def connect(self, user: str) -> Bus:
         """Connect like the agent and coordinator do: agents with their own inboxes."""
-        prefix = subjects.agent_inbox(user) if user in AGENTS else None
+        agent = user in AGENTS
         return await Bus.connect(
-            self.url, name=user, user=user, password=self.password(user), inbox_prefix=prefix
+            self.url,
+            name=user,
+            user=user,
+            password=self.password(user),
+            inbox_prefix=subjects.agent_inbox(user) if agent else None,
+            js_prefix=subjects.JS_IMPORT_PREFIX if agent else None,
         )
 
 
@@ -109,18 +115,27 @@ def test_generated_files_are_private_and_hold_no_password(secure_nats: SecureNat
         assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
         assert len(secure_nats.password(user)) >= 32
         assert secure_nats.password(user) not in text
-    users = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+    lines = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+    users = [u for u in lines if "user" in u]
+    assert len(users) == len(AGENTS) + 2
     assert all(u["password"].startswith("$2") for u in users)
     alpha = next(u for u in users if u["user"] == "alpha")["permissions"]
     assert alpha["subscribe"]["allow"] == ["_INBOX_alpha.>"]
     assert "mosaic.event.alpha.>" in alpha["publish"]["allow"]
+    assert not any(p.startswith("$JS.API") for p in alpha["publish"]["allow"])
+    # alpha's account, and only it, may import alpha's consumer
+    assert '"AGENT_alpha": {' in text
+    pulls = [e for e in lines if "MSG.NEXT" in json.dumps(e) and "service" in e]
+    alpha_pull = next(e for e in pulls if e.get("accounts") == ["AGENT_alpha"])
+    assert alpha_pull["service"].endswith(".agent-alpha")
+    assert alpha_pull["response_type"] == "stream"
 
 
 async def test_agent_fetches_acks_and_reports_its_own_jobs(secure_nats: SecureNats) -> None:
     coord = await coordinator_with_streams(secure_nats)
     alpha = await secure_nats.connect("alpha")
     try:
-        await alpha.ensure_streams(create=False)  # checks they exist, creates nothing
+        await coord.ensure_agent_consumer("alpha")  # agents may not create consumers
         sub = await alpha.job_consumer("alpha", ack_wait=5.0)
         await coord.js.publish(subjects.job("alpha"), b"job-1", stream=subjects.JOBS_STREAM)
         msg = await fetch_one(sub, timeout=5.0)
@@ -143,35 +158,38 @@ async def test_second_agent_cannot_read_first_agents_jobs(
     beta = await secure_nats.connect("beta")
     alpha = await secure_nats.connect("alpha")
     try:
+        await coord.ensure_agent_consumer("alpha")
+        await coord.ensure_agent_consumer("beta")
         sub = await alpha.job_consumer("alpha", ack_wait=5.0)
         await coord.js.publish(subjects.job("alpha"), b"secret-job", stream=subjects.JOBS_STREAM)
-        js = beta.nc.jetstream(timeout=DENIED_WAIT)
         durable = subjects.agent_consumer("alpha")
         with caplog.at_level(logging.WARNING, logger="shared.bus"):
-            # bind alpha's durable consumer, create it anew, or pull from it directly
+            # bind alpha's durable consumer, create it anew, or pull from it directly,
+            # through beta's imports and through the raw JetStream API
+            for js in (beta.js, beta.nc.jetstream(timeout=DENIED_WAIT)):
+                with pytest.raises(NatsTimeout):
+                    await js.pull_subscribe(
+                        subjects.job("alpha"), durable=durable, stream=subjects.JOBS_STREAM
+                    )
             with pytest.raises(NatsTimeout):
-                await js.pull_subscribe(
-                    subjects.job("alpha"), durable=durable, stream=subjects.JOBS_STREAM
-                )
-            with pytest.raises(NatsTimeout):
-                await js.add_consumer(
+                await beta.nc.jetstream(timeout=DENIED_WAIT).add_consumer(
                     subjects.JOBS_STREAM,
                     ConsumerConfig(
                         name=durable, durable_name=durable, filter_subject=subjects.job("alpha")
                     ),
                 )
+            for prefix in (subjects.JS_API, subjects.JS_IMPORT_PREFIX):
+                with pytest.raises(NatsTimeout):
+                    await beta.nc.request(
+                        f"{prefix}.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.{durable}",
+                        b'{"batch": 1}',
+                        timeout=DENIED_WAIT,
+                    )
+            # nor may beta create or change a consumer of its own name
             with pytest.raises(NatsTimeout):
-                await beta.nc.request(
-                    f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.{durable}",
-                    b'{"batch": 1}',
-                    timeout=DENIED_WAIT,
-                )
-            # a consumer of its own name that filters alpha's subject
-            with pytest.raises(NatsTimeout):
-                await js.pull_subscribe(
-                    subjects.job("alpha"),
-                    durable=subjects.agent_consumer("beta"),
-                    stream=subjects.JOBS_STREAM,
+                await beta.nc.jetstream(timeout=DENIED_WAIT).add_consumer(
+                    subjects.JOBS_STREAM,
+                    Bus.agent_consumer_config("beta"),
                 )
             # core NATS: the job subject itself, and alpha's inboxes
             seen = [await beta.nc.subscribe(subjects.job("alpha"))]
@@ -179,28 +197,15 @@ async def test_second_agent_cannot_read_first_agents_jobs(
             await beta.nc.flush()
             await refused(
                 caplog,
+                'publish to "js.mosaic.api.consumer.info.mosaic_jobs.agent-alpha"',
                 'publish to "$js.api.consumer.info.mosaic_jobs.agent-alpha"',
                 'publish to "$js.api.consumer.create.mosaic_jobs.agent-alpha',
                 'publish to "$js.api.consumer.msg.next.mosaic_jobs.agent-alpha"',
+                'publish to "js.mosaic.api.consumer.msg.next.mosaic_jobs.agent-alpha"',
                 'publish to "$js.api.consumer.create.mosaic_jobs.agent-beta',
                 'subscription to "mosaic.job.alpha"',
                 'subscription to "_inbox_alpha.>"',
             )
-
-        # A request on beta's own create subject naming alpha's subject in the body is
-        # refused by JetStream itself (the body's filter must match the subject's).
-        body = {
-            "stream_name": subjects.JOBS_STREAM,
-            "config": {
-                "name": "agent-beta",
-                "durable_name": "agent-beta",
-                "filter_subject": subjects.job("alpha"),
-                "ack_policy": "explicit",
-            },
-        }
-        create = f"$JS.API.CONSUMER.CREATE.{subjects.JOBS_STREAM}.agent-beta.{subjects.job('beta')}"
-        reply = await beta.nc.request(create, json.dumps(body).encode(), timeout=5)
-        assert "error" in json.loads(reply.data)
 
         # alpha still gets its job: beta's attempts took nothing, and saw nothing
         msg = await fetch_one(sub, timeout=5.0)

@@ -46,9 +46,14 @@ class NkeyNats:
         return str(self.seeds / f"{user}.nk")
 
     async def connect(self, user: str) -> Bus:
-        prefix = subjects.agent_inbox(user) if user in AGENTS else None
+        agent = user in AGENTS
         return await Bus.connect(
-            self.url, name=user, nkeys_seed=self.seed(user), inbox_prefix=prefix, timeout=5
+            self.url,
+            name=user,
+            nkeys_seed=self.seed(user),
+            inbox_prefix=subjects.agent_inbox(user) if agent else None,
+            js_prefix=subjects.JS_IMPORT_PREFIX if agent else None,
+            timeout=5,
         )
 
 
@@ -88,8 +93,9 @@ async def refused(caplog: pytest.LogCaptureFixture, *subjects_: str) -> None:
 
 def test_config_holds_public_keys_and_seeds_are_private(nkey_nats: NkeyNats) -> None:
     text = nkey_nats.conf.read_text()
-    users = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
-    assert len(users) == 4 and all("password" not in u for u in users)
+    lines = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+    users = [u for u in lines if "nkey" in u]
+    assert len(users) == 4 and all("password" not in u for u in lines)
     for user in [*AGENTS, "coordinator", "operator"]:
         seed_file = Path(nkey_nats.seed(user))
         assert stat.S_IMODE(seed_file.stat().st_mode) == 0o600
@@ -109,6 +115,7 @@ async def test_agents_with_seeds_keep_to_their_own_subjects(
     beta = await nkey_nats.connect("beta")
     try:
         await coord.ensure_streams()
+        await coord.ensure_agent_consumer("alpha")  # the coordinator makes it
         sub = await alpha.job_consumer("alpha", ack_wait=5.0)
         await coord.js.publish(subjects.job("alpha"), b"secret-job", stream=subjects.JOBS_STREAM)
         forged = subjects.event("alpha", "forged-job", "completed")
@@ -151,6 +158,7 @@ async def test_agent_runner_logs_in_with_the_seed_from_its_config(
 ) -> None:
     coord = await nkey_nats.connect("coordinator")
     await coord.ensure_streams()
+    await coord.ensure_agent_consumer("alpha")
     toml = tmp_path / "agent.toml"
     toml.write_text(
         f'name = "alpha"\nnats_url = "{nkey_nats.url}"\nkey_file = "{tmp_path / "k"}"\n'
@@ -162,7 +170,7 @@ async def test_agent_runner_logs_in_with_the_seed_from_its_config(
     try:
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
-                await tg.start(runner.run)  # connected, streams checked, consumer bound
+                await tg.start(runner.run)  # connected, its consumer bound
                 tg.cancel_scope.cancel()
     finally:
         await runner.aclose()

@@ -40,10 +40,10 @@ from shared.config import (
     LocalTargetConfig,
     TargetConfig,
     load,
-    nats_tls,
 )
 from shared.errors import BusError, ConfigError
 from shared.messages import BackupCompleted, RestoreCompleted
+from shared.nats_credentials import nats_tls
 from shared.natsserver import free_port, nats_server_binary
 from shared.sources import FilesSource
 from shared.targets import open_target
