@@ -9,7 +9,8 @@ missing, and reads the targets' tags (3-2-1) and free space (storage alerts) fro
 Free space is asked of each target every time (``Target.space``: local disk via
 ``statvfs``, SFTP via the server's statvfs extension, S3 has none). A target that fails
 to answer is reported without space rather than holding the heartbeat back: being
-alive matters more than the numbers.
+alive matters more than the numbers. A target that was down at start
+(agent/target_health.py) is looked at again by that query and reported with ``down``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ async def target_space(name: str, cfg: AgentConfig, target: Target | None) -> Ta
         total=total,
         free=free,
         append_only=getattr(tc, "append_only", False),
+        down=getattr(target, "down", None),  # a DownTarget's state, after its space() look
     )
 
 

@@ -56,6 +56,9 @@ class TargetSpace(msgspec.Struct, frozen=True, kw_only=True):
     total: int | None = None  # None: unknown (object stores, servers without statvfs)
     free: int | None = None
     append_only: bool = False  # this agent may not delete there (no prune jobs)
+    # Why the agent cannot reach it now (one line; agent/target_health.py), None when
+    # it answers. The agent runs its other targets' jobs meanwhile.
+    down: str | None = None
 
 
 class Heartbeat(_Msg, frozen=True, kw_only=True, tag="heartbeat"):

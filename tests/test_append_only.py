@@ -406,7 +406,8 @@ async def test_local_backup_on_append_only_folders_then_full_rights_prune(
 
 
 def test_agent_units_drop_the_capability_to_lift_append_only() -> None:
-    assert "CapabilityBoundingSet=~CAP_LINUX_IMMUTABLE" in agent_unit("/bin/mosaic", "/a.toml")
+    cfg = AgentConfig(name="a", key_file="/etc/mosaic-backup/a.key", targets={})
+    assert "CapabilityBoundingSet=~CAP_LINUX_IMMUTABLE" in agent_unit("/bin/mosaic", "/a.toml", cfg)
 
 
 def test_append_only_layout_command(tmp_path: Path) -> None:

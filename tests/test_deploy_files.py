@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from mosaic import systemd
 from mosaic.cli import build_parser
 from shared import config
 from shared.config import AgentConfig, CoordinatorConfig, S3TargetConfig
@@ -183,3 +184,35 @@ def test_dockerfile_builds_both_roles_as_non_root(compose: dict[str, Any]) -> No
         assert f"COPY {pkg} ./{pkg}" in text
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert ".git" in ignored and ".venv" in ignored
+
+
+SHIPPED_EXE = "/opt/mosaic-backup/venv/bin/mosaic-backup"
+
+
+def test_shipped_systemd_units_are_what_install_systemd_writes_for_the_examples() -> None:
+    """deploy/systemd/ is the generator's output for deploy/*.toml.example installed as
+    /etc/mosaic-backup/*.toml, so the shipped units carry the same hardening and the
+    same credentials handling as the ones `install-systemd` writes (docs/deployment.md)."""
+    agent = config.load(DEPLOY / "agent.toml.example", AgentConfig)
+    coord = config.load(DEPLOY / "coordinator.toml.example", CoordinatorConfig)
+    units = DEPLOY / "systemd"
+    expected = {
+        "mosaic-backup-agent.service": systemd.agent_unit(
+            SHIPPED_EXE, "/etc/mosaic-backup/agent.toml", agent
+        ),
+        "mosaic-backup-coordinator.service": systemd.coordinator_unit(
+            SHIPPED_EXE, "/etc/mosaic-backup/coordinator.toml", coord
+        ),
+    }
+    for name, text in expected.items():
+        assert (units / name).read_text() == text, f"regenerate deploy/systemd/{name}"
+    shipped = (units / "mosaic-backup-coordinator.service").read_text()
+    assert (
+        "LoadCredential=coordinator.toml:/etc/mosaic-backup/coordinator.toml" in shipped
+        and "--config ${CREDENTIALS_DIRECTORY}/coordinator.toml" in shipped
+    )
+    single = systemd.single_host_units(
+        SHIPPED_EXE, "/etc/mosaic-backup/agent.toml", ["/srv", "/etc"]
+    )
+    for name, text in single.items():
+        assert (units / "single-host" / name).read_text() == text, name
