@@ -18,11 +18,10 @@ from typing import Any, get_args
 import anyio
 from rich.console import Console
 
+from mosaic.nats_options import add_nats_args, operator_bus
 from shared import logs, tracing
 from shared.errors import ConfigError, MosaicError
 from shared.messages import BackupTier
-
-DEFAULT_NATS = "nats://127.0.0.1:4222"
 
 
 def _as_arg(p: argparse.ArgumentParser) -> None:
@@ -33,43 +32,6 @@ def _as_arg(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="who asks, for the audit trail (default: user@host of this shell)",
     )
-
-
-def _nats_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--nats",
-        default=os.environ.get("MOSAIC_NATS_URL", DEFAULT_NATS),
-        help=f"NATS URL of the coordinator's bus (default: $MOSAIC_NATS_URL or {DEFAULT_NATS})",
-    )
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="give up connecting to NATS after S seconds (default 10)",
-    )
-    env = os.environ.get
-    p.add_argument(
-        "--nats-user",
-        default=env("MOSAIC_NATS_USER"),
-        help="NATS user (default: $MOSAIC_NATS_USER; `nats-config` makes one named operator)",
-    )
-    p.add_argument(
-        "--nats-password-file",
-        default=env("MOSAIC_NATS_PASSWORD_FILE"),
-        help="file holding that user's password (default: $MOSAIC_NATS_PASSWORD_FILE)",
-    )
-    p.add_argument(
-        "--nats-nkey-seed-file",
-        default=env("MOSAIC_NATS_NKEY_SEED_FILE"),
-        help="NKEY seed file instead of a password (default: $MOSAIC_NATS_NKEY_SEED_FILE)",
-    )
-    for part, what in (("ca", "CA certificate"), ("cert", "client certificate"), ("key", "key")):
-        p.add_argument(
-            f"--nats-tls-{part}",
-            default=env(f"MOSAIC_NATS_TLS_{part.upper()}"),
-            help=f"TLS {what} for NATS (default: $MOSAIC_NATS_TLS_{part.upper()})",
-        )
 
 
 def _wait_args(p: argparse.ArgumentParser) -> None:
@@ -131,13 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         "daily for an incremental one)",
     )
     _as_arg(p)
-    _nats_args(p)
+    add_nats_args(p)
     _wait_args(p)
 
     p = sub.add_parser("list", help="list backups in the catalog")
     p.add_argument("--days", type=int, default=None, help="only the last N days")
     p.add_argument("--dataset", default=None, help="only this dataset")
-    _nats_args(p)
+    add_nats_args(p)
 
     p = sub.add_parser("restore", help="restore a backup on the agent that made it")
     p.add_argument("backup_id", metavar="BACKUP_ID")
@@ -164,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. 2026-11-26T10:00:00Z); restoring a log backup without it replays all",
     )
     _as_arg(p)
-    _nats_args(p)
+    add_nats_args(p)
     _wait_args(p)
 
     p = sub.add_parser(
@@ -177,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("wal_name", metavar="NAME", help="%%f")
 
     p = sub.add_parser("status", help="health of every dataset")
-    _nats_args(p)
+    add_nats_args(p)
 
     from mosaic import repo_cli
 
@@ -242,38 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _with_bus(args: argparse.Namespace, fn: Callable[[Any], Awaitable[object]]) -> None:
-    from shared.bus import Bus
-    from shared.nats_credentials import check_nkey_seed, tls_context
-
-    password = None
-    if args.nats_password_file:
-        try:
-            text = await anyio.Path(args.nats_password_file).read_text(encoding="utf-8")
-            password = text.strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"--nats-password-file {args.nats_password_file} cannot be read: {exc.strerror}"
-            ) from exc
-    tls = tls_context(
-        args.nats_tls_ca,
-        args.nats_tls_cert,
-        args.nats_tls_key,
-        where="options --nats-tls-ca/--nats-tls-cert/--nats-tls-key: ",
-    )
-    check_nkey_seed(args.nats_nkey_seed_file, where="option --nats-nkey-seed-file: ")
-    bus = await Bus.connect(
-        args.nats,
-        name="mosaic-cli",
-        timeout=args.connect_timeout,
-        user=args.nats_user,
-        password=password,
-        tls=tls,
-        nkeys_seed=args.nats_nkey_seed_file,
-    )
-    try:
+    async with operator_bus(args) as bus:
         await fn(bus)
-    finally:
-        await bus.aclose()
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
@@ -457,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     default_level = "INFO" if daemon else "WARNING"
     try:
         log_format = logs.parse_format(getattr(args, "log_format", "text"), "--log-format")
+        logs.configure(os.environ.get("MOSAIC_LOG_LEVEL", default_level), log_format, sys.stderr)
     except MosaicError as exc:
         print(f"mosaic-backup: error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(os.environ.get("MOSAIC_LOG_LEVEL", default_level), log_format, sys.stderr)
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     if daemon:  # the standard OTEL_* variables; without an endpoint tracing stays off
         tracing.setup_from_env(os.environ, f"mosaic-backup-{args.command}")

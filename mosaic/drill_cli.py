@@ -10,7 +10,6 @@ drills from the catalog (``mosaic.api.maintenance``).
 from __future__ import annotations
 
 import argparse
-import os
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mosaic.display import who
+from mosaic.nats_options import add_nats_args, operator_bus
 from shared.errors import OperatorError
 from shared.messages import (
     ApiError,
@@ -31,17 +31,6 @@ from shared.messages import (
 
 if TYPE_CHECKING:
     from shared.bus import Bus
-
-DEFAULT_NATS = "nats://127.0.0.1:4222"
-
-
-def _nats_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--nats",
-        default=os.environ.get("MOSAIC_NATS_URL", DEFAULT_NATS),
-        help=f"NATS URL of the coordinator's bus (default: $MOSAIC_NATS_URL or {DEFAULT_NATS})",
-    )
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="default 10")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,19 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="S",
         help="give up when no event arrives for S seconds (default 3600)",
     )
-    _nats_args(p)
+    add_nats_args(p)
     p.set_defaults(func=run_cmd)
     p = drill_sub.add_parser("report", help="past drills: outcome, RTO, RPO, checks")
     p.add_argument("--dataset", default=None, help="only this dataset")
     p.add_argument("--limit", type=int, default=50, help="newest N drills (default 50)")
-    _nats_args(p)
+    add_nats_args(p)
     p.set_defaults(func=report_cmd)
-
-
-async def _connect(args: argparse.Namespace) -> Bus:
-    from shared.bus import Bus  # imported when used: every command parses this module
-
-    return await Bus.connect(args.nats, name="mosaic-cli", timeout=args.connect_timeout)
 
 
 def _secs(v: float | None) -> str:
@@ -129,8 +112,7 @@ def _drill_table(ev: DrillCompleted) -> Table:
 
 
 async def run_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
-    bus = await _connect(args)
-    try:
+    async with operator_bus(args) as bus:
         ev = await run_drill(
             bus,
             args.dataset,
@@ -141,8 +123,6 @@ async def run_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
             timeout=args.timeout,
             requested_by=args.requested_by,
         )
-    finally:
-        await bus.aclose()
     if isinstance(ev, DrillCompleted) and ev.outcome != "passed":
         err.print(f"mosaic-backup: drill of {ev.dataset} FAILED (backup {ev.backup_id})")
         return 1
@@ -175,9 +155,6 @@ async def report(bus: Bus, out: Console, *, dataset: str | None, limit: int) -> 
 
 
 async def report_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
-    bus = await _connect(args)
-    try:
+    async with operator_bus(args) as bus:
         await report(bus, out, dataset=args.dataset, limit=args.limit)
-    finally:
-        await bus.aclose()
     return 0

@@ -57,6 +57,9 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Ours, so that a second :func:`configure` replaces it and nothing else."""
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def configure(level: str | int, fmt: LogFormat = "text", stream: TextIO | None = None) -> None:
     """Set up the root logger at an entry point. Like ``logging.basicConfig``, it leaves a
     root logger alone that someone else (an embedding program, pytest) has set up."""
@@ -66,6 +69,13 @@ def configure(level: str | int, fmt: LogFormat = "text", stream: TextIO | None =
             root.removeHandler(old)
     if root.handlers:
         return
+    if isinstance(level, str):
+        name = level.strip().upper()
+        if name not in LEVELS:
+            raise ConfigError(
+                f"MOSAIC_LOG_LEVEL={level!r} is not a log level; use one of {', '.join(LEVELS)}"
+            )
+        level = name
     handler = _Handler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)

@@ -134,3 +134,18 @@ async def _acli(*args: str) -> object:
     import anyio.to_thread
 
     return await anyio.to_thread.run_sync(lambda: cli(*args))
+
+
+def test_a_bad_log_level_is_one_line(tmp_path: Path) -> None:
+    p = cli(
+        "repo", "list", "--config", str(tmp_path / "none.toml"), env={"MOSAIC_LOG_LEVEL": "loud"}
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == (
+        "mosaic-backup: error: MOSAIC_LOG_LEVEL='loud' is not a log level; "
+        "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    )
+    ok = cli(
+        "repo", "list", "--config", str(tmp_path / "none.toml"), env={"MOSAIC_LOG_LEVEL": "debug"}
+    )
+    assert "MOSAIC_LOG_LEVEL" not in ok.stderr  # lower case is accepted

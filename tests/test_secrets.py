@@ -343,6 +343,10 @@ async def test_no_secret_appears_anywhere(
                 == 0
             )
             assert (dest / "secrets.env").read_text() == f"API_TOKEN={file_secret}\n"
+            # drills reach the secured NATS with the same operator options (they once
+            # took --nats only and could not log in)
+            assert await mosaic("drill", "run", "files", *operator, env={}, cap=cap) == 0
+            assert await mosaic("drill", "report", *operator, env={}, cap=cap) == 0
             assert await mosaic("audit", "--config", str(coord_toml), env={}, cap=cap) == 0
             assert await mosaic("repo", "list", "--config", str(agent_toml), env=env, cap=cap) == 0
 
