@@ -68,7 +68,9 @@ async def _backup(target: Target, src: Path) -> Manifest:
 async def test_truncated_s3_reads_are_retried_and_restore_is_identical(
     s3_bucket: S3TargetConfig, s3_proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    src = make_tree(tmp_path / "src", big_mib=6)
+    # 12 MiB of random data: with chunks of at most 4 MiB and packs closed past 1 MiB,
+    # at least 3 packs whatever the repository's chunker seed cuts.
+    src = make_tree(tmp_path / "src", big_mib=12)
     s3_proxy.faults = Faults(truncate=0.2)  # one GET in five: half a body, then closed
     target = cast(RetryingTarget, open_target("cloud", via(s3_bucket, s3_proxy)))
     try:
@@ -80,7 +82,7 @@ async def test_truncated_s3_reads_are_retried_and_restore_is_identical(
         await target.aclose()
     assert tree_differences(src, tmp_path / "out") == []
     assert rep.ok and rep.complete, (rep.problems, rep.unreadable)
-    assert rep.packs_read == rep.packs >= 4
+    assert rep.packs_read == rep.packs >= 3
     assert s3_proxy.counts["truncated"] > 0, s3_proxy.counts
     # Each cut GetObject was read again by the wrapper; a cut listing (XML read whole
     # inside botocore) may be retried by botocore itself.
