@@ -44,11 +44,11 @@ from pathlib import Path
 import anyio.to_thread
 
 from agent.maintenance import MaintenanceContext
-from agent.restore import restore_backup
+from agent.sources import restore_backup
+from engine.format.manifest import Manifest, Node
+from engine.repository import Repository
 from shared.errors import MosaicError, PartialRestoreError
 from shared.messages import DrillCheck, DrillCompleted, DrillJob, utcnow
-from shared.repository.manifest import Manifest, Node
-from shared.repository.repository import Repository
 from shared.sources import DockerVolumeSource, MariaDBSource, PostgresSource, RedisSource, Source
 
 PG_USER = "postgres"

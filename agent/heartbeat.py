@@ -24,13 +24,13 @@ from importlib import metadata
 import anyio
 from nats.errors import Error as NatsError
 
+from engine.storage.base import Target
 from shared import subjects
 from shared.bus import Bus
 from shared.config import AgentConfig
 from shared.errors import MosaicError
 from shared.messages import encode, utcnow
 from shared.monitoring import Heartbeat, TargetSpace
-from shared.targets import Target
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import anyio
 
+from engine.keys.files import KEEP_A_COPY, RepoKey, create_key_file, load_any_key_file
+from engine.repository import Repository, WriteOptions
+from engine.storage.base import Target
 from shared.config import AgentConfig
 from shared.errors import ConfigError, KeyFileError, WrongKeyError
-from shared.repository.keys import KEEP_A_COPY, RepoKey, create_key_file, load_any_key_file
-from shared.repository.repository import Repository, WriteOptions
-from shared.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ async def prepare_key(
     Returns (key, created). A missing key file next to an existing repository is an
     error: a new key could never open the backups already there. ``passphrase`` (read
     by the entry point) opens a passphrase-protected key file, and protects a new one.
-    A write-only key file (shared/repository/writeonly.py) is returned as loaded.
+    A write-only key file (engine/keys/writeonly.py) is returned as loaded.
     """
     try:
         return load_any_key_file(cfg.key_file, passphrase), False

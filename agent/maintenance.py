@@ -2,7 +2,7 @@
 
 The coordinator decides *what* (which backups retention expires, which share of packs to
 read, where to copy) and orders it as a job; the agent that holds the target's
-credentials carries it out with the same code as the ``repo`` tools (agent/verify.py,
+credentials carries it out with the same code as the ``repo`` tools (engine/maintenance/verify.py,
 prune.py, replicate.py) and reports the result as one event. Nothing here decides
 policy: a prune forgets exactly the ids in the job, never more.
 """
@@ -13,9 +13,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from agent.prune import collect_garbage, forget
-from agent.replicate import lag, replicate
-from agent.verify import verify
+from engine.format import spec as fmt
+from engine.maintenance.prune import collect_garbage, forget
+from engine.maintenance.replicate import lag, replicate
+from engine.maintenance.verify import verify
+from engine.repository import Repository
+from engine.storage.base import Target
 from shared.errors import ConfigError, TargetUnavailable
 from shared.messages import (
     DrillJob,
@@ -29,9 +32,6 @@ from shared.messages import (
     VerifyJob,
     utcnow,
 )
-from shared.repository import format as fmt
-from shared.repository.repository import Repository
-from shared.targets.base import Target
 
 # Damaged object names carried in one event: enough to act on, bounded for the bus.
 MAX_NAMES = 100

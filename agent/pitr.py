@@ -1,12 +1,12 @@
 """Restore of a database source to its latest archived state or to a point in time.
 
 A restore goes through here (instead of a plain tree restore) when a point in time is
-asked for, or when the chosen backup is a log backup (see :mod:`agent.logchain`). Then:
+asked for, or when the chosen backup is a log backup (see :mod:`engine.logchain`). Then:
 
 1. the chain is resolved: the base (full) backup at the root of the chosen backup's
    parents, and the log backups of the dataset taken since that base started; with a
    point in time, every such log backup (recovery stops at the instant itself) after
-   :func:`~agent.logchain.check_point_in_time` accepted it; without one, the log
+   :func:`~engine.logchain.check_point_in_time` accepted it; without one, the log
    backups up to the chosen one (the state as of that backup);
 2. the base is restored into ``DEST`` as usual (the source's ``after_restore`` runs, so
    ``DEST`` holds e.g. ``pgdata/``);
@@ -43,12 +43,12 @@ from types import ModuleType
 
 import anyio.to_thread
 
-from agent.logchain import ChainError, base_of, check_point_in_time, log_backups
-from agent.progress import ProgressFn, no_progress
-from agent.restore import restore_backup, restore_tree
-from agent.sources import archives_logs
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
+from agent.sources import archives_logs, restore_backup
+from engine.format.manifest import Manifest
+from engine.logchain import ChainError, base_of, check_point_in_time, log_backups
+from engine.progress import ProgressFn, no_progress
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
 from shared.sources import MariaDBSource, PostgresSource, Source
 
 

@@ -18,19 +18,23 @@ from typing import Any
 import anyio
 import msgspec
 
-from agent import filecache
-from agent.backup import BackupSpec, backup_dataset
 from agent.heartbeat import send_heartbeats
 from agent.hooks import run_post, run_pre
 from agent.keysetup import write_options
-from agent.logchain import base_for_log_backup
 from agent.maintenance import MaintenanceContext, run_maintenance
 from agent.pitr import needs_logs, restore_with_logs
-from agent.progress import Progress
-from agent.recovery_copy import remember_in_key_file
-from agent.restore import restore_backup
-from agent.sources import LogShipment, archives_logs, ship_logs
-from agent.sources.snapshot import cleanup_leftovers
+from agent.sources import LogShipment, archives_logs, restore_backup, ship_logs, streams_for
+from engine.backup import filecache
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.backup.snapshot import cleanup_leftovers
+from engine.format.manifest import Manifest
+from engine.keys.files import RepoKey
+from engine.logchain import base_for_log_backup
+from engine.maintenance.recovery_copy import remember_in_key_file
+from engine.progress import Progress
+from engine.repository import Repository
+from engine.storage.base import Target
+from engine.storage.open import open_target
 from shared import subjects, tracing
 from shared.bus import Bus, fetch_one
 from shared.config import AgentConfig
@@ -52,10 +56,6 @@ from shared.messages import (
     utcnow,
 )
 from shared.nats_credentials import nats_password, nats_tls
-from shared.repository.keys import RepoKey
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
-from shared.targets import Target, open_target
 from shared.tasks import task_group
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ class AgentRunner:
             source=job.source,
             backup_type=job.backup_type,
             parent_backup_id=job.parent_backup_id,
-            streams=shipment.streams if shipment else None,
+            streams=shipment.streams if shipment else streams_for(job.source),
             state_dir=self.cfg.state_dir,
             tier=job.tier,
         )

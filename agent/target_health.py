@@ -17,10 +17,9 @@ from collections.abc import AsyncIterator
 
 import anyio
 
+from engine.repository import Repository
+from engine.storage.base import ObjectInfo, SpaceInfo, Target
 from shared.errors import MosaicError, TargetUnavailable
-from shared.repository.repository import Repository
-from shared.targets import Target
-from shared.targets.base import ObjectInfo, SpaceInfo
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.repository import format as fmt  # noqa: E402
-from shared.repository.keys import load_key_file  # noqa: E402
-from shared.repository.repository import Repository  # noqa: E402
-from shared.targets.local import LocalTarget  # noqa: E402
+
+from engine.keys.files import load_key_file  # noqa: E402
+from engine.repository import Repository  # noqa: E402
+from engine.storage.local import LocalTarget  # noqa: E402
 
 
 def run(cfg: Path, *args: str) -> tuple[int, str]:

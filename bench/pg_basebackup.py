@@ -38,6 +38,7 @@ from agent.keysetup import prepare_key
 from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
+from engine.storage.open import open_target
 from mosaic import operator
 from shared.bus import Bus
 from shared.config import (
@@ -50,7 +51,6 @@ from shared.config import (
 from shared.messages import BackupCompleted
 from shared.natsserver import NatsServer, free_port
 from shared.sources import PostgresSource
-from shared.targets import open_target
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 REPO = Path(__file__).resolve().parent.parent

@@ -311,7 +311,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     elif cmd == "append-only-layout":
         from pathlib import Path
 
-        from shared.targets.local import prepare_append_only
+        from engine.storage.local import prepare_append_only
 
         root = Path(args.path)
         done_folders = prepare_append_only(root, chattr=not args.no_chattr)

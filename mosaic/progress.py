@@ -13,8 +13,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from agent.progress import Progress as JobProgress
-from agent.progress import ProgressFn
+from engine.progress import Progress as JobProgress
+from engine.progress import ProgressFn
 
 
 def byte_bar(err: Console, label: str) -> tuple[Progress, TaskID, ProgressFn]:

@@ -21,6 +21,7 @@ from agent.keysetup import key_notice, prepare_key
 from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
+from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.sample import make_sample
@@ -35,7 +36,6 @@ from shared.config import (
 from shared.messages import BackupCompleted
 from shared.natsserver import NatsServer
 from shared.sources import FilesSource
-from shared.targets import open_target
 
 
 async def quickstart(path: str | None, workdir: str | None, out: Console, err: Console) -> int:

@@ -17,17 +17,17 @@ import anyio.to_thread
 from rich.console import Console
 from rich.table import Table
 
-from agent.backup import BackupSpec, backup_dataset
 from agent.keysetup import key_notice, prepare_key, prepare_state_dir, write_options
-from agent.recovery_copy import remember_in_key_file
-from agent.restore import restore_backup
+from agent.sources import restore_backup
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.keys.files import PASSPHRASE_ENV
+from engine.keys.writeonly import WriteOnlyKey
+from engine.maintenance.recovery_copy import remember_in_key_file
+from engine.repository import Repository
 from mosaic.display import print_partial, size, summary_table
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened, target_from
 from shared.errors import ConfigError, IntegrityError, PartialRestoreError, TargetError
-from shared.repository.keys import PASSPHRASE_ENV
-from shared.repository.repository import Repository
-from shared.repository.writeonly import WriteOnlyKey
 from shared.sources import FilesSource
 from shared.subjects import check_token
 

@@ -37,12 +37,12 @@ from rich.table import Table
 from rich.text import Text
 
 from coordinator.catalog import Catalog, open_catalog
+from engine.format.manifest import Manifest
+from engine.repository import Repository
 from mosaic.display import size
 from mosaic.repo_cli import common_args, opened
 from shared.errors import IntegrityError, RepositoryError
 from shared.messages import BackupRecord, BackupTier, BackupType
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
 
 _BACKUP_TYPES: tuple[str, ...] = get_args(BackupType)
 

@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from agent.keysetup import write_options
-from agent.recovery_copy import remember_in_key_file
+from engine.keys.files import PASSPHRASE_ENV, load_key_file
+from engine.maintenance.recovery_copy import remember_in_key_file
+from engine.repository import Repository
+from engine.storage.base import Target
+from engine.storage.open import open_target
 from shared import config
 from shared.errors import ConfigError, WrongKeyError
-from shared.repository.keys import PASSPHRASE_ENV, load_key_file
-from shared.repository.repository import Repository
-from shared.targets import Target, open_target
 
 # Modules that register a ``repo`` subcommand.
 TOOLS: list[str] = [

@@ -18,7 +18,7 @@ import anyio
 import anyio.to_thread
 from rich.console import Console
 
-from agent.export import export_tar
+from engine.restore.export import export_tar
 from mosaic.display import print_partial, size
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened

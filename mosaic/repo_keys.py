@@ -7,8 +7,8 @@ key file (as for ``agent run``), and ``--passphrase-from-env VAR`` names the var
 holding the passphrase for a key file being written — passphrases are never taken as
 command-line arguments, which other users can read from the process list.
 
-See shared/repository/keyops.py for what rotating and rewrapping do and do not protect,
-and shared/repository/writeonly.py (and the README's threat model) for write-only keys.
+See engine/keys/ops.py for what rotating and rewrapping do and do not protect,
+and engine/keys/writeonly.py (and the README's threat model) for write-only keys.
 """
 
 from __future__ import annotations
@@ -21,21 +21,22 @@ import anyio
 from rich.console import Console
 
 from agent.keysetup import write_options
-from mosaic import local_audit
-from mosaic.repo_cli import common_args, target_from
-from shared import config
-from shared.errors import ConfigError, KeyFileError, WrongKeyError
-from shared.repository.keyops import export_key_file, rewrap, rotate, write_only_entry
-from shared.repository.keys import (
+from engine.keys.files import (
     KEEP_A_COPY,
     KEY_SIZE,
     PASSPHRASE_ENV,
     create_key_file,
     load_key_file,
 )
-from shared.repository.repository import Repository
-from shared.repository.writeonly import WriteOnlyEntry, write_write_only_key
-from shared.targets import Target, open_target
+from engine.keys.ops import export_key_file, rewrap, rotate, write_only_entry
+from engine.keys.writeonly import WriteOnlyEntry, write_write_only_key
+from engine.repository import Repository
+from engine.storage.base import Target
+from engine.storage.open import open_target
+from mosaic import local_audit
+from mosaic.repo_cli import common_args, target_from
+from shared import config
+from shared.errors import ConfigError, KeyFileError, WrongKeyError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,6 +1,6 @@
 """``repo locks``: the leases in a repository, who holds them, and whether they still run.
 
-A lease (shared/repository/lease.py) is how a running backup or prune tells garbage
+A lease (engine/lease.py) is how a running backup or prune tells garbage
 collection "I am here". A writer killed with SIGKILL leaves its lease behind until it
 expires (ttl, 15 minutes by default); GC already treats a lease whose holder is provably
 gone as gone, and ``--clear-dead`` removes such leases for good. Liveness is only
@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from engine.lease import LeaseRecord, clear_dead, liveness, read_leases
 from mosaic.repo_cli import common_args, opened
 from shared.errors import TargetError
-from shared.repository.lease import LeaseRecord, clear_dead, liveness, read_leases
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

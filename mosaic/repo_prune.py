@@ -2,7 +2,7 @@
 
 Which backups go is decided here (``--keep-last``, ``--forget`` or the GFS retention
 table of coordinator/retention.py); carrying it out, and why that is safe beside running
-backups, is agent/prune.py. ``--dry-run`` writes nothing and prints what would go and
+backups, is engine/maintenance/prune.py. ``--dry-run`` writes nothing and prints what would go and
 why. A deferred GC (a backup is running) or a pack kept by Object Lock is reported, not
 an error: exit code 0 unless something failed. A backup whose manifest cannot be read
 is kept (its age is unknown) and, like one whose tree cannot be read, holds garbage
@@ -21,16 +21,22 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent.prune import DEFAULT_MAX_UNUSED, GcReport, collect_garbage, forget, plan_forget
 from coordinator.retention import Backup, select
+from engine.format.manifest import Manifest
+from engine.maintenance.prune import (
+    DEFAULT_MAX_UNUSED,
+    GcReport,
+    collect_garbage,
+    forget,
+    plan_forget,
+)
+from engine.repository import Repository
 from mosaic import local_audit
 from mosaic.display import size
 from mosaic.repo_cli import common_args, opened
 from shared import config
 from shared.config import RetentionConfig, TargetTier, Tier
 from shared.errors import ConfigError, IntegrityError
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
 
 TIERS: tuple[str, ...] = get_args(Tier)
 TARGET_TIERS: tuple[str, ...] = get_args(TargetTier)
@@ -178,7 +184,7 @@ def _pack_table(rep: GcReport, dry_run: bool) -> Table:
 
 async def _load(repo: Repository, ids: list[str]) -> list[Manifest]:
     """Every readable manifest. An unreadable one is left out of the decision (kept);
-    garbage collection then holds back and the report names it (agent/prune.py)."""
+    garbage collection then holds back and the report names it (engine/maintenance/prune.py)."""
     out: list[Manifest] = []
     for backup_id in ids:
         try:

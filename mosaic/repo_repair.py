@@ -1,6 +1,6 @@
 """``repo repair config|index|packs|snapshots``: bring a damaged repository back.
 
-The repairs live in agent/repair.py and shared/repository/recovery.py; this module
+The repairs live in engine/maintenance/repair.py and engine/recovery.py; this module
 opens the repository, prints what was done as tables and one summary line, and exits
 0 when the repository is whole again, 1 when something is lost for good (named).
 Order when in doubt: ``config`` (if it is missing), ``index``, ``packs``, ``snapshots``,
@@ -15,15 +15,15 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from agent.recovery_copy import remember_in_key_file
-from agent.repair import repair_index, repair_packs, repair_snapshots
+from engine.keys.files import PASSPHRASE_ENV, load_key_file
+from engine.maintenance.recovery_copy import remember_in_key_file
+from engine.maintenance.repair import repair_index, repair_packs, repair_snapshots
+from engine.recovery import repair_config
+from engine.repository import Repository
 from mosaic import local_audit
 from mosaic.repo_cli import common_args, opened, target_from
 from shared import config
 from shared.errors import IntegrityError, RepositoryError
-from shared.repository.keys import PASSPHRASE_ENV, load_key_file
-from shared.repository.recovery import repair_config
-from shared.repository.repository import Repository
 
 SHOWN = 20  # lost files listed before "and N more"
 

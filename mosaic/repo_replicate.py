@@ -1,7 +1,7 @@
 """``repo replicate``: copy a repository to another target of the agent's config.
 
 The copy itself (ciphertext only, missing objects only, manifests last) is
-agent/replicate.py; this module picks both targets from the config, draws the progress
+engine/maintenance/replicate.py; this module picks both targets from the config, draws the progress
 bar and prints what was copied per prefix. The key is only needed for the lag table
 (manifests are sealed): without a readable key file the copy still runs and the lag is
 reported as the list of missing backups.
@@ -17,14 +17,14 @@ from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedCo
 from rich.progress import Progress as Bar
 from rich.table import Table
 
-from agent.progress import Progress
-from agent.replicate import LagInfo, ReplicationReport, lag, replicate
+from engine.keys.files import PASSPHRASE_ENV, load_key_file
+from engine.maintenance.replicate import LagInfo, ReplicationReport, lag, replicate
+from engine.progress import Progress
+from engine.repository import Repository
+from engine.storage.base import Target
 from mosaic.display import size
 from mosaic.repo_cli import target_from
 from shared.errors import ConfigError, RepositoryError
-from shared.repository.keys import PASSPHRASE_ENV, load_key_file
-from shared.repository.repository import Repository
-from shared.targets import Target
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

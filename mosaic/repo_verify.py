@@ -1,7 +1,7 @@
 """``repo verify``: find damage in the repository before a restore does.
 
-The checks live in agent/verify.py; this module opens the repository, draws the progress
-bar and prints what was found: a table of damaged objects, optionally every affected
+The checks live in engine.maintenance.verify; this module opens the repository, draws
+the progress bar and prints what was found: a table of damaged objects, optionally every affected
 file, and one summary line. It loads the index itself, not through Repository.open, so a
 damaged index segment is reported like any other damaged object instead of making the
 repository unopenable (Repository has no tolerant index load to call).
@@ -26,18 +26,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent.verify import Problem, VerifyReport, could_not_read, one_line, verify
+from engine.format import spec as fmt
+from engine.format.crypto import open_sealed
+from engine.format.pack import PackEntry
+from engine.index import IndexEntry
+from engine.keys.files import load_key_file
+from engine.maintenance.verify import Problem, VerifyReport, could_not_read, one_line, verify
+from engine.repository import Repository
+from engine.storage.base import ObjectInfo, Target
 from mosaic.display import size
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, target_from
 from shared.errors import ObjectNotFound, RepositoryError, TargetError, WrongKeyError
-from shared.repository import format as fmt
-from shared.repository.crypto import open_sealed
-from shared.repository.index import IndexEntry
-from shared.repository.keys import load_key_file
-from shared.repository.pack import PackEntry
-from shared.repository.repository import Repository
-from shared.targets.base import ObjectInfo, Target
 
 SHOWN = 3  # messages and backups per table cell; --detailed shows all
 EXIT_CLEAN = 0

@@ -58,8 +58,8 @@ def passphrase() -> str | None:
     import os
     from pathlib import Path
 
+    from engine.keys.files import PASSPHRASE_ENV
     from shared.errors import ConfigError
-    from shared.repository.keys import PASSPHRASE_ENV
 
     value = os.environ.get(PASSPHRASE_ENV)
     creds = credentials_dir()
@@ -97,7 +97,8 @@ async def start_agent(path: str, err: Console) -> AgentRunner:
     from agent.keysetup import check_repositories, key_notice, prepare_key, prepare_state_dir
     from agent.runner import AgentRunner
     from agent.target_health import DownTarget
-    from shared.targets import Target, open_target
+    from engine.storage.base import Target
+    from engine.storage.open import open_target
 
     cfg = config.load(path, config.AgentConfig, credentials=credentials_dir())
     prepare_state_dir(cfg.state_dir)  # 0700 before anything is cached in it

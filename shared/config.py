@@ -347,7 +347,7 @@ class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
       ``[retention]`` that prune applies there (default ``local``).
     - ``replicate``: source target → destination targets (names in the agent's config).
     - ``prune_dry_run``: report what prune would remove, remove nothing.
-    - ``gc_margin_s``: how long garbage collection waits before deleting (agent/prune.py).
+    - ``gc_margin_s``: how long garbage collection waits before deleting (engine.maintenance.prune).
     - ``drill_scratch``: folder on the agent where drills restore (default: its temp dir).
     - ``grace_s``: a run missed while the coordinator was down still runs if this recent.
     """

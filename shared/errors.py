@@ -62,7 +62,7 @@ class TargetUnavailable(TargetError):
 
 class TargetUnreadable(TargetUnavailable):
     """A read failed with a transient fault (cut-short body, reset, timeout) on every
-    attempt of the retry wrapper (shared/targets/retry.py).
+    attempt of the retry wrapper (engine/storage/retry.py).
 
     It says nothing about the stored bytes: the object may be intact, so verify reports
     it as "could not read, try again", never as damage. ``key`` is the object (or the

@@ -17,6 +17,7 @@ from agent.keysetup import prepare_key
 from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
+from engine.storage.open import open_target
 from shared.bus import Bus
 from shared.config import (
     AgentConfig,
@@ -30,7 +31,6 @@ from shared.config import (
     TargetConfig,
 )
 from shared.sources import FilesSource, Source
-from shared.targets import open_target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

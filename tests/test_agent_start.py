@@ -24,10 +24,13 @@ import pytest
 from moto.server import ThreadedMotoServer
 from rich.console import Console
 
-from agent.restore import restore_tree
 from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
+from engine.keys.files import create_key_file, load_any_key_file
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.services import start_agent
@@ -37,10 +40,7 @@ from shared.config import CatalogConfig, CoordinatorConfig, DatasetConfig, Local
 from shared.errors import OperatorError
 from shared.messages import BackupCompleted
 from shared.monitoring import Heartbeat, heartbeat_decoder
-from shared.repository.keys import create_key_file, load_any_key_file
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets import open_target
 from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY, s3_client
 from tests.harness import make_tree, unique
 

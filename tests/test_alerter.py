@@ -25,6 +25,7 @@ from agent.keysetup import prepare_key
 from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
+from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.operator import OperatorError
 from shared import subjects
@@ -43,7 +44,6 @@ from shared.errors import ConfigError
 from shared.messages import BackupCompleted, StatusReply, StatusRequest
 from shared.monitoring import Alert, alert_decoder
 from shared.sources import FilesSource
-from shared.targets import open_target
 from tests.harness import make_tree, unique, write_toml
 
 QUIET = Console(quiet=True)

@@ -21,15 +21,26 @@ import asyncssh
 import pytest
 from rich.console import Console
 
-from agent.backup import BackupSpec, backup_dataset
 from agent.keysetup import prepare_key
 from agent.maintenance import MaintenanceContext, run_prune
-from agent.prune import collect_garbage, forget
-from agent.restore import restore_tree
 from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.maintenance import Task
 from coordinator.service import Coordinator
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format import spec as fmt
+from engine.keys.files import create_key_file
+from engine.lease import lease, live_leases
+from engine.maintenance.prune import collect_garbage, forget
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import (
+    LocalTarget,
+    has_append_attribute,
+    prepare_append_only,
+    set_append_attribute,
+)
+from engine.storage.sftp import SftpTarget
 from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.systemd import agent_unit
@@ -44,18 +55,7 @@ from shared.config import (
 )
 from shared.errors import ConfigError, TargetError
 from shared.messages import ApiError, JobRecord, PruneJob, utcnow
-from shared.repository import format as fmt
-from shared.repository.keys import create_key_file
-from shared.repository.lease import lease, live_leases
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import (
-    LocalTarget,
-    has_append_attribute,
-    prepare_append_only,
-    set_append_attribute,
-)
-from shared.targets.sftp import SftpTarget
 from tests.fixtures.sftp import SshdServer, append_only_repo
 from tests.harness import cli, make_tree, unique
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.keys.files import create_key_file
+from engine.repository import Repository
+from engine.storage.local import LocalTarget
 from shared.config import LocalTargetConfig, S3TargetConfig
 from shared.natsserver import free_port
-from shared.repository.keys import create_key_file
-from shared.repository.repository import Repository
-from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree, running_stack, snapshot, unique, write_toml
 
 

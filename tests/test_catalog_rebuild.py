@@ -16,12 +16,12 @@ import pytest
 from rich.console import Console
 
 from coordinator.catalog import open_catalog
+from engine.format.manifest import Manifest
 from mosaic import operator
 from mosaic.repo_catalog import backup_record
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError
 from shared.messages import BackupCompleted, BackupRecord, BackupSummary, utcnow
-from shared.repository.manifest import Manifest
 from shared.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique
 

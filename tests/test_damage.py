@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.format import spec as fmt
+from engine.keys.files import load_key_file
+from engine.repository import Repository
+from engine.storage.local import LocalTarget
 from shared.config import LocalTargetConfig
-from shared.repository import format as fmt
-from shared.repository.keys import load_key_file
-from shared.repository.repository import Repository
-from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli
 
 N_SMALL = 300

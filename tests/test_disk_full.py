@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agent.pipeline import root_cause
+from engine.backup.pipeline import root_cause
 from tests.harness import cli, write_toml
 
 RUNS = 8

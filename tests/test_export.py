@@ -12,18 +12,18 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.export import ChunkReader, export_tar
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format import spec as fmt
+from engine.format.manifest import Manifest, Node, encode_tree
+from engine.keys.files import create_key_file
+from engine.repository import Repository
+from engine.restore.export import ChunkReader, export_tar
+from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError, UnsafePathError
 from shared.messages import BackupSummary, utcnow
-from shared.repository import format as fmt
-from shared.repository.keys import create_key_file
-from shared.repository.manifest import Manifest, Node, encode_tree
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -14,14 +14,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.restore import restore_tree
-from agent.sources.files import Globs, shown
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.backup.walk import Globs, shown
+from engine.format.manifest import Manifest
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 
 
 async def _backup_restore(
@@ -146,7 +146,7 @@ async def test_one_file_system_does_not_cross_a_mount_point(
     _write(src, ["a/kept.txt", "b/kept.txt"])
     with _mounted("tmpfs", src / "a" / "mnt") as mnt:
         _write(mnt, ["on-tmpfs.txt", "deeper/also.txt"])
-        caplog.set_level(logging.INFO, logger="agent.sources.files")
+        caplog.set_level(logging.INFO, logger="engine.backup.walk")
         _, m1, stay = await _backup_restore(
             tmp_path, FilesSource(path=str(src), one_file_system=True), "stay"
         )
@@ -210,7 +210,7 @@ async def test_xattrs_on_a_file_system_without_support_are_reported_once(
     repo = await Repository.open(LocalTarget("t", tmp_path / "repo"), bytes(32), create=True)
     spec = BackupSpec(backup_id="b1", dataset="d", agent="a", source=FilesSource(path=str(src)))
     manifest = await backup_dataset(repo, spec)
-    caplog.set_level(logging.WARNING, logger="agent.restore")
+    caplog.set_level(logging.WARNING, logger="engine.restore.tree")
     with _mounted("ramfs", tmp_path / "ramfs") as ramfs:  # ramfs has no xattr support
         files, _ = await restore_tree(repo, manifest, ramfs / "out")
         assert files == 2

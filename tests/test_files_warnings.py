@@ -26,14 +26,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.restore import restore_tree
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.messages import BackupCompleted
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 from tests.harness import REPO_ROOT, running_stack, write_toml
 
 MIB = 1 << 20
@@ -169,11 +169,11 @@ async def test_unreadable_files_are_left_out_by_name_and_the_rest_is_backed_up(
 
 STRICT = """
 import sys, anyio
-from agent.backup import BackupSpec, backup_dataset
+from engine.backup.dataset import BackupSpec, backup_dataset
 from shared.errors import SourceError
-from shared.repository.repository import Repository
+from engine.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
+from engine.storage.local import LocalTarget
 
 async def main() -> None:
     repo = await Repository.open(LocalTarget("t", sys.argv[1]), bytes(32), create=True)

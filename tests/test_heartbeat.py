@@ -28,6 +28,7 @@ from coordinator.catalog import Catalog, open_catalog
 from coordinator.catalog.base import TargetSummary
 from coordinator.service import Coordinator
 from coordinator.status import NextRuns, _replica_since
+from engine.storage.open import open_target
 from mosaic import operator
 from shared.bus import Bus
 from shared.config import (
@@ -43,7 +44,6 @@ from shared.config import (
 from shared.messages import BackupCompleted, MaintenanceRecord, ReplicateCompleted, encode, utcnow
 from shared.monitoring import Alert
 from shared.sources import FilesSource
-from shared.targets import open_target
 from tests.harness import make_tree, unique
 
 QUIET = Console(quiet=True)

@@ -9,7 +9,7 @@ import tracemalloc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.repository.index import ChunkIndex, IndexEntry
+from engine.index import ChunkIndex, IndexEntry
 
 
 def _entry(i: int) -> IndexEntry:

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent.restore import restore_tree
+from engine.format import spec as fmt
+from engine.format.manifest import Manifest, Node, encode_tree
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError, UnsafePathError, WrongKeyError
 from shared.messages import BackupCompleted, BackupSummary, utcnow
-from shared.repository import format as fmt
-from shared.repository.manifest import Manifest, Node, encode_tree
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 from tests.harness import make_tree, running_stack, snapshot
 
 QUIET = Console(quiet=True)
@@ -35,7 +35,7 @@ async def _repo_with_backup(tmp_path: Path) -> tuple[Repository, Manifest, Path]
     src = make_tree(tmp_path / "src", big_mib=3)
     target = LocalTarget("t", tmp_path / "repo")
     repo = await Repository.open(target, KEY, create=True)
-    from agent.backup import backup_tree
+    from engine.backup.dataset import backup_tree
 
     tree, _, _ = await backup_tree(repo, FilesSource(path=str(src)))
     m = _manifest("b1", tree)

@@ -17,25 +17,25 @@ from pathlib import Path
 
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
 from agent.keysetup import prepare_key
-from agent.restore import restore_tree
-from mosaic.compare import tree_differences
-from shared.config import AgentConfig, LocalTargetConfig
-from shared.errors import KeyFileError, WrongKeyError
-from shared.repository.keyops import export_key_file, rewrap, rotate
-from shared.repository.keys import (
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format.manifest import Manifest
+from engine.keys.files import (
     create_key_file,
     load_key_file,
     master_key_from_env,
     unwrap_data_key,
     wrap_data_key,
 )
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
+from engine.keys.ops import export_key_file, rewrap, rotate
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.base import Target
+from engine.storage.local import LocalTarget
+from mosaic.compare import tree_differences
+from shared.config import AgentConfig, LocalTargetConfig
+from shared.errors import KeyFileError, WrongKeyError
 from shared.sources import FilesSource
-from shared.targets.base import Target
-from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree, snapshot
 
 PASSPHRASE = "correct horse battery staple"

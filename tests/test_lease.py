@@ -15,15 +15,15 @@ import anyio.to_thread
 import msgspec
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
+from engine import lease as lease_module
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.keys.files import create_key_file, load_key_file
+from engine.lease import LeaseInfo, lease, live_leases, liveness, read_leases
+from engine.repository import Repository
+from engine.storage.local import LocalTarget
 from shared.config import LocalTargetConfig
 from shared.errors import SourceError
-from shared.repository import lease as lease_module
-from shared.repository.keys import create_key_file, load_key_file
-from shared.repository.lease import LeaseInfo, lease, live_leases, liveness, read_leases
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree
 
 
@@ -100,9 +100,9 @@ async def test_a_stale_lease_never_blocks_a_backup(tmp_path: Path) -> None:
 
 _HOLD = """
 import sys, anyio
-from shared.repository.lease import lease
-from shared.repository.repository import Repository
-from shared.targets.local import LocalTarget
+from engine.lease import lease
+from engine.repository import Repository
+from engine.storage.local import LocalTarget
 
 async def main() -> None:
     repo = await Repository.open(LocalTarget("t", sys.argv[1]), bytes.fromhex(sys.argv[2]))

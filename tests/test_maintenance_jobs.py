@@ -18,11 +18,15 @@ import pytest
 from rich.console import Console
 
 from agent.keysetup import prepare_key
-from agent.restore import restore_backup
 from agent.runner import AgentRunner
+from agent.sources import restore_backup
 from coordinator.catalog import Catalog, open_catalog
 from coordinator.maintenance import Task, plan_tasks, tier_of
 from coordinator.service import Coordinator
+from engine.keys.files import load_key_file
+from engine.repository import Repository
+from engine.storage.local import LocalTarget
+from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.compare import tree_differences
 from shared.bus import Bus
@@ -38,11 +42,7 @@ from shared.config import (
 )
 from shared.errors import ConfigError
 from shared.messages import BackupCompleted, MaintenanceRecord
-from shared.repository.keys import load_key_file
-from shared.repository.repository import Repository
 from shared.sources import FilesSource, Source
-from shared.targets import open_target
-from shared.targets.local import LocalTarget
 from tests.harness import make_tree, unique
 
 QUIET = Console(quiet=True)

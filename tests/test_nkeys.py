@@ -23,13 +23,13 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
 from agent.runner import AgentRunner
+from engine.storage.open import open_target
 from mosaic.natsconfig import write_config
 from shared import nkeys, subjects
 from shared.bus import Bus, fetch_one
 from shared.config import AgentConfig, load
 from shared.errors import BusError, ConfigError
 from shared.natsserver import free_port, nats_server_binary
-from shared.targets import open_target
 from tests.harness import cli
 
 AGENTS = ["alpha", "beta"]

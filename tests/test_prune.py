@@ -11,9 +11,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.progress import Progress
-from agent.prune import (
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format import spec as fmt
+from engine.format.manifest import Manifest
+from engine.keys.files import create_key_file
+from engine.lease import lease, live_leases
+from engine.maintenance.prune import (
     GcReport,
     collect_garbage,
     delete_packs,
@@ -22,17 +25,14 @@ from agent.prune import (
     plan_gc,
     write_kept_index,
 )
-from agent.restore import restore_tree
+from engine.progress import Progress
+from engine.repository import Repository, WriteOptions
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig
 from shared.errors import TargetError
-from shared.repository import format as fmt
-from shared.repository.keys import create_key_file
-from shared.repository.lease import lease, live_leases
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository, WriteOptions
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, snapshot
 
 PACK_SIZE = 1 << 16  # below the smallest chunk: one chunk per pack, many packs

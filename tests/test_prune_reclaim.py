@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset, backup_tree
-from agent.prune import (
+from engine.backup.dataset import BackupSpec, backup_dataset, backup_tree
+from engine.format import spec as fmt
+from engine.keys.files import create_key_file
+from engine.maintenance.prune import (
     GcReport,
     collect_garbage,
     drop_old_segments,
@@ -25,15 +27,13 @@ from agent.prune import (
     repack,
     write_kept_index,
 )
-from agent.restore import restore_tree
+from engine.repository import Repository, WriteOptions
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
+from engine.storage.open import open_target
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
-from shared.repository import format as fmt
-from shared.repository.keys import create_key_file
-from shared.repository.repository import Repository, WriteOptions
 from shared.sources import FilesSource
-from shared.targets import open_target
-from shared.targets.local import LocalTarget
 from tests.fixtures.s3 import s3_client
 from tests.harness import agent_toml, cli
 

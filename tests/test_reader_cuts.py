@@ -1,4 +1,4 @@
-"""The backup reader cuts files through one reused buffer (agent.cutter.Cutter).
+"""The backup reader cuts files through one reused buffer (engine.backup.cutter.Cutter).
 
 What a user cares about: every file comes back byte for byte, and the chunk ids are
 exactly those pyfastcdc's own streaming chunker gives — so a backup made by this
@@ -11,12 +11,12 @@ import io
 import random
 from pathlib import Path
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.restore import restore_tree
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 
 MIB = 1 << 20
 

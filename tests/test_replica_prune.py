@@ -9,16 +9,16 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
-from agent.restore import restore_backup
+from agent.sources import restore_backup
 from coordinator.maintenance import Task, plan_tasks, with_replica_upkeep
+from engine.keys.files import load_key_file
+from engine.repository import Repository
+from engine.storage.local import LocalTarget
 from mosaic import operator
 from mosaic.compare import tree_differences
 from shared.config import CoordinatorConfig, DatasetConfig, MaintenanceConfig
 from shared.messages import BackupCompleted, MaintenanceRecord
-from shared.repository.keys import load_key_file
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 from tests.harness import make_tree
 from tests.test_maintenance_jobs import QUIET, Clock, MaintStack, eventually, maint_stack, next_fire
 

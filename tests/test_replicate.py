@@ -13,19 +13,20 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.progress import Progress
-from agent.replicate import ReplicationError, lag, replicate
-from agent.restore import restore_tree
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format import spec as fmt
+from engine.keys.files import create_key_file
+from engine.keys.ops import rotate
+from engine.maintenance.replicate import ReplicationError, lag, replicate
+from engine.progress import Progress
+from engine.repository import Repository, WriteOptions
+from engine.restore.tree import restore_tree
+from engine.storage.base import Target
+from engine.storage.local import LocalTarget
+from engine.storage.open import open_target
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
-from shared.repository import format as fmt
-from shared.repository.keyops import rotate
-from shared.repository.keys import create_key_file
-from shared.repository.repository import Repository, WriteOptions
 from shared.sources import FilesSource
-from shared.targets import Target, open_target
-from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, snapshot
 
 PACK_SIZE = 1 << 16  # one chunk per pack: many packs to copy and to cut between

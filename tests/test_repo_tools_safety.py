@@ -21,12 +21,12 @@ import msgspec
 from rich.console import Console
 
 from agent.keysetup import create_atomically, prepare_key
+from engine.keys.files import load_any_key_file
+from engine.storage.open import open_target
 from mosaic import local_audit
 from mosaic.compare import tree_differences
 from shared.config import AgentConfig, LocalTargetConfig, is_set, load
 from shared.natsserver import free_port, nats_server_binary
-from shared.repository.keys import load_any_key_file
-from shared.targets import open_target
 from tests.harness import agent_toml, cli, make_tree, write_toml
 
 

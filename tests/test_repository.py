@@ -9,10 +9,10 @@ import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.repository import format as fmt
-from shared.repository.crypto import Keyring, open_sealed, seal
-from shared.repository.repository import Repository, WriteOptions
-from shared.targets.local import LocalTarget
+from engine.format import spec as fmt
+from engine.format.crypto import Keyring, open_sealed, seal
+from engine.repository import Repository, WriteOptions
+from engine.storage.local import LocalTarget
 
 KEYS = Keyring({b"k" * 8: bytes(32)}, b"k" * 8, bytes(range(32)))
 

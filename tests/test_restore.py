@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.restore import restore_tree
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format.manifest import Manifest
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.errors import RepositoryError
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 from tests.harness import REPO_ROOT, make_tree
 
 

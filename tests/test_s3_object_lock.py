@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from msgspec.structs import replace
 
+from engine.storage.s3 import S3Target
 from shared.config import AgentConfig, S3TargetConfig, load
 from shared.errors import ConfigError, ObjectNotFound, TargetError, TargetUnavailable
-from shared.targets.s3 import S3Target
 from tests.fixtures.s3 import s3_client
 
 MiB = 1 << 20

@@ -21,6 +21,7 @@ from coordinator.catalog import Catalog, open_catalog
 from coordinator.schedule import job_id
 from coordinator.scheduler import Scheduler
 from coordinator.service import Coordinator
+from engine.storage.open import open_target
 from mosaic import operator
 from shared.bus import Bus
 from shared.config import (
@@ -34,7 +35,6 @@ from shared.config import (
 from shared.errors import BusError
 from shared.messages import ApiReply, BackupCompleted, BackupType, JobAccepted, JobRecord, utcnow
 from shared.sources import FilesSource
-from shared.targets import open_target
 from tests.harness import make_tree, unique
 
 QUIET = Console(quiet=True)

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.restore import check_paths
-from agent.sources.files import shown_names
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.backup.walk import shown_names
+from engine.format import spec as fmt
+from engine.format.manifest import Node
+from engine.keys.files import create_key_file
+from engine.repository import Repository
+from engine.restore.tree import check_paths
+from engine.storage.local import LocalTarget
 from shared.config import LocalTargetConfig
 from shared.errors import UnsafePathError
-from shared.repository import format as fmt
-from shared.repository.keys import create_key_file
-from shared.repository.manifest import Node
-from shared.repository.repository import Repository
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli
 
 MARKER = "mosaic-test-secret-9f3c1e"  # in the secret files' content only

@@ -16,18 +16,18 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.progress import Progress
-from agent.restore import restore_tree
 from agent.runner import AgentRunner
-from agent.sources.snapshot import is_mounted, plan, take
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.backup.snapshot import is_mounted, plan, take
+from engine.format.manifest import Manifest
+from engine.progress import Progress
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.config import AgentConfig, LocalTargetConfig
 from shared.errors import ConfigError, SourceError
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository
 from shared.sources import BtrfsSnapshot, FilesSource, LvmSnapshot, ZfsSnapshot
-from shared.targets.local import LocalTarget
 from tests.harness import make_tree, unique
 
 STANDINS = Path(__file__).parent / "standins"

@@ -13,12 +13,12 @@ import os
 import random
 from pathlib import Path
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.restore import restore_tree
-from shared.repository.manifest import Node
-from shared.repository.repository import Repository
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format.manifest import Node
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
 from shared.sources import FilesSource
-from shared.targets.local import LocalTarget
 
 MIB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""The storage-target contract (shared/targets/base.py), run against every target.
+"""The storage-target contract (engine/storage/base.py), run against every target.
 
 One suite, parametrised like restic's backend test suite: each clause of the docstring
 contract has a test here, and every target module must pass all of them. Target-specific
@@ -20,13 +20,14 @@ import anyio
 import pytest
 from msgspec.structs import replace
 
+from engine.storage.base import ObjectInfo, Target
+from engine.storage.local import LocalTarget
+from engine.storage.open import open_target, unwrap
+from engine.storage.retry import RetryingTarget
+from engine.storage.s3 import S3Target
+from engine.storage.sftp import SftpTarget
 from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
-from shared.targets import ObjectInfo, Target, open_target, unwrap
-from shared.targets.local import LocalTarget
-from shared.targets.retry import RetryingTarget
-from shared.targets.s3 import S3Target
-from shared.targets.sftp import SftpTarget
 from tests.fixtures.s3 import s3_client
 from tests.fixtures.sftp import SshdServer, keygen
 

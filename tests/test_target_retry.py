@@ -1,5 +1,5 @@
 """Reads survive transient faults: truncated S3 bodies, stalls and dropped SFTP sessions
-are retried by the one wrapper of shared/targets/retry.py, and verify tells "could not
+are retried by the one wrapper of engine/storage/retry.py, and verify tells "could not
 read" from "damaged".
 
 Faults are real: a proxy (tests/fixtures/faultproxy.py) between the client and the real
@@ -18,21 +18,22 @@ from urllib.parse import urlsplit
 import pytest
 from msgspec.structs import replace
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.restore import restore_tree
-from agent.verify import verify
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format.manifest import Manifest
+from engine.keys.files import create_key_file
+from engine.maintenance.verify import verify
+from engine.repository import Repository, WriteOptions
+from engine.restore.tree import restore_tree
+from engine.storage.base import Target
+from engine.storage.local import LocalTarget
+from engine.storage.open import open_target
+from engine.storage.retry import RetryingTarget, RetryPolicy
+from engine.storage.s3 import S3Target
 from mosaic.compare import tree_differences
 from mosaic.repo_verify import EXIT_UNREADABLE
 from shared.config import S3TargetConfig, SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetUnavailable, TargetUnreadable
-from shared.repository.keys import create_key_file
-from shared.repository.manifest import Manifest
-from shared.repository.repository import Repository, WriteOptions
 from shared.sources import FilesSource
-from shared.targets import Target, open_target
-from shared.targets.local import LocalTarget
-from shared.targets.retry import RetryingTarget, RetryPolicy
-from shared.targets.s3 import S3Target
 from tests.fixtures.faultproxy import FaultProxy, Faults
 from tests.fixtures.sftp import SshdServer, keygen
 from tests.harness import agent_toml, cli, make_tree

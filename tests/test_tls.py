@@ -27,6 +27,7 @@ from agent.keysetup import prepare_key
 from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
+from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.natsconfig import TlsFiles, write_config
@@ -46,7 +47,6 @@ from shared.messages import BackupCompleted, RestoreCompleted
 from shared.nats_credentials import nats_tls
 from shared.natsserver import free_port, nats_server_binary
 from shared.sources import FilesSource
-from shared.targets import open_target
 from tests.harness import cli, make_tree, unique
 
 AGENT = "tlsagent"

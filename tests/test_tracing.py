@@ -34,11 +34,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from rich.console import Console
 
+from engine.keys.files import create_key_file
 from mosaic import operator
 from shared import logs, tracing
 from shared.config import LocalTargetConfig, S3TargetConfig
 from shared.messages import BackupCompleted, RestoreCompleted
-from shared.repository.keys import create_key_file
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree, running_stack, unique
 
 QUIET = Console(quiet=True)

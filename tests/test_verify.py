@@ -8,18 +8,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.backup import BackupSpec, backup_dataset
-from agent.prune import forget
-from agent.verify import VerifyReport, choose_packs, verify
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format import spec as fmt
+from engine.index import IndexEntry
+from engine.keys.files import create_key_file, load_key_file
+from engine.maintenance.prune import forget
+from engine.maintenance.verify import VerifyReport, choose_packs, verify
+from engine.repository import Repository, WriteOptions
+from engine.storage.base import ObjectInfo
+from engine.storage.local import LocalTarget
 from mosaic.repo_verify import _summary, open_for_verify
 from shared.config import LocalTargetConfig
-from shared.repository import format as fmt
-from shared.repository.index import IndexEntry
-from shared.repository.keys import create_key_file, load_key_file
-from shared.repository.repository import Repository, WriteOptions
 from shared.sources import FilesSource
-from shared.targets.base import ObjectInfo
-from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree
 
 PACK_SIZE = 1 << 20

@@ -21,21 +21,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from agent.backup import BackupSpec, backup_dataset
 from agent.keysetup import check_repositories, prepare_key
-from agent.restore import restore_tree
 from agent.runner import AgentRunner
-from mosaic import operator
-from mosaic.compare import tree_differences
-from mosaic.operator import OperatorError
-from shared.config import AgentConfig, LocalTargetConfig, S3TargetConfig
-from shared.errors import RepositoryError, WrongKeyError
-from shared.repository.crypto import Keyring, open_sealed
-from shared.repository.keyops import write_only_entry
-from shared.repository.keys import create_key_file, load_any_key_file, unwrap_data_key
-from shared.repository.pack import read_pack_entries
-from shared.repository.repository import Repository
-from shared.repository.writeonly import (
+from engine.backup.dataset import BackupSpec, backup_dataset
+from engine.format.crypto import Keyring, open_sealed
+from engine.format.pack import read_pack_entries
+from engine.keys.files import create_key_file, load_any_key_file, unwrap_data_key
+from engine.keys.ops import write_only_entry
+from engine.keys.writeonly import (
     WriteOnlyKey,
     WriteOnlyKeyError,
     is_recipient_wrapped,
@@ -43,9 +36,16 @@ from shared.repository.writeonly import (
     unwrap_from_recipient,
     wrap_to_recipient,
 )
+from engine.repository import Repository
+from engine.restore.tree import restore_tree
+from engine.storage.local import LocalTarget
+from engine.storage.open import open_target
+from mosaic import operator
+from mosaic.compare import tree_differences
+from mosaic.operator import OperatorError
+from shared.config import AgentConfig, LocalTargetConfig, S3TargetConfig
+from shared.errors import RepositoryError, WrongKeyError
 from shared.sources import FilesSource
-from shared.targets import open_target
-from shared.targets.local import LocalTarget
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique
 
 QUIET = Console(quiet=True)

@@ -22,16 +22,16 @@ import pytest
 from rich.console import Console
 
 from agent.runner import AgentRunner
+from engine.keys.files import create_key_file, load_any_key_file
+from engine.keys.ops import write_only_entry
+from engine.keys.writeonly import WriteOnlyKey, write_write_only_key
+from engine.repository import Repository
+from engine.storage.local import LocalTarget
+from engine.storage.open import open_target
 from mosaic import operator
 from shared.config import AgentConfig, LocalTargetConfig
 from shared.messages import BackupCompleted, RestoreCompleted
-from shared.repository.keyops import write_only_entry
-from shared.repository.keys import create_key_file, load_any_key_file
-from shared.repository.repository import Repository
-from shared.repository.writeonly import WriteOnlyKey, write_write_only_key
 from shared.sources import PostgresSource
-from shared.targets import open_target
-from shared.targets.local import LocalTarget
 from tests.fixtures.postgres import ArchivingPostgres
 from tests.harness import running_stack, unique
 from tests.test_source_postgres_pitr import restored_server

@@ -1,16 +1,25 @@
 """Sources: one module per kind. ``streams_of`` maps a stream source to its streams;
 ``after_restore`` lets a source turn restored streams into something usable (a data
-directory from a base-backup tar)."""
+directory from a base-backup tar). The engine knows no source kinds: the agent hands it
+streams (:func:`streams_for`) and runs the source's step after a restore
+(:func:`restore_backup`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
 
-from agent.sources.base import Stream
+import anyio.to_thread
+
+from engine.backup.stream import Stream
+from engine.format.manifest import Manifest
+from engine.progress import ProgressFn, no_progress
+from engine.repository import Repository
+from engine.restore.tree import DamagedFiles, restore_tree
 from shared.sources import (
     DockerExecSource,
     DockerVolumeSource,
+    FilesSource,
     MariaDBSource,
     PostgresSource,
     RedisSource,
@@ -43,6 +52,11 @@ def streams_of(source: Source) -> list[Stream]:
     raise TypeError(f"a {type(source).__name__} is walked, not streamed")
 
 
+def streams_for(source: Source) -> list[Stream] | None:
+    """What the engine backs up of ``source``: its streams, or None for a tree it walks."""
+    return None if isinstance(source, FilesSource) else streams_of(source)
+
+
 def after_restore(source: Source, destination: Path, *, partial: bool) -> None:
     if isinstance(source, PostgresSource) and not partial:
         from agent.sources import postgres
@@ -55,7 +69,7 @@ def after_restore(source: Source, destination: Path, *, partial: bool) -> None:
 
 
 class LogShipment(Protocol):
-    """The archived log files one log backup stores (see agent.logchain)."""
+    """The archived log files one log backup stores (see engine.logchain)."""
 
     streams: list[Stream]
     lag_s: float | None  # age of the oldest log file shipped, in seconds
@@ -86,3 +100,25 @@ def ship_logs(source: Source) -> LogShipment:
 
         return mariadb.ship_binlogs(source)
     raise TypeError(f"a {type(source).__name__} has no archived logs")
+
+
+async def restore_backup(
+    repo: Repository,
+    manifest: Manifest,
+    destination: str | Path,
+    *,
+    include: list[str] | None = None,
+    report: ProgressFn = no_progress,
+    damaged: DamagedFiles = "rename",
+) -> tuple[int, int]:
+    """Restore the tree, then let the source make it usable (e.g. a PostgreSQL data
+    directory from the base-backup tar). Returns (files, bytes written). A restore
+    with damaged files raises before the source's step: a database is never started
+    from a half-restored data directory."""
+    result = await restore_tree(
+        repo, manifest, destination, include=include, report=report, damaged=damaged
+    )
+    await anyio.to_thread.run_sync(
+        lambda: after_restore(manifest.source, Path(destination), partial=bool(include))
+    )
+    return result

@@ -29,7 +29,6 @@ from typing import IO, Any
 
 import docker.errors
 
-from agent.sources.base import Stream, StreamHandle
 from agent.sources.dockerapi import (
     TAR_END,
     VOLUME_NAME,
@@ -40,6 +39,7 @@ from agent.sources.dockerapi import (
     reason,
     where,
 )
+from engine.backup.stream import Stream, StreamHandle
 from shared.errors import MosaicError, SourceError
 from shared.sources import DockerExecSource, DockerVolumeSource
 

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from agent.sources.base import Stream, StreamHandle
 from agent.sources.command import STDERR_TAIL
 from agent.sources.dockerapi import (
     READ_TIMEOUT_S,
@@ -29,6 +28,7 @@ from agent.sources.dockerapi import (
     get_container,
     reason,
 )
+from engine.backup.stream import Stream, StreamHandle
 from shared.errors import MosaicError, SourceError
 from shared.sources import DockerExecSource
 

@@ -58,8 +58,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-from agent.sources.base import CompleteStream, Stream, StreamHandle
 from agent.sources.command import STDERR_TAIL, CommandStream, require
+from engine.backup.stream import CompleteStream, Stream, StreamHandle
 from shared.errors import SourceError
 from shared.sources import MariaDBSource
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import psycopg
 
 from agent import safetar
-from agent.sources.base import CompleteStream, Stream, StreamHandle, bytes_stream
 from agent.sources.command import CommandStream
+from engine.backup.stream import CompleteStream, Stream, StreamHandle, bytes_stream
 from shared.errors import SourceError
 from shared.sources import PostgresSource
 

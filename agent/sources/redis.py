@@ -33,8 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agent.sources.base import CompleteStream, Stream, StreamHandle, bytes_stream
 from agent.sources.command import STDERR_TAIL, CommandStream, require
+from engine.backup.stream import CompleteStream, Stream, StreamHandle, bytes_stream
 from shared.errors import SourceError
 from shared.sources import RedisSource
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from agent.sources.base import CompleteStream, Stream, StreamHandle
 from agent.sources.command import STDERR_TAIL
+from engine.backup.stream import CompleteStream, Stream, StreamHandle
 from shared.errors import SourceError
 from shared.sources import SystemSource
 

@@ -1,0 +1,1 @@
+"""Keeping a repository healthy: verify, prune (and repack), replicate, repair."""
