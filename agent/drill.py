@@ -48,8 +48,16 @@ from agent.sources import restore_backup
 from engine.format.manifest import Manifest, Node
 from engine.repository import Repository
 from shared.errors import MosaicError, PartialRestoreError
-from shared.messages import DrillCheck, DrillCompleted, DrillJob, utcnow
-from shared.sources import DockerVolumeSource, MariaDBSource, PostgresSource, RedisSource, Source
+from shared.vocab import utcnow
+from shared.wire.events import DrillCheck, DrillCompleted
+from shared.wire.jobs import DrillJob
+from shared.wire.sources import (
+    DockerVolumeSource,
+    MariaDBSource,
+    PostgresSource,
+    RedisSource,
+    Source,
+)
 
 PG_USER = "postgres"
 TOOL_TIMEOUT_S = 600.0

@@ -29,8 +29,9 @@ from shared import subjects
 from shared.bus import Bus
 from shared.config import AgentConfig
 from shared.errors import MosaicError
-from shared.messages import encode, utcnow
-from shared.monitoring import Heartbeat, TargetSpace
+from shared.vocab import utcnow
+from shared.wire.base import encode
+from shared.wire.monitoring import Heartbeat, TargetSpace
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,9 @@ from engine.maintenance.verify import verify
 from engine.repository import Repository
 from engine.storage.base import Target
 from shared.errors import ConfigError, TargetUnavailable
-from shared.messages import (
-    DrillJob,
-    Event,
-    MaintenanceJob,
-    PruneCompleted,
-    PruneJob,
-    ReplicateCompleted,
-    ReplicateJob,
-    VerifyCompleted,
-    VerifyJob,
-    utcnow,
-)
+from shared.vocab import utcnow
+from shared.wire.events import Event, PruneCompleted, ReplicateCompleted, VerifyCompleted
+from shared.wire.jobs import DrillJob, MaintenanceJob, PruneJob, ReplicateJob, VerifyJob
 
 # Damaged object names carried in one event: enough to act on, bounded for the bus.
 MAX_NAMES = 100

@@ -49,7 +49,7 @@ from engine.logchain import ChainError, base_of, check_point_in_time, log_backup
 from engine.progress import ProgressFn, no_progress
 from engine.repository import Repository
 from engine.restore.tree import restore_tree
-from shared.sources import MariaDBSource, PostgresSource, Source
+from shared.wire.sources import MariaDBSource, PostgresSource, Source
 
 
 def _recovery_module(source: Source) -> ModuleType | None:

@@ -39,24 +39,19 @@ from shared import subjects, tracing
 from shared.bus import Bus, fetch_one
 from shared.config import AgentConfig
 from shared.errors import ConfigError, MosaicError, WrongKeyError
-from shared.messages import (
+from shared.nats_credentials import nats_password, nats_tls
+from shared.tasks import task_group
+from shared.vocab import BackupSummary, utcnow
+from shared.wire.events import (
     BackupCompleted,
-    BackupJob,
-    BackupSummary,
     Event,
-    Job,
     JobFailed,
     JobProgress,
     JobStarted,
     RestoreCompleted,
-    RestoreJob,
     event_kind,
-    job_decoder,
-    job_kind,
-    utcnow,
 )
-from shared.nats_credentials import nats_password, nats_tls
-from shared.tasks import task_group
+from shared.wire.jobs import BackupJob, Job, RestoreJob, job_decoder, job_kind
 
 log = logging.getLogger(__name__)
 

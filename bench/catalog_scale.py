@@ -113,9 +113,10 @@ def serve(url: str, datasets: int, agents: int, port_queue: Any) -> None:
         HttpConfig,
         ScheduleConfig,
     )
-    from shared.messages import encode, utcnow
-    from shared.monitoring import Heartbeat, TargetSpace
-    from shared.sources import FilesSource
+    from shared.vocab import utcnow
+    from shared.wire.base import encode
+    from shared.wire.monitoring import Heartbeat, TargetSpace
+    from shared.wire.sources import FilesSource
 
     daily = [ScheduleConfig(cron="0 2 * * *", backup_type="incremental")]
     cfg = CoordinatorConfig(
@@ -172,7 +173,7 @@ async def alerter_ticks(url: str, datasets: int, agents: int) -> list[tuple[str,
     from coordinator.alerter import Alerter, read_snapshots
     from coordinator.catalog import open_catalog
     from shared.config import CoordinatorConfig, DatasetConfig, ScheduleConfig
-    from shared.sources import FilesSource
+    from shared.wire.sources import FilesSource
 
     daily = [ScheduleConfig(cron="0 2 * * *", backup_type="incremental")]
     cfg = CoordinatorConfig(

@@ -48,9 +48,9 @@ from shared.config import (
     DatasetConfig,
     LocalTargetConfig,
 )
-from shared.messages import BackupCompleted
 from shared.natsserver import NatsServer, free_port
-from shared.sources import PostgresSource
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import PostgresSource
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 REPO = Path(__file__).resolve().parent.parent

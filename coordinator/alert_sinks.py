@@ -7,7 +7,7 @@ receiver must neither stop the coordinator nor keep the other sinks from getting
 alert. The alert state is kept either way; a delivery that failed every attempt is not
 repeated on the next evaluation.
 
-NATS: each transition is one :class:`~shared.monitoring.Alert` on
+NATS: each transition is one :class:`~shared.wire.monitoring.Alert` on
 ``mosaic.alert.<rule>.<dataset>``, stored in its own JetStream stream ``MOSAIC_ALERTS``
 (limits retention) so a consumer that was offline reads what it missed, with a durable
 consumer or ``deliver_policy=last_per_subject`` for the current state. Not on
@@ -39,8 +39,8 @@ from nats.js.errors import BadRequestError
 from shared import subjects
 from shared.bus import Bus
 from shared.errors import BusError
-from shared.messages import encode
-from shared.monitoring import Alert
+from shared.wire.base import encode
+from shared.wire.monitoring import Alert
 
 log = logging.getLogger(__name__)
 

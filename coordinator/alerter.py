@@ -37,8 +37,8 @@ from coordinator.catalog.base import Catalog
 from shared.bus import Bus
 from shared.config import CoordinatorConfig, DatasetConfig
 from shared.errors import MosaicError
-from shared.messages import utcnow
-from shared.monitoring import Alert
+from shared.vocab import utcnow
+from shared.wire.monitoring import Alert
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ import msgspec
 
 from coordinator.schedule import FireTimes
 from shared.config import AlertsConfig, ScheduleConfig
-from shared.monitoring import Alert
+from shared.wire.monitoring import Alert
 
 Severity = Literal["critical", "warning"]
 DURATION_WINDOW = 5

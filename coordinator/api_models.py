@@ -3,7 +3,7 @@
 The documents are msgspec Structs, so the JSON a client receives and the schema the
 OpenAPI document advertises come from one definition and cannot drift apart. They are
 HTTP-only shapes (no ``kind``/``schema`` tags of the NATS wire messages), built from the
-same catalog rows (:class:`~shared.messages.BackupRecord`, ``JobRecord``).
+same catalog rows (:class:`~shared.wire.api.BackupRecord`, ``JobRecord``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from shared.messages import (
-    AgentStatus,
-    BackupRecord,
-    DatasetStatus,
-    JobRecord,
-    TargetSpaceStatus,
-)
-from shared.monitoring import Alert
+from shared.wire.monitoring import Alert
+from shared.wire.records import BackupRecord, JobRecord
+from shared.wire.status import AgentStatus, DatasetStatus, TargetSpaceStatus
 
 API_PREFIX = "/api/v1"
 # Times are always UTC-aware; saying so makes the schema read ``format: date-time``.

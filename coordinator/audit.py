@@ -44,7 +44,8 @@ from coordinator.catalog.base import AuditEntry, Catalog
 from shared import subjects
 from shared.bus import Bus
 from shared.config import CoordinatorConfig
-from shared.messages import LocalAction, PruneCompleted, utcnow
+from shared.vocab import utcnow
+from shared.wire.events import LocalAction, PruneCompleted
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from nats.js.errors import BadRequestError
 from shared import subjects
 from shared.bus import Bus
 from shared.errors import BusError
-from shared.messages import utcnow
-from shared.monitoring import Heartbeat, heartbeat_decoder
+from shared.vocab import utcnow
+from shared.wire.monitoring import Heartbeat, heartbeat_decoder
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,10 @@ from coordinator.catalog.base import Catalog
 from coordinator.metrics import CONTENT_TYPE, Metrics, read_snapshot
 from shared.config import HttpConfig
 from shared.errors import ConfigError, MosaicError
-from shared.messages import DatasetStatus, JobRecord, StatusReply, utcnow
-from shared.monitoring import Alert
+from shared.vocab import utcnow
+from shared.wire.monitoring import Alert
+from shared.wire.records import JobRecord
+from shared.wire.status import DatasetStatus, StatusReply
 
 log = logging.getLogger(__name__)
 

@@ -47,28 +47,19 @@ from coordinator.catalog.base import Catalog
 from coordinator.schedule import Run
 from coordinator.scheduler import Scheduler
 from shared.bus import Bus
-from shared.config import CoordinatorConfig, MaintenanceConfig, ScheduleConfig, Tier
-from shared.messages import (
-    ApiError,
-    ApiReply,
-    BackupType,
+from shared.config import CoordinatorConfig, MaintenanceConfig, ScheduleConfig
+from shared.vocab import BackupType, Tier, utcnow
+from shared.wire.api import ApiError, ApiReply, DrillRequest, JobAccepted
+from shared.wire.events import (
     DrillCompleted,
-    DrillJob,
-    DrillRequest,
     Event,
-    JobAccepted,
     JobFailed,
-    JobRecord,
-    MaintenanceJob,
-    MaintenanceRecord,
     PruneCompleted,
-    PruneJob,
     ReplicateCompleted,
-    ReplicateJob,
     VerifyCompleted,
-    VerifyJob,
-    utcnow,
 )
+from shared.wire.jobs import DrillJob, MaintenanceJob, PruneJob, ReplicateJob, VerifyJob
+from shared.wire.records import JobRecord, MaintenanceRecord
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from coordinator.catalog.base import Catalog
-from shared.messages import JobRecord, StatusReply
+from shared.wire.records import JobRecord
+from shared.wire.status import StatusReply
 
 FAILURE_SCAN_LIMIT = 10_000
 # The classic text format, which every Prometheus version reads (what generate_latest

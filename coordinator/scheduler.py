@@ -24,9 +24,10 @@ import anyio
 from coordinator.catalog.base import Catalog
 from coordinator.schedule import Run, due_runs
 from shared.bus import JOBS_DUPLICATE_WINDOW_S
-from shared.config import ScheduleConfig, Tier
+from shared.config import ScheduleConfig
 from shared.errors import MosaicError
-from shared.messages import ApiError, ApiReply, BackupType, utcnow
+from shared.vocab import BackupType, Tier, utcnow
+from shared.wire.api import ApiError, ApiReply
 
 log = logging.getLogger(__name__)
 

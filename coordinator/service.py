@@ -37,41 +37,40 @@ from coordinator.scheduler import Scheduler
 from coordinator.status import StatusBuilder
 from shared import subjects, tracing
 from shared.bus import Bus, Repair
-from shared.config import CoordinatorConfig, Tier
+from shared.config import CoordinatorConfig
 from shared.errors import BusError
-from shared.messages import (
+from shared.nats_credentials import nats_password, nats_tls
+from shared.tasks import task_group
+from shared.vocab import BackupType, Tier, utcnow
+from shared.wire.api import (
     ApiError,
     ApiReply,
     ApiRequest,
-    BackupCompleted,
-    BackupJob,
     BackupList,
-    BackupRecord,
     BackupRequest,
-    BackupType,
     DrillRequest,
-    Event,
     JobAccepted,
-    JobFailed,
-    JobProgress,
-    JobRecord,
-    JobStarted,
     ListRequest,
-    LocalAction,
     MaintenanceList,
     MaintenanceListRequest,
+    RestoreRequest,
+    StatusRequest,
+)
+from shared.wire.events import (
+    BackupCompleted,
+    Event,
+    JobFailed,
+    JobProgress,
+    JobStarted,
+    LocalAction,
     PruneCompleted,
     RestoreCompleted,
-    RestoreJob,
-    RestoreRequest,
-    StatusReply,
-    StatusRequest,
     event_decoder,
     event_kind,
-    utcnow,
 )
-from shared.nats_credentials import nats_password, nats_tls
-from shared.tasks import task_group
+from shared.wire.jobs import BackupJob, RestoreJob
+from shared.wire.records import BackupRecord, JobRecord
+from shared.wire.status import StatusReply
 
 log = logging.getLogger(__name__)
 

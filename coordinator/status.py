@@ -44,19 +44,18 @@ from coordinator.catalog.base import Catalog, TargetSummary
 from coordinator.heartbeats import HeartbeatStore, Seen
 from coordinator.schedule import FireTimes
 from shared.config import CoordinatorConfig, ScheduleConfig
-from shared.messages import (
+from shared.vocab import utcnow
+from shared.wire.events import ReplicateCompleted
+from shared.wire.monitoring import TargetSpace
+from shared.wire.records import BackupRecord, JobRecord
+from shared.wire.status import (
     AgentStatus,
-    BackupRecord,
     Compliance321,
     DatasetStatus,
-    JobRecord,
-    ReplicateCompleted,
     StatusReply,
     TargetCopy,
     TargetSpaceStatus,
-    utcnow,
 )
-from shared.monitoring import TargetSpace
 
 # Replication results read per status (newest first; one per source → destination is used).
 REPLICATE_SCAN = 200

@@ -26,7 +26,7 @@ from engine.backup import filecache
 from engine.format.manifest import Manifest
 from engine.repository import Repository
 from shared.errors import MosaicError
-from shared.messages import BackupJob
+from shared.wire.jobs import BackupJob
 
 
 class ChainError(MosaicError):

@@ -21,7 +21,7 @@ from rich.console import Console
 from mosaic.nats_options import add_nats_args, operator_bus
 from shared import logs, tracing
 from shared.errors import ConfigError, MosaicError
-from shared.messages import BackupTier
+from shared.vocab import Tier
 
 
 def _as_arg(p: argparse.ArgumentParser) -> None:
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tier",
-        choices=list(get_args(BackupTier)),
+        choices=list(get_args(Tier)),
         default=None,
         help="retention tier to keep this backup as (default: weekly for a full backup, "
         "daily for an incremental one)",

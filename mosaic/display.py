@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.errors import PartialRestoreError
-from shared.messages import BackupSummary
+from shared.vocab import BackupSummary
 
 
 def print_partial(err: Console, exc: PartialRestoreError) -> int:

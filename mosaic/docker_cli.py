@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from shared.sources import DOCKER_URL
+from shared.wire.sources import DOCKER_URL
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -19,15 +19,14 @@ from rich.table import Table
 from mosaic.display import who
 from mosaic.nats_options import add_nats_args, operator_bus
 from shared.errors import OperatorError
-from shared.messages import (
+from shared.wire.api import (
     ApiError,
-    DrillCompleted,
     DrillRequest,
     JobAccepted,
-    JobFailed,
     MaintenanceList,
     MaintenanceListRequest,
 )
+from shared.wire.events import DrillCompleted, JobFailed
 
 if TYPE_CHECKING:
     from shared.bus import Bus

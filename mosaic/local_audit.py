@@ -26,8 +26,9 @@ from mosaic.display import who
 from shared import subjects
 from shared.config import AgentConfig, is_set
 from shared.errors import MosaicError
-from shared.messages import LocalAction, LocalActionKind, utcnow
 from shared.nats_credentials import nats_password, nats_tls
+from shared.vocab import utcnow
+from shared.wire.events import LocalAction, LocalActionKind
 
 CONNECT_TIMEOUT_S = 3.0  # a tool waits this long for an unreachable NATS, then says so
 

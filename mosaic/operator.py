@@ -19,25 +19,26 @@ from mosaic.display import size, summary_table, who
 from mosaic.progress import byte_bar
 from shared.bus import Bus
 from shared.errors import OperatorError
-from shared.messages import (
+from shared.vocab import BackupType, Tier
+from shared.wire.api import (
     ApiError,
     ApiReply,
-    BackupCompleted,
     BackupList,
     BackupRequest,
-    BackupTier,
-    BackupType,
-    Event,
     JobAccepted,
+    ListRequest,
+    RestoreRequest,
+    StatusRequest,
+)
+from shared.wire.events import (
+    BackupCompleted,
+    Event,
     JobFailed,
     JobProgress,
     JobStarted,
-    ListRequest,
     RestoreCompleted,
-    RestoreRequest,
-    StatusReply,
-    StatusRequest,
 )
+from shared.wire.status import StatusReply
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ async def backup(
     *,
     wait: bool = True,
     timeout: float = 600.0,
-    tier: BackupTier | None = None,
+    tier: Tier | None = None,
     requested_by: str | None = None,
 ) -> BackupCompleted | JobAccepted:
     req = BackupRequest(

@@ -33,9 +33,9 @@ from shared.config import (
     DatasetConfig,
     LocalTargetConfig,
 )
-from shared.messages import BackupCompleted
 from shared.natsserver import NatsServer
-from shared.sources import FilesSource
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import FilesSource
 
 
 async def quickstart(path: str | None, workdir: str | None, out: Console, err: Console) -> int:

@@ -28,8 +28,8 @@ from mosaic.display import print_partial, size, summary_table
 from mosaic.progress import byte_bar
 from mosaic.repo_cli import common_args, opened, target_from
 from shared.errors import ConfigError, IntegrityError, PartialRestoreError, TargetError
-from shared.sources import FilesSource
 from shared.subjects import check_token
+from shared.wire.sources import FilesSource
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

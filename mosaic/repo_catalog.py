@@ -42,7 +42,8 @@ from engine.repository import Repository
 from mosaic.display import size
 from mosaic.repo_cli import common_args, opened
 from shared.errors import IntegrityError, RepositoryError
-from shared.messages import BackupRecord, BackupTier, BackupType
+from shared.vocab import BackupType, Tier
+from shared.wire.records import BackupRecord
 
 _BACKUP_TYPES: tuple[str, ...] = get_args(BackupType)
 
@@ -94,7 +95,7 @@ def backup_record(m: Manifest, *, target: str, repository_id: str) -> BackupReco
         bytes_new=s.bytes_new,
         bytes_stored=s.bytes_stored,
         duration_s=s.duration_s,
-        tier=cast(BackupTier, m.tier) if m.tier in get_args(BackupTier) else None,
+        tier=cast(Tier, m.tier) if m.tier in get_args(Tier) else None,
     )
 
 

@@ -35,8 +35,9 @@ from mosaic import local_audit
 from mosaic.display import size
 from mosaic.repo_cli import common_args, opened
 from shared import config
-from shared.config import RetentionConfig, TargetTier, Tier
+from shared.config import RetentionConfig, TargetTier
 from shared.errors import ConfigError, IntegrityError
+from shared.vocab import Tier
 
 TIERS: tuple[str, ...] = get_args(Tier)
 TARGET_TIERS: tuple[str, ...] = get_args(TargetTier)

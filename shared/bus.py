@@ -42,19 +42,11 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from shared import subjects, tracing
 from shared.errors import BusError
-from shared.messages import (
-    ApiError,
-    ApiReply,
-    ApiRequest,
-    Event,
-    Job,
-    encode,
-    event_decoder,
-    event_kind,
-    reply_decoder,
-    request_decoder,
-)
 from shared.nkeys import provide_for_nats_py
+from shared.wire.api import ApiError, ApiReply, ApiRequest, reply_decoder, request_decoder
+from shared.wire.base import encode
+from shared.wire.events import Event, event_decoder, event_kind
+from shared.wire.jobs import Job
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 
 from shared.config_fields import UnknownField, check_unknown
 from shared.errors import ConfigError
-from shared.messages import BackupType
 from shared.nats_credentials import check_nkey_seed, nats_tls
-from shared.sources import Source
 from shared.subjects import check_token
+from shared.vocab import BackupType, Tier
+from shared.wire.sources import Source
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -216,7 +216,6 @@ class AgentConfig(
     audit_plain_nats: bool = False
 
 
-Tier = Literal["daily", "weekly", "monthly", "yearly", "config", "translog"]
 TargetTier = Literal["local", "remote", "archive"]
 
 

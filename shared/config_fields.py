@@ -3,7 +3,7 @@
 A misspelt key is worse than a wrong value: ``wal_spol`` on a postgres source, or
 ``apend_only`` on a target, would otherwise be dropped silently and the safety it asked
 for would be off. msgspec's ``forbid_unknown_fields`` does this for the config-only
-Structs of shared/config.py, but the source Structs (shared/sources.py) are also wire
+Structs of shared/config.py, but the source Structs (shared/wire/sources.py) are also wire
 messages and manifest fields: they must keep ignoring unknown fields there, so that an
 older agent still reads a job or a manifest written by a newer version (msgspec's
 schema-evolution rule). So the loader walks the raw TOML against the types before

@@ -30,7 +30,7 @@ from shared.config import (
     S3TargetConfig,
     TargetConfig,
 )
-from shared.sources import FilesSource, Source
+from shared.wire.sources import FilesSource, Source
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

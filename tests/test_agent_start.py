@@ -38,9 +38,9 @@ from shared import subjects
 from shared.bus import Bus
 from shared.config import CatalogConfig, CoordinatorConfig, DatasetConfig, LocalTargetConfig
 from shared.errors import OperatorError
-from shared.messages import BackupCompleted
-from shared.monitoring import Heartbeat, heartbeat_decoder
-from shared.sources import FilesSource
+from shared.wire.events import BackupCompleted
+from shared.wire.monitoring import Heartbeat, heartbeat_decoder
+from shared.wire.sources import FilesSource
 from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY, s3_client
 from tests.harness import make_tree, unique
 

@@ -41,9 +41,11 @@ from shared.config import (
     load,
 )
 from shared.errors import ConfigError
-from shared.messages import BackupCompleted, StatusReply, StatusRequest
-from shared.monitoring import Alert, alert_decoder
-from shared.sources import FilesSource
+from shared.wire.api import StatusRequest
+from shared.wire.events import BackupCompleted
+from shared.wire.monitoring import Alert, alert_decoder
+from shared.wire.sources import FilesSource
+from shared.wire.status import StatusReply
 from tests.harness import make_tree, unique, write_toml
 
 QUIET = Console(quiet=True)

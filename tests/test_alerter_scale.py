@@ -15,8 +15,8 @@ import pytest
 from coordinator.alerter import Alerter
 from coordinator.catalog import Catalog, open_catalog
 from shared.config import CoordinatorConfig, DatasetConfig
-from shared.messages import BackupRecord, JobRecord
-from shared.sources import FilesSource
+from shared.wire.records import BackupRecord, JobRecord
+from shared.wire.sources import FilesSource
 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 

@@ -25,8 +25,8 @@ from coordinator.alerts import (
 )
 from shared import subjects
 from shared.config import AlertsConfig, ScheduleConfig
-from shared.messages import encode
-from shared.monitoring import alert_decoder
+from shared.wire.base import encode
+from shared.wire.monitoring import alert_decoder
 
 NOW = datetime(2024, 3, 5, 12, 0, tzinfo=UTC)  # a Tuesday
 DAILY = ScheduleConfig(cron="0 2 * * *", backup_type="incremental")

@@ -54,8 +54,11 @@ from shared.config import (
     SftpTargetConfig,
 )
 from shared.errors import ConfigError, TargetError
-from shared.messages import ApiError, JobRecord, PruneJob, utcnow
-from shared.sources import FilesSource
+from shared.vocab import utcnow
+from shared.wire.api import ApiError
+from shared.wire.jobs import PruneJob
+from shared.wire.records import JobRecord
+from shared.wire.sources import FilesSource
 from tests.fixtures.sftp import SshdServer, append_only_repo
 from tests.harness import cli, make_tree, unique
 

@@ -35,8 +35,9 @@ from shared.config import (
     RetentionConfig,
     TierRetention,
 )
-from shared.messages import BackupCompleted, JobAccepted, PruneCompleted, RestoreCompleted
-from shared.sources import FilesSource
+from shared.wire.api import JobAccepted
+from shared.wire.events import BackupCompleted, PruneCompleted, RestoreCompleted
+from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)

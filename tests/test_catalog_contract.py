@@ -16,7 +16,7 @@ import pytest
 
 from coordinator.catalog import Catalog, open_catalog
 from shared.errors import CatalogError
-from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
+from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
 from tests.fixtures.postgres import free_port
 
 T0 = datetime(2024, 3, 10, 2, 15, 30, 123456, tzinfo=UTC)

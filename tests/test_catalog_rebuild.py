@@ -21,8 +21,10 @@ from mosaic import operator
 from mosaic.repo_catalog import backup_record
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError
-from shared.messages import BackupCompleted, BackupRecord, BackupSummary, utcnow
-from shared.sources import FilesSource
+from shared.vocab import BackupSummary, utcnow
+from shared.wire.events import BackupCompleted
+from shared.wire.records import BackupRecord
+from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique
 
 QUIET = Console(quiet=True)

@@ -20,7 +20,7 @@ from mosaic import systemd
 from mosaic.cli import build_parser
 from shared import config
 from shared.config import AgentConfig, CoordinatorConfig, S3TargetConfig
-from shared.sources import PostgresSource
+from shared.wire.sources import PostgresSource
 from tests.harness import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"

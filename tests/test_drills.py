@@ -21,8 +21,8 @@ import psycopg
 from agent.drill import check_tar
 from mosaic.drill_cli import run_drill
 from shared.config import MaintenanceConfig
-from shared.messages import DrillCompleted
-from shared.sources import DockerVolumeSource, MariaDBSource, PostgresSource, RedisSource
+from shared.wire.events import DrillCompleted
+from shared.wire.sources import DockerVolumeSource, MariaDBSource, PostgresSource, RedisSource
 from tests.fixtures.docker import Dockerd
 from tests.fixtures.mariadb import MariaDBServer
 from tests.fixtures.postgres import PostgresServer

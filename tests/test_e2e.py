@@ -11,7 +11,8 @@ from rich.console import Console
 from mosaic import operator
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig, S3TargetConfig, TargetConfig
-from shared.messages import BackupCompleted, BackupList, ListRequest, RestoreCompleted
+from shared.wire.api import BackupList, ListRequest
+from shared.wire.events import BackupCompleted, RestoreCompleted
 from tests.harness import make_tree, running_stack
 
 QUIET = Console(quiet=True)

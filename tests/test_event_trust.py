@@ -9,16 +9,10 @@ import anyio
 
 from shared import subjects
 from shared.config import LocalTargetConfig
-from shared.messages import (
-    BackupCompleted,
-    BackupList,
-    BackupRequest,
-    BackupSummary,
-    JobAccepted,
-    ListRequest,
-    encode,
-    utcnow,
-)
+from shared.vocab import BackupSummary, utcnow
+from shared.wire.api import BackupList, BackupRequest, JobAccepted, ListRequest
+from shared.wire.base import encode
+from shared.wire.events import BackupCompleted
 from tests.harness import make_tree, running_stack
 
 

@@ -22,8 +22,8 @@ from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError, UnsafePathError
-from shared.messages import BackupSummary, utcnow
-from shared.sources import FilesSource
+from shared.vocab import BackupSummary, utcnow
+from shared.wire.sources import FilesSource
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -21,7 +21,7 @@ from engine.repository import Repository
 from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 
 
 async def _backup_restore(

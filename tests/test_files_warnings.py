@@ -32,8 +32,8 @@ from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
 from mosaic import operator
 from shared.config import LocalTargetConfig
-from shared.messages import BackupCompleted
-from shared.sources import FilesSource
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import FilesSource
 from tests.harness import REPO_ROOT, running_stack, write_toml
 
 MIB = 1 << 20
@@ -172,7 +172,7 @@ import sys, anyio
 from engine.backup.dataset import BackupSpec, backup_dataset
 from shared.errors import SourceError
 from engine.repository import Repository
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from engine.storage.local import LocalTarget
 
 async def main() -> None:

@@ -30,8 +30,10 @@ from coordinator.schedule import job_id
 from shared import subjects
 from shared.bus import Bus
 from shared.config import ScheduleConfig
-from shared.messages import StatusReply, StatusRequest, job_decoder
 from shared.natsserver import NatsServer
+from shared.wire.api import StatusRequest
+from shared.wire.jobs import job_decoder
+from shared.wire.status import StatusReply
 from tests.harness import REPO_ROOT, unique
 
 MAX_FAILOVER_S = 15.0  # the bound for a take-over after the active one dies

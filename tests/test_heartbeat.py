@@ -41,9 +41,12 @@ from shared.config import (
     LocalTargetConfig,
     ScheduleConfig,
 )
-from shared.messages import BackupCompleted, MaintenanceRecord, ReplicateCompleted, encode, utcnow
-from shared.monitoring import Alert
-from shared.sources import FilesSource
+from shared.vocab import utcnow
+from shared.wire.base import encode
+from shared.wire.events import BackupCompleted, ReplicateCompleted
+from shared.wire.monitoring import Alert
+from shared.wire.records import MaintenanceRecord
+from shared.wire.sources import FilesSource
 from tests.harness import make_tree, unique
 
 QUIET = Console(quiet=True)

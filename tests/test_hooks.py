@@ -9,7 +9,7 @@ from rich.console import Console
 
 from mosaic import operator
 from shared.config import HookConfig, LocalTargetConfig
-from shared.messages import BackupCompleted
+from shared.wire.events import BackupCompleted
 from tests.harness import make_tree, running_stack
 
 QUIET = Console(quiet=True)

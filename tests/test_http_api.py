@@ -22,14 +22,10 @@ from mosaic import operator
 from mosaic.operator import OperatorError
 from shared.config import CoordinatorConfig, LocalTargetConfig, load
 from shared.errors import ConfigError
-from shared.messages import (
-    BackupCompleted,
-    BackupRecord,
-    DatasetStatus,
-    JobRecord,
-    StatusReply,
-    utcnow,
-)
+from shared.vocab import utcnow
+from shared.wire.events import BackupCompleted
+from shared.wire.records import BackupRecord, JobRecord
+from shared.wire.status import DatasetStatus, StatusReply
 from tests.harness import REPO_ROOT, make_tree, running_stack, write_toml
 
 QUIET = Console(quiet=True)
@@ -244,7 +240,7 @@ async def test_alerts_are_redacted_and_every_route_is_in_openapi(tmp_path: Path)
     from coordinator.catalog import open_catalog
     from coordinator.http import HttpApi
     from shared.config import HttpConfig
-    from shared.monitoring import Alert
+    from shared.wire.monitoring import Alert
 
     alert = Alert(
         status="firing",

@@ -17,8 +17,9 @@ from engine.storage.local import LocalTarget
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import IntegrityError, UnsafePathError, WrongKeyError
-from shared.messages import BackupCompleted, BackupSummary, utcnow
-from shared.sources import FilesSource
+from shared.vocab import BackupSummary, utcnow
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import FilesSource
 from tests.harness import make_tree, running_stack, snapshot
 
 QUIET = Console(quiet=True)

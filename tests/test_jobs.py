@@ -15,16 +15,11 @@ from mosaic import operator
 from mosaic.compare import tree_differences
 from shared import subjects
 from shared.config import LocalTargetConfig
-from shared.messages import (
-    BackupCompleted,
-    BackupJob,
-    JobAccepted,
-    JobProgress,
-    JobStarted,
-    RestoreCompleted,
-    utcnow,
-)
-from shared.sources import FilesSource
+from shared.vocab import utcnow
+from shared.wire.api import JobAccepted
+from shared.wire.events import BackupCompleted, JobProgress, JobStarted, RestoreCompleted
+from shared.wire.jobs import BackupJob
+from shared.wire.sources import FilesSource
 from tests.harness import REPO_ROOT, agent_toml, make_tree, running_stack, unique
 
 QUIET = Console(quiet=True)

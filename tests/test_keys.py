@@ -35,7 +35,7 @@ from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.config import AgentConfig, LocalTargetConfig
 from shared.errors import KeyFileError, WrongKeyError
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, snapshot
 
 PASSPHRASE = "correct horse battery staple"

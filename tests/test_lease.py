@@ -23,7 +23,7 @@ from engine.repository import Repository
 from engine.storage.local import LocalTarget
 from shared.config import LocalTargetConfig
 from shared.errors import SourceError
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree
 
 

@@ -41,8 +41,9 @@ from shared.config import (
     load,
 )
 from shared.errors import ConfigError
-from shared.messages import BackupCompleted, MaintenanceRecord
-from shared.sources import FilesSource, Source
+from shared.wire.events import BackupCompleted
+from shared.wire.records import MaintenanceRecord
+from shared.wire.sources import FilesSource, Source
 from tests.harness import make_tree, unique
 
 QUIET = Console(quiet=True)

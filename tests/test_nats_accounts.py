@@ -39,10 +39,12 @@ from mosaic.pki import init_ca, issue
 from shared import subjects
 from shared.bus import Bus, fetch_one
 from shared.config import CatalogConfig, CoordinatorConfig, DatasetConfig
-from shared.messages import JobStarted, LocalAction, encode, utcnow
 from shared.nats_credentials import nats_tls
 from shared.natsserver import free_port, nats_server_binary
-from shared.sources import FilesSource
+from shared.vocab import utcnow
+from shared.wire.base import encode
+from shared.wire.events import JobStarted, LocalAction
+from shared.wire.sources import FilesSource
 
 AGENTS = ["db1", "web1"]
 USERS = [*AGENTS, "coordinator", "operator"]

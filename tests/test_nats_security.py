@@ -33,8 +33,9 @@ from shared import subjects
 from shared.bus import Bus, fetch_one
 from shared.config import AgentConfig, LocalTargetConfig
 from shared.errors import BusError
-from shared.messages import BackupCompleted, RestoreCompleted, encode
 from shared.natsserver import free_port, nats_server_binary
+from shared.wire.base import encode
+from shared.wire.events import BackupCompleted, RestoreCompleted
 from tests.harness import cli, make_tree, running_stack
 
 AGENTS = ["alpha", "beta", "gamma"]

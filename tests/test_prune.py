@@ -32,7 +32,7 @@ from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig
 from shared.errors import TargetError
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, snapshot
 
 PACK_SIZE = 1 << 16  # below the smallest chunk: one chunk per pack, many packs

@@ -33,7 +33,7 @@ from engine.storage.local import LocalTarget
 from engine.storage.open import open_target
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.fixtures.s3 import s3_client
 from tests.harness import agent_toml, cli
 

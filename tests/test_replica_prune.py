@@ -17,8 +17,9 @@ from engine.storage.local import LocalTarget
 from mosaic import operator
 from mosaic.compare import tree_differences
 from shared.config import CoordinatorConfig, DatasetConfig, MaintenanceConfig
-from shared.messages import BackupCompleted, MaintenanceRecord
-from shared.sources import FilesSource
+from shared.wire.events import BackupCompleted
+from shared.wire.records import MaintenanceRecord
+from shared.wire.sources import FilesSource
 from tests.harness import make_tree
 from tests.test_maintenance_jobs import QUIET, Clock, MaintStack, eventually, maint_stack, next_fire
 

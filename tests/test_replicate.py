@@ -26,7 +26,7 @@ from engine.storage.local import LocalTarget
 from engine.storage.open import open_target
 from mosaic.compare import tree_differences
 from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, snapshot
 
 PACK_SIZE = 1 << 16  # one chunk per pack: many packs to copy and to cut between

@@ -16,7 +16,7 @@ from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.errors import RepositoryError
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.harness import REPO_ROOT, make_tree
 
 

@@ -33,8 +33,11 @@ from shared.config import (
     ScheduleConfig,
 )
 from shared.errors import BusError
-from shared.messages import ApiReply, BackupCompleted, BackupType, JobAccepted, JobRecord, utcnow
-from shared.sources import FilesSource
+from shared.vocab import BackupType, utcnow
+from shared.wire.api import ApiReply, JobAccepted
+from shared.wire.events import BackupCompleted
+from shared.wire.records import JobRecord
+from shared.wire.sources import FilesSource
 from tests.harness import make_tree, unique
 
 QUIET = Console(quiet=True)

@@ -19,7 +19,7 @@ from engine.restore.tree import check_paths
 from engine.storage.local import LocalTarget
 from shared.config import LocalTargetConfig
 from shared.errors import UnsafePathError
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli
 
 MARKER = "mosaic-test-secret-9f3c1e"  # in the secret files' content only

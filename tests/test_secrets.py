@@ -41,8 +41,9 @@ from coordinator.catalog import open_catalog
 from mosaic.natsconfig import write_config
 from shared import subjects
 from shared.bus import Bus
-from shared.messages import StatusReply, StatusRequest
 from shared.natsserver import free_port
+from shared.wire.api import StatusRequest
+from shared.wire.status import StatusReply
 from tests.fixtures.redis import start_redis
 from tests.harness import REPO_ROOT, make_tree
 from tests.test_tls import start_nats

@@ -27,7 +27,7 @@ from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
 from shared.config import AgentConfig, LocalTargetConfig
 from shared.errors import ConfigError, SourceError
-from shared.sources import BtrfsSnapshot, FilesSource, LvmSnapshot, ZfsSnapshot
+from shared.wire.sources import BtrfsSnapshot, FilesSource, LvmSnapshot, ZfsSnapshot
 from tests.harness import make_tree, unique
 
 STANDINS = Path(__file__).parent / "standins"

@@ -22,8 +22,8 @@ from agent.sources import docker as docker_source
 from mosaic import operator
 from shared.config import CoordinatorConfig, LocalTargetConfig, load
 from shared.errors import SourceError
-from shared.messages import BackupCompleted
-from shared.sources import DockerExecSource, DockerVolumeSource
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import DockerExecSource, DockerVolumeSource
 from tests.fixtures.docker import Dockerd
 from tests.harness import REPO_ROOT, cli, running_stack, unique
 

@@ -17,9 +17,9 @@ from agent.sources.command import require
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import SourceError
-from shared.messages import BackupCompleted
 from shared.natsserver import free_port
-from shared.sources import MariaDBSource
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import MariaDBSource
 from tests.fixtures.mariadb import MariaDBServer, start_mariadb
 from tests.harness import running_stack
 

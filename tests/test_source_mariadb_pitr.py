@@ -23,8 +23,8 @@ from agent.sources import mariadb
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import SourceError
-from shared.messages import BackupCompleted, RestoreCompleted
-from shared.sources import MariaDBSource
+from shared.wire.events import BackupCompleted, RestoreCompleted
+from shared.wire.sources import MariaDBSource
 from tests.fixtures.mariadb import MariaDBServer, start_mariadb
 from tests.harness import running_stack
 

@@ -15,9 +15,9 @@ from rich.console import Console
 
 from mosaic import operator
 from shared.config import LocalTargetConfig
-from shared.messages import BackupCompleted
 from shared.natsserver import free_port
-from shared.sources import PostgresSource
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import PostgresSource
 from tests.fixtures.postgres import PG_BIN, PostgresServer, _as_postgres
 from tests.harness import running_stack
 

@@ -24,9 +24,9 @@ from agent.sources import postgres
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import SourceError
-from shared.messages import BackupCompleted, RestoreCompleted
 from shared.natsserver import free_port
-from shared.sources import PostgresSource
+from shared.wire.events import BackupCompleted, RestoreCompleted
+from shared.wire.sources import PostgresSource
 from tests.fixtures.postgres import PG_BIN, REPO_ROOT, ArchivingPostgres, _as_postgres
 from tests.harness import cli, running_stack
 

@@ -16,9 +16,9 @@ from agent.sources.command import require
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import SourceError
-from shared.messages import BackupCompleted
 from shared.natsserver import free_port
-from shared.sources import RedisSource
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import RedisSource
 from tests.fixtures.redis import RedisServer, start_redis
 from tests.harness import running_stack
 

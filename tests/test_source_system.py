@@ -15,8 +15,8 @@ from agent.sources.system import ITEMS, MISSING, streams
 from mosaic import operator
 from shared.config import LocalTargetConfig
 from shared.errors import SourceError
-from shared.messages import BackupCompleted
-from shared.sources import SystemSource
+from shared.wire.events import BackupCompleted
+from shared.wire.sources import SystemSource
 from tests.fixtures.docker import Dockerd
 from tests.harness import running_stack
 

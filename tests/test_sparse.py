@@ -18,7 +18,7 @@ from engine.format.manifest import Node
 from engine.repository import Repository
 from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 
 MIB = 1 << 20
 

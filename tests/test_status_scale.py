@@ -15,8 +15,8 @@ from coordinator.catalog import Catalog, open_catalog
 from coordinator.heartbeats import HeartbeatStore
 from coordinator.status import StatusBuilder
 from shared.config import CoordinatorConfig, DatasetConfig
-from shared.messages import BackupRecord, JobRecord
-from shared.sources import FilesSource
+from shared.wire.records import BackupRecord, JobRecord
+from shared.wire.sources import FilesSource
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 N = 30

@@ -86,7 +86,9 @@ def test_every_section_refuses_unknown_fields(kind: type[Any]) -> None:
         assert set(exc.value.known) == known, struct.cls
         # msgspec itself also refuses them, except in the source descriptions, which
         # are wire messages too and must stay readable by older agents
-        assert struct.forbid_unknown_fields or struct.cls.__module__ == "shared.sources", struct.cls
+        assert struct.forbid_unknown_fields or struct.cls.__module__ == "shared.wire.sources", (
+            struct.cls
+        )
 
 
 def _build(steps: list[config_fields.Step], leaf: dict[str, Any]) -> Any:

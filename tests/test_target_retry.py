@@ -33,7 +33,7 @@ from mosaic.compare import tree_differences
 from mosaic.repo_verify import EXIT_UNREADABLE
 from shared.config import S3TargetConfig, SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetUnavailable, TargetUnreadable
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.fixtures.faultproxy import FaultProxy, Faults
 from tests.fixtures.sftp import SshdServer, keygen
 from tests.harness import agent_toml, cli, make_tree

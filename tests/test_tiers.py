@@ -16,7 +16,9 @@ from coordinator.scheduler import Scheduler
 from mosaic import operator
 from mosaic.cli import build_parser
 from shared.config import MaintenanceConfig, ScheduleConfig
-from shared.messages import ApiReply, BackupCompleted, BackupTier, BackupType, JobAccepted
+from shared.vocab import BackupType, Tier
+from shared.wire.api import ApiReply, JobAccepted
+from shared.wire.events import BackupCompleted
 from tests.harness import make_tree
 from tests.test_maintenance_jobs import QUIET, Clock, maint_stack, next_fire, result
 
@@ -67,7 +69,7 @@ async def test_a_manual_monthly_backup_is_kept_by_the_monthly_rule(
     async with maint_stack(nats_url, tmp_path, src, maintenance=cfg, clock=clock) as st:
 
         async def backup(
-            kind: BackupType, tier: BackupTier | None = None, requested_by: str | None = None
+            kind: BackupType, tier: Tier | None = None, requested_by: str | None = None
         ) -> BackupCompleted:
             done = await operator.backup(
                 st.bus, st.dataset, kind, QUIET, QUIET, tier=tier, requested_by=requested_by

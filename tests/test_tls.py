@@ -43,10 +43,10 @@ from shared.config import (
     load,
 )
 from shared.errors import BusError, ConfigError
-from shared.messages import BackupCompleted, RestoreCompleted
 from shared.nats_credentials import nats_tls
 from shared.natsserver import free_port, nats_server_binary
-from shared.sources import FilesSource
+from shared.wire.events import BackupCompleted, RestoreCompleted
+from shared.wire.sources import FilesSource
 from tests.harness import cli, make_tree, unique
 
 AGENT = "tlsagent"

@@ -38,7 +38,7 @@ from engine.keys.files import create_key_file
 from mosaic import operator
 from shared import logs, tracing
 from shared.config import LocalTargetConfig, S3TargetConfig
-from shared.messages import BackupCompleted, RestoreCompleted
+from shared.wire.events import BackupCompleted, RestoreCompleted
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree, running_stack, unique
 
 QUIET = Console(quiet=True)

@@ -19,7 +19,7 @@ from engine.storage.base import ObjectInfo
 from engine.storage.local import LocalTarget
 from mosaic.repo_verify import _summary, open_for_verify
 from shared.config import LocalTargetConfig
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree
 
 PACK_SIZE = 1 << 20

@@ -45,7 +45,7 @@ from mosaic.compare import tree_differences
 from mosaic.operator import OperatorError
 from shared.config import AgentConfig, LocalTargetConfig, S3TargetConfig
 from shared.errors import RepositoryError, WrongKeyError
-from shared.sources import FilesSource
+from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique
 
 QUIET = Console(quiet=True)

@@ -30,8 +30,8 @@ from engine.storage.local import LocalTarget
 from engine.storage.open import open_target
 from mosaic import operator
 from shared.config import AgentConfig, LocalTargetConfig
-from shared.messages import BackupCompleted, RestoreCompleted
-from shared.sources import PostgresSource
+from shared.wire.events import BackupCompleted, RestoreCompleted
+from shared.wire.sources import PostgresSource
 from tests.fixtures.postgres import ArchivingPostgres
 from tests.harness import running_stack, unique
 from tests.test_source_postgres_pitr import restored_server

@@ -16,7 +16,7 @@ from engine.format.manifest import Manifest
 from engine.progress import ProgressFn, no_progress
 from engine.repository import Repository
 from engine.restore.tree import DamagedFiles, restore_tree
-from shared.sources import (
+from shared.wire.sources import (
     DockerExecSource,
     DockerVolumeSource,
     FilesSource,

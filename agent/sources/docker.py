@@ -41,7 +41,7 @@ from agent.sources.dockerapi import (
 )
 from engine.backup.stream import Stream, StreamHandle
 from shared.errors import MosaicError, SourceError
-from shared.sources import DockerExecSource, DockerVolumeSource
+from shared.wire.sources import DockerExecSource, DockerVolumeSource
 
 log = logging.getLogger(__name__)
 

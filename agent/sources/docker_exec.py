@@ -30,7 +30,7 @@ from agent.sources.dockerapi import (
 )
 from engine.backup.stream import Stream, StreamHandle
 from shared.errors import MosaicError, SourceError
-from shared.sources import DockerExecSource
+from shared.wire.sources import DockerExecSource
 
 STREAM_NAME = re.compile(r"^[A-Za-z0-9_.@+-][A-Za-z0-9_.@+/-]*$")
 

@@ -61,7 +61,7 @@ from pathlib import Path
 from agent.sources.command import STDERR_TAIL, CommandStream, require
 from engine.backup.stream import CompleteStream, Stream, StreamHandle
 from shared.errors import SourceError
-from shared.sources import MariaDBSource
+from shared.wire.sources import MariaDBSource
 
 XBSTREAM = b"backup.xbstream"
 DUMP = b"dump.sql"

@@ -39,7 +39,7 @@ from agent import safetar
 from agent.sources.command import CommandStream
 from engine.backup.stream import CompleteStream, Stream, StreamHandle, bytes_stream
 from shared.errors import SourceError
-from shared.sources import PostgresSource
+from shared.wire.sources import PostgresSource
 
 BASE_TAR = b"base.tar"
 DATA_DIR = "pgdata"

@@ -36,7 +36,7 @@ from typing import Any
 from agent.sources.command import STDERR_TAIL, CommandStream, require
 from engine.backup.stream import CompleteStream, Stream, StreamHandle, bytes_stream
 from shared.errors import SourceError
-from shared.sources import RedisSource
+from shared.wire.sources import RedisSource
 
 RDB = b"dump.rdb"
 AOF_DIR = "appendonlydir"  # Redis' default appenddirname, what a restore starts with

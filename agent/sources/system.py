@@ -39,7 +39,7 @@ from typing import IO, Any
 from agent.sources.command import STDERR_TAIL
 from engine.backup.stream import CompleteStream, Stream, StreamHandle
 from shared.errors import SourceError
-from shared.sources import SystemSource
+from shared.wire.sources import SystemSource
 
 MISSING = b"MISSING.txt"
 TIMEOUT_S = 120  # a tool that hangs (systemctl waiting for D-Bus) must not hang the job

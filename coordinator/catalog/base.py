@@ -13,7 +13,7 @@ from typing import Protocol
 
 import msgspec
 
-from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
+from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
 
 
 class TargetSummary(msgspec.Struct, frozen=True, kw_only=True, gc=False):

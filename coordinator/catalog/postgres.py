@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from coordinator.catalog.base import AuditEntry, CopyRecord, TargetSummary
 from coordinator.catalog.pg_schema import MIGRATIONS
 from shared.errors import CatalogError
-from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
+from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
 
 _T = TypeVar("_T")
 

@@ -22,7 +22,7 @@ import msgspec
 from coordinator.catalog.base import AuditEntry, CopyRecord, TargetSummary
 from coordinator.catalog.sqlite_schema import MIGRATIONS
 from shared.errors import CatalogError
-from shared.messages import BackupRecord, JobRecord, MaintenanceRecord
+from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
 
 _T = TypeVar("_T")
 

@@ -62,9 +62,9 @@ from engine.progress import Progress, ProgressFn, no_progress
 from engine.repository import Repository
 from shared import tracing
 from shared.errors import SourceError
-from shared.messages import BackupSummary, BackupType, utcnow
-from shared.sources import FilesSource, Source
 from shared.tasks import task_group
+from shared.vocab import BackupSummary, BackupType, utcnow
+from shared.wire.sources import FilesSource, Source
 
 
 @dataclass(slots=True)

@@ -40,7 +40,7 @@ import anyio.to_thread
 import msgspec
 
 from shared.errors import ConfigError, SourceError
-from shared.sources import BtrfsSnapshot, FilesSource, LvmSnapshot, Source, ZfsSnapshot
+from shared.wire.sources import BtrfsSnapshot, FilesSource, LvmSnapshot, Source, ZfsSnapshot
 
 log = logging.getLogger(__name__)
 

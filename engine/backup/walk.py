@@ -9,7 +9,7 @@ Damage never spreads: a folder or file that cannot be listed, stat'ed or read
 rest is backed up — unless the source says ``on_unreadable = "fail"``. Warnings are
 collected in :class:`WalkStats` (the reader in engine/backup/dataset.py adds the files that could
 not be read or changed while read); every one is logged, the first
-:data:`~shared.messages.WARNINGS_SHOWN` travel in the backup's summary.
+:data:`~shared.vocab.WARNINGS_SHOWN` travel in the backup's summary.
 
 Filters (``FilesSource``): globs are matched against the '/'-separated path relative to
 the source root. A glob without '/' matches an entry's name at any depth (``*.log``);
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import SourceError
-from shared.messages import WARNINGS_SHOWN, FileWarning, FileWarningKind
-from shared.sources import FilesSource, Source
+from shared.vocab import WARNINGS_SHOWN, FileWarning, FileWarningKind
+from shared.wire.sources import FilesSource, Source
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Literal
 
 import msgspec
 
-from shared.messages import BackupSummary
-from shared.sources import Source
+from shared.vocab import BackupSummary
+from shared.wire.sources import Source
 
 NodeType = Literal["file", "dir", "symlink", "hardlink"]
 
@@ -56,7 +56,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     tree: list[bytes]
     summary: BackupSummary
     hostname: str = ""
-    # the retention tier the coordinator gave the backup (shared.messages.BackupTier), so
+    # the retention tier the coordinator gave the backup (shared.vocab.Tier), so
     # a catalog rebuilt from the repository keeps it; None in older manifests
     tier: str | None = None
 

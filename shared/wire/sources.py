@@ -2,8 +2,8 @@
 
 One tagged struct per kind of source (``type`` = files, redis, postgres, mariadb,
 system, docker_volume, docker_exec); :data:`Source` is their union. They travel inside
-:class:`shared.messages.BackupJob` and are recorded in every manifest, so the wire rules
-of :mod:`shared.messages` apply: a new field always has a default, none is renamed or
+:class:`shared.wire.jobs.BackupJob` and are recorded in every manifest, so the wire rules
+of :mod:`shared.wire` apply: a new field always has a default, none is renamed or
 retyped. Secrets never travel here: passwords come from the agent's environment.
 """
 

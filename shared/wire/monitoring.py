@@ -1,6 +1,6 @@
 """What the system says about itself outside jobs: alerts and agent heartbeats.
 
-Wire messages like those of :mod:`shared.messages` (same ``schema`` field and evolution
+Wire messages like those of :mod:`shared.wire` (same ``schema`` field and evolution
 rules), on subjects of their own: they are not job events, so the coordinator's events
 consumer never sees them.
 """
@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from shared.messages import _Msg
+from shared.wire.base import Msg as _Msg
 
 # --- alerts (``mosaic.alert.<rule>.<dataset>``, stream MOSAIC_ALERTS) -------------------
 

@@ -1,0 +1,1 @@
+"""Wire types by family: jobs, events, the operator API, status, monitoring, sources."""

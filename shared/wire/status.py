@@ -1,0 +1,93 @@
+"""The status view (``mosaic.api.status``): datasets, 3-2-1 state, agents, targets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from shared.wire.base import Msg as _Msg
+from shared.wire.records import BackupRecord, JobRecord
+
+
+class TargetCopy(msgspec.Struct, frozen=True, kw_only=True):
+    """A dataset's backups on one target, from the catalog. ``lag_s`` (replicas only):
+    how long the primary target's newest backup has waited for a copy here (0: caught
+    up; None on the primary)."""
+
+    target: str
+    primary: bool = False
+    last_backup_at: datetime | None = None
+    backups: int = 0
+    bytes_stored: int = 0
+    lag_s: float | None = None
+
+
+class Compliance321(msgspec.Struct, frozen=True, kw_only=True):
+    """3-2-1 of one dataset (coordinator/compliance.py). ``compliant`` is None when a
+    target's tags are unknown (its agent has sent no heartbeat yet)."""
+
+    compliant: bool | None = None
+    copies: int = 0
+    media: list[str] = []
+    offsite: int = 0
+    reasons: list[str] = []
+
+
+class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    agent: str
+    target: str
+    last_backup: BackupRecord | None = None
+    last_failure: JobRecord | None = None
+    next_backup: datetime | None = None  # from the schedules; None: not scheduled
+    storage_used: int = 0  # bytes its backups added to their repositories (catalog)
+    storage_free: int | None = None  # free bytes on its primary target (heartbeat)
+    targets: list[TargetCopy] = []
+    compliance: Compliance321 | None = None
+
+
+class TargetSpaceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent's target as its last heartbeat described it, plus the catalog's sum."""
+
+    agent: str
+    target: str
+    kind: str = ""
+    media: str = ""
+    location: str = ""
+    tier: str = ""
+    total: int | None = None
+    free: int | None = None
+    used_percent: float | None = None
+    catalog_bytes: int = 0  # bytes_stored of the catalogued backups on this target
+
+
+class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    hostname: str = ""
+    version: str = ""
+    last_heartbeat: datetime | None = None  # None: never heard from (since start)
+    running_job: str | None = None
+    uptime_s: float = 0.0
+    lost: bool = False  # no heartbeat for 3 of its intervals
+
+
+class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
+    status: Literal["healthy", "degraded", "failing"]
+    coordinator: str
+    datasets: list[DatasetStatus]
+    recent_failures: list[JobRecord]
+    backups_total: int
+    # whether the answering coordinator holds the lease (runs the scheduler and alerts);
+    # None from coordinators that predate the lease
+    active: bool | None = None
+    # ``datasets`` is one page (problems first, then by name) of ``datasets_total``
+    datasets_total: int = 0
+    datasets_failing: int = 0
+    datasets_without_backup: int = 0
+    datasets_not_compliant: int = 0
+    next_backup: datetime | None = None
+    last_backup_at: datetime | None = None  # the newest backup of any dataset
+    agents: list[AgentStatus] = []
+    targets: list[TargetSpaceStatus] = []
