@@ -27,7 +27,7 @@ from nats.errors import Error as NatsError
 from engine.storage.base import Target
 from shared import subjects
 from shared.bus import Bus
-from shared.config import AgentConfig
+from shared.config.agent import AgentConfig
 from shared.errors import MosaicError
 from shared.vocab import utcnow
 from shared.wire.base import encode

@@ -8,7 +8,7 @@ import subprocess
 
 import anyio
 
-from shared.config import HookConfig
+from shared.config.agent import HookConfig
 from shared.errors import SourceError
 
 log = logging.getLogger(__name__)

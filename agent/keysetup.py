@@ -17,7 +17,7 @@ import anyio
 from engine.keys.files import KEEP_A_COPY, RepoKey, create_key_file, load_any_key_file
 from engine.repository import Repository, WriteOptions
 from engine.storage.base import Target
-from shared.config import AgentConfig
+from shared.config.agent import AgentConfig
 from shared.errors import ConfigError, KeyFileError, WrongKeyError
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,8 @@ from engine.storage.base import Target
 from engine.storage.open import open_target
 from shared import subjects, tracing
 from shared.bus import Bus, fetch_one
-from shared.config import AgentConfig
+from shared.config.agent import AgentConfig
 from shared.errors import ConfigError, MosaicError, WrongKeyError
-from shared.nats_credentials import nats_password, nats_tls
 from shared.tasks import task_group
 from shared.vocab import BackupSummary, utcnow
 from shared.wire.events import (
@@ -76,15 +75,10 @@ class AgentRunner:
         # JetStream only through the imports of its own consumer (docs/security.md),
         # and the coordinator creates streams and its consumer.
         restricted = self.cfg.nats_user is not None or self.cfg.nats_nkey_seed_file is not None
-        bus = await Bus.connect(
-            self.cfg.nats_url,
+        bus = await Bus.connect_with(
+            self.cfg,
             name=f"agent-{self.cfg.name}",
-            timeout=self.cfg.connect_timeout_s,
-            user=self.cfg.nats_user,
-            password=nats_password(self.cfg),
             inbox_prefix=subjects.agent_inbox(self.cfg.name),
-            tls=nats_tls(self.cfg),
-            nkeys_seed=self.cfg.nats_nkey_seed_file,
             js_prefix=subjects.JS_IMPORT_PREFIX if restricted else None,
         )
         try:

@@ -107,7 +107,7 @@ def serve(url: str, datasets: int, agents: int, port_queue: Any) -> None:
     from coordinator.http import HttpApi
     from coordinator.status import StatusBuilder
     from shared import subjects
-    from shared.config import (
+    from shared.config.coordinator import (
         CoordinatorConfig,
         DatasetConfig,
         HttpConfig,
@@ -172,7 +172,7 @@ async def alerter_ticks(url: str, datasets: int, agents: int) -> list[tuple[str,
     """Times of the alerter's tick over the catalog (milliseconds, per case)."""
     from coordinator.alerter import Alerter, read_snapshots
     from coordinator.catalog import open_catalog
-    from shared.config import CoordinatorConfig, DatasetConfig, ScheduleConfig
+    from shared.config.coordinator import CoordinatorConfig, DatasetConfig, ScheduleConfig
     from shared.wire.sources import FilesSource
 
     daily = [ScheduleConfig(cron="0 2 * * *", backup_type="incremental")]

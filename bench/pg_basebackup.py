@@ -41,13 +41,9 @@ from coordinator.service import Coordinator
 from engine.storage.open import open_target
 from mosaic import operator
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
-    CatalogConfig,
-    CoordinatorConfig,
-    DatasetConfig,
-    LocalTargetConfig,
-)
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CatalogConfig, CoordinatorConfig, DatasetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.natsserver import NatsServer, free_port
 from shared.wire.events import BackupCompleted
 from shared.wire.sources import PostgresSource

@@ -35,7 +35,7 @@ from coordinator.alerts import (
 from coordinator.api_models import API_PREFIX
 from coordinator.catalog.base import Catalog
 from shared.bus import Bus
-from shared.config import CoordinatorConfig, DatasetConfig
+from shared.config.coordinator import CoordinatorConfig, DatasetConfig
 from shared.errors import MosaicError
 from shared.vocab import utcnow
 from shared.wire.monitoring import Alert

@@ -44,7 +44,7 @@ from typing import Literal
 import msgspec
 
 from coordinator.schedule import FireTimes
-from shared.config import AlertsConfig, ScheduleConfig
+from shared.config.coordinator import AlertsConfig, ScheduleConfig
 from shared.wire.monitoring import Alert
 
 Severity = Literal["critical", "warning"]

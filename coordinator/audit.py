@@ -43,7 +43,7 @@ from nats.js.errors import BadRequestError
 from coordinator.catalog.base import AuditEntry, Catalog
 from shared import subjects
 from shared.bus import Bus
-from shared.config import CoordinatorConfig
+from shared.config.coordinator import CoordinatorConfig
 from shared.vocab import utcnow
 from shared.wire.events import LocalAction, PruneCompleted
 

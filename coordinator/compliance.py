@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.config import TargetConfig
+from shared.config.targets import TargetConfig
 
 Location = Literal["onsite", "offsite"]
 

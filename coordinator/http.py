@@ -37,7 +37,7 @@ from coordinator.api_models import (
 )
 from coordinator.catalog.base import Catalog
 from coordinator.metrics import CONTENT_TYPE, Metrics, read_snapshot
-from shared.config import HttpConfig
+from shared.config.coordinator import HttpConfig
 from shared.errors import ConfigError, MosaicError
 from shared.vocab import utcnow
 from shared.wire.monitoring import Alert

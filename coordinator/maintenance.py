@@ -47,7 +47,7 @@ from coordinator.catalog.base import Catalog
 from coordinator.schedule import Run
 from coordinator.scheduler import Scheduler
 from shared.bus import Bus
-from shared.config import CoordinatorConfig, MaintenanceConfig, ScheduleConfig
+from shared.config.coordinator import CoordinatorConfig, MaintenanceConfig, ScheduleConfig
 from shared.vocab import BackupType, Tier, utcnow
 from shared.wire.api import ApiError, ApiReply, DrillRequest, JobAccepted
 from shared.wire.events import (

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.config import KEEP_FORMAT, RetentionConfig, TargetTier
+from shared.config.coordinator import KEEP_FORMAT, RetentionConfig, TargetTier
 from shared.vocab import Tier
 
 _UNITS = {"d": "day", "w": "week", "m": "month", "y": "year"}

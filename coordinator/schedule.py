@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from shared.config import ScheduleConfig
+from shared.config.coordinator import ScheduleConfig
 from shared.subjects import check_token
 
 # A coordinator that was down for months must not list every missed minute.

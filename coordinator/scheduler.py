@@ -24,7 +24,7 @@ import anyio
 from coordinator.catalog.base import Catalog
 from coordinator.schedule import Run, due_runs
 from shared.bus import JOBS_DUPLICATE_WINDOW_S
-from shared.config import ScheduleConfig
+from shared.config.coordinator import ScheduleConfig
 from shared.errors import MosaicError
 from shared.vocab import BackupType, Tier, utcnow
 from shared.wire.api import ApiError, ApiReply

@@ -37,9 +37,8 @@ from coordinator.scheduler import Scheduler
 from coordinator.status import StatusBuilder
 from shared import subjects, tracing
 from shared.bus import Bus, Repair
-from shared.config import CoordinatorConfig
+from shared.config.coordinator import CoordinatorConfig
 from shared.errors import BusError
-from shared.nats_credentials import nats_password, nats_tls
 from shared.tasks import task_group
 from shared.vocab import BackupType, Tier, utcnow
 from shared.wire.api import (
@@ -140,15 +139,7 @@ class Coordinator:
         return self.http.port
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        bus = self.bus = await Bus.connect(
-            self.cfg.nats_url,
-            name=self.cfg.name,
-            timeout=self.cfg.connect_timeout_s,
-            user=self.cfg.nats_user,
-            password=nats_password(self.cfg),
-            tls=nats_tls(self.cfg),
-            nkeys_seed=self.cfg.nats_nkey_seed_file,
-        )
+        bus = self.bus = await Bus.connect_with(self.cfg, name=self.cfg.name)
         try:
             await bus.ensure_streams()
             self.audit.bus = bus

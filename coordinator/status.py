@@ -43,7 +43,7 @@ from coordinator import alerts, compliance
 from coordinator.catalog.base import Catalog, TargetSummary
 from coordinator.heartbeats import HeartbeatStore, Seen
 from coordinator.schedule import FireTimes
-from shared.config import CoordinatorConfig, ScheduleConfig
+from shared.config.coordinator import CoordinatorConfig, ScheduleConfig
 from shared.vocab import utcnow
 from shared.wire.events import ReplicateCompleted
 from shared.wire.monitoring import TargetSpace

@@ -15,7 +15,8 @@ from rich.table import Table
 
 from coordinator.catalog import open_catalog
 from coordinator.catalog.base import AuditEntry
-from shared.config import CoordinatorConfig, load
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import load
 from shared.errors import ConfigError
 
 

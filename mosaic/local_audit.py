@@ -24,9 +24,9 @@ from rich.console import Console
 
 from mosaic.display import who
 from shared import subjects
-from shared.config import AgentConfig, is_set
+from shared.config.agent import AgentConfig
+from shared.config.load import is_set
 from shared.errors import MosaicError
-from shared.nats_credentials import nats_password, nats_tls
 from shared.vocab import utcnow
 from shared.wire.events import LocalAction, LocalActionKind
 
@@ -70,15 +70,11 @@ async def report(
     from shared.bus import Bus
 
     try:
-        bus = await Bus.connect(
-            cfg.nats_url,
+        bus = await Bus.connect_with(
+            cfg,
             name=f"repo-tool-{cfg.name}",
             timeout=min(cfg.connect_timeout_s, CONNECT_TIMEOUT_S),
-            user=cfg.nats_user,
-            password=nats_password(cfg),
             inbox_prefix=subjects.agent_inbox(cfg.name),
-            tls=nats_tls(cfg),
-            nkeys_seed=cfg.nats_nkey_seed_file,
         )
         try:
             await bus.publish_event(event)

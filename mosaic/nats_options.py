@@ -13,10 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import anyio
-
-from shared.config import DEFAULT_NATS_URL
-from shared.errors import ConfigError
+from shared.config.nats import DEFAULT_NATS_URL, NatsClientConfig
 
 if TYPE_CHECKING:
     from shared.bus import Bus
@@ -61,36 +58,27 @@ def add_nats_args(p: argparse.ArgumentParser) -> None:
         )
 
 
+def nats_client_config(args: argparse.Namespace) -> NatsClientConfig:
+    """The options of :func:`add_nats_args` as the struct every role connects with."""
+    return NatsClientConfig(
+        nats_url=args.nats,
+        connect_timeout_s=args.connect_timeout,
+        nats_user=args.nats_user,
+        nats_password_file=args.nats_password_file,
+        nats_nkey_seed_file=args.nats_nkey_seed_file,
+        nats_tls_ca=args.nats_tls_ca,
+        nats_tls_cert=args.nats_tls_cert,
+        nats_tls_key=args.nats_tls_key,
+    )
+
+
 @asynccontextmanager
 async def operator_bus(args: argparse.Namespace) -> AsyncIterator[Bus]:
     """Connect with the options of :func:`add_nats_args`; closed on leaving."""
     from shared.bus import Bus  # imported when used: every command parses this module
-    from shared.nats_credentials import check_nkey_seed, tls_context
 
-    password = None
-    if args.nats_password_file:
-        try:
-            text = await anyio.Path(args.nats_password_file).read_text(encoding="utf-8")
-            password = text.strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"--nats-password-file {args.nats_password_file} cannot be read: {exc.strerror}"
-            ) from exc
-    tls = tls_context(
-        args.nats_tls_ca,
-        args.nats_tls_cert,
-        args.nats_tls_key,
-        where="options --nats-tls-ca/--nats-tls-cert/--nats-tls-key: ",
-    )
-    check_nkey_seed(args.nats_nkey_seed_file, where="option --nats-nkey-seed-file: ")
-    bus = await Bus.connect(
-        args.nats,
-        name="mosaic-cli",
-        timeout=args.connect_timeout,
-        user=args.nats_user,
-        password=password,
-        tls=tls,
-        nkeys_seed=args.nats_nkey_seed_file,
+    bus = await Bus.connect_with(
+        nats_client_config(args), name="mosaic-cli", where="NATS options (--nats-…): "
     )
     try:
         yield bus

@@ -26,13 +26,9 @@ from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.sample import make_sample
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
-    CatalogConfig,
-    CoordinatorConfig,
-    DatasetConfig,
-    LocalTargetConfig,
-)
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CatalogConfig, CoordinatorConfig, DatasetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.natsserver import NatsServer
 from shared.wire.events import BackupCompleted
 from shared.wire.sources import FilesSource

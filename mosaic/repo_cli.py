@@ -21,7 +21,8 @@ from engine.maintenance.recovery_copy import remember_in_key_file
 from engine.repository import Repository
 from engine.storage.base import Target
 from engine.storage.open import open_target
-from shared import config
+from shared.config.agent import AgentConfig
+from shared.config.load import load
 from shared.errors import ConfigError, WrongKeyError
 
 # Modules that register a ``repo`` subcommand.
@@ -52,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         importlib.import_module(name).register(repo_sub)
 
 
-def target_from(args: argparse.Namespace) -> tuple[config.AgentConfig, Target]:
-    cfg = config.load(args.config, config.AgentConfig)
+def target_from(args: argparse.Namespace) -> tuple[AgentConfig, Target]:
+    cfg = load(args.config, AgentConfig)
     name = args.target
     if name is None:
         if len(cfg.targets) != 1:

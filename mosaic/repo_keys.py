@@ -35,7 +35,8 @@ from engine.storage.base import Target
 from engine.storage.open import open_target
 from mosaic import local_audit
 from mosaic.repo_cli import common_args, target_from
-from shared import config
+from shared.config.agent import AgentConfig
+from shared.config.load import load
 from shared.errors import ConfigError, KeyFileError, WrongKeyError
 
 
@@ -105,12 +106,12 @@ def _env_passphrase(var: str | None) -> str | None:
     return value
 
 
-def _agent_key(cfg: config.AgentConfig) -> bytes:
+def _agent_key(cfg: AgentConfig) -> bytes:
     # A write-only key file is refused here with the one-line explanation (keys.py).
     return load_key_file(cfg.key_file, os.environ.get(PASSPHRASE_ENV))
 
 
-def _wrong_key(cfg: config.AgentConfig, name: str, target: Target) -> WrongKeyError:
+def _wrong_key(cfg: AgentConfig, name: str, target: Target) -> WrongKeyError:
     return WrongKeyError(
         f"key file {cfg.key_file} does not open the repository on target '{name}' "
         f"({target.describe()}): wrong key file; nothing was changed"
@@ -165,7 +166,7 @@ async def rotate_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
 
 
 async def rewrap_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
-    cfg = config.load(args.config, config.AgentConfig)
+    cfg = load(args.config, AgentConfig)
     old = _agent_key(cfg)
     new_path = Path(args.new_key_file)
     passphrase = _env_passphrase(args.passphrase_from_env)
@@ -227,7 +228,7 @@ async def rewrap_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
 
 
 async def export_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
-    cfg = config.load(args.config, config.AgentConfig)
+    cfg = load(args.config, AgentConfig)
     master = _agent_key(cfg)
     passphrase = _env_passphrase(args.passphrase_from_env)
     dest = export_key_file(master, args.export_to, passphrase)
@@ -245,7 +246,7 @@ async def export_cmd(args: argparse.Namespace, out: Console, err: Console) -> in
 
 
 async def write_only_export_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
-    cfg = config.load(args.config, config.AgentConfig)
+    cfg = load(args.config, AgentConfig)
     master = _agent_key(cfg)
     if await anyio.Path(args.out).exists():
         raise KeyFileError(f"key file {args.out} exists already; refusing to overwrite it")

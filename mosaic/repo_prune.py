@@ -34,8 +34,9 @@ from engine.repository import Repository
 from mosaic import local_audit
 from mosaic.display import size
 from mosaic.repo_cli import common_args, opened
-from shared import config
-from shared.config import RetentionConfig, TargetTier
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import RetentionConfig, TargetTier
+from shared.config.load import load
 from shared.errors import ConfigError, IntegrityError
 from shared.vocab import Tier
 
@@ -126,7 +127,7 @@ def _decide(
         return out
     tier, _, target_tier = str(args.retention).partition(":")
     if not target_tier:
-        cfg = config.load(args.config, config.AgentConfig)
+        cfg = load(args.config, AgentConfig)
         name = args.target or next(iter(cfg.targets))  # opened() checked the choice
         target_tier = cfg.targets[name].tier
     if tier not in TIERS or target_tier not in TARGET_TIERS:
@@ -284,7 +285,7 @@ async def prune_cmd(args: argparse.Namespace, out: Console, err: Console) -> int
     if not args.dry_run and (gone or rep.deleted):
         shown = ", ".join(sorted(gone)[:20]) + (" …" if len(gone) > 20 else "")
         await local_audit.report(
-            config.load(args.config, config.AgentConfig),
+            load(args.config, AgentConfig),
             "pruned",
             f"forgot {_n(len(gone), 'backup')} ({shown or 'none'}), deleted "
             f"{_n(len(rep.deleted), 'pack')}, repacked {_n(len(rep.repacked), 'pack')} "

@@ -22,7 +22,8 @@ from engine.recovery import repair_config
 from engine.repository import Repository
 from mosaic import local_audit
 from mosaic.repo_cli import common_args, opened, target_from
-from shared import config
+from shared.config.agent import AgentConfig
+from shared.config.load import load
 from shared.errors import IntegrityError, RepositoryError
 
 SHOWN = 20  # lost files listed before "and N more"
@@ -149,7 +150,7 @@ async def _snapshots(args: argparse.Namespace, out: Console, err: Console) -> in
 
 
 async def _audit(args: argparse.Namespace, err: Console, detail: str) -> None:
-    cfg = config.load(args.config, config.AgentConfig)
+    cfg = load(args.config, AgentConfig)
     await local_audit.report(cfg, "repaired", detail, err, target=args.target or "")
 
 

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import anyio
 from rich.console import Console
 
-from shared import config
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import load
 
 if TYPE_CHECKING:
     from agent.runner import AgentRunner
@@ -81,7 +83,7 @@ async def run_coordinator(path: str) -> None:
     from coordinator.catalog import open_catalog
     from coordinator.service import Coordinator
 
-    cfg = config.load(path, config.CoordinatorConfig, credentials=credentials_dir())
+    cfg = load(path, CoordinatorConfig, credentials=credentials_dir())
     catalog = await open_catalog(cfg.catalog.url)
     try:
         await until_sigterm(Coordinator(cfg, catalog).run)
@@ -100,7 +102,7 @@ async def start_agent(path: str, err: Console) -> AgentRunner:
     from engine.storage.base import Target
     from engine.storage.open import open_target
 
-    cfg = config.load(path, config.AgentConfig, credentials=credentials_dir())
+    cfg = load(path, AgentConfig, credentials=credentials_dir())
     prepare_state_dir(cfg.state_dir)  # 0700 before anything is cached in it
     targets: dict[str, Target] = {n: open_target(n, t) for n, t in cfg.targets.items()}
     key, created = await prepare_key(cfg, targets, passphrase())

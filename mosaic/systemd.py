@@ -9,7 +9,7 @@ that they run as shipped (docs/deployment.md):
   system, so it cannot read the root-owned 0600 files ``nats-config`` and ``pki`` write,
   nor its own config: systemd hands each of them over with ``LoadCredential=`` (copied
   into ``$CREDENTIALS_DIRECTORY``, readable by that user only) and the config loader
-  reads the copies (:data:`shared.config.CREDENTIAL_FIELDS`).
+  reads the copies (:data:`shared.config.load.CREDENTIAL_FIELDS`).
 - The agent runs as root (it reads everything it backs up, runs dump tools and restores
   owners) with the rest of the system read-only: only its state folder, its key file's
   folder, its local targets and the restore destinations named here are writable.
@@ -26,8 +26,10 @@ from pathlib import Path
 import anyio.to_thread
 from rich.console import Console
 
-from shared import config
-from shared.config import CREDENTIAL_FIELDS, AgentConfig, CoordinatorConfig, LocalTargetConfig
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import CREDENTIAL_FIELDS, load
+from shared.config.targets import LocalTargetConfig
 from shared.errors import ConfigError
 
 # The strategy: daily incremental 02:00, weekly full Sunday 01:00, monthly archive on the
@@ -320,9 +322,9 @@ async def install(args: argparse.Namespace, out: Console, err: Console) -> int:
     units: dict[str, str] = {}
     agent = coordinator = None
     if args.agent_config:
-        agent = config.load(args.agent_config, AgentConfig)
+        agent = load(args.agent_config, AgentConfig)
     if args.coordinator_config:
-        coordinator = config.load(args.coordinator_config, CoordinatorConfig)
+        coordinator = load(args.coordinator_config, CoordinatorConfig)
     if agent is not None and coordinator is not None:
         _collides(agent, coordinator)
     if agent is not None and not args.single_host:

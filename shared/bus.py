@@ -41,6 +41,7 @@ from nats.js import api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from shared import subjects, tracing
+from shared.config.nats import NatsClientConfig
 from shared.errors import BusError
 from shared.nkeys import provide_for_nats_py
 from shared.wire.api import ApiError, ApiReply, ApiRequest, reply_decoder, request_decoder
@@ -120,6 +121,35 @@ class Bus:
         self.job_ack_wait: float | None = None  # of the agent's consumer, once bound
         self._agent_consumers: set[str] = set()  # agents whose consumer this bus ensured
         self._closed = False
+
+    @classmethod
+    async def connect_with(
+        cls,
+        cfg: NatsClientConfig,
+        *,
+        name: str,
+        timeout: float | None = None,
+        inbox_prefix: str | None = None,
+        js_prefix: str | None = None,
+        where: str = "",
+    ) -> Bus:
+        """Connect as ``cfg`` says: the one path of the agent, the coordinator, the repo
+        tools and every operator command. The password file and the TLS files are read
+        now (never kept in a config); a problem names its field, after ``where``."""
+        from shared.nats_credentials import check_nkey_seed, nats_password, nats_tls
+
+        check_nkey_seed(cfg.nats_nkey_seed_file, where=where)
+        return await cls.connect(
+            cfg.nats_url,
+            name=name,
+            timeout=cfg.connect_timeout_s if timeout is None else timeout,
+            user=cfg.nats_user,
+            password=nats_password(cfg, where=where),
+            inbox_prefix=inbox_prefix,
+            tls=nats_tls(cfg, where=where),
+            nkeys_seed=cfg.nats_nkey_seed_file,
+            js_prefix=js_prefix,
+        )
 
     @classmethod
     async def connect(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from shared.config import AgentConfig, CoordinatorConfig
+    from shared.config.nats import NatsClientConfig
 
 
 def check_nkey_seed(path: str | None, *, where: str = "") -> None:
@@ -40,7 +40,7 @@ def check_nkey_seed(path: str | None, *, where: str = "") -> None:
         ) from None
 
 
-def nats_password(cfg: AgentConfig | CoordinatorConfig) -> str | None:
+def nats_password(cfg: NatsClientConfig, *, where: str = "") -> str | None:
     """The password in ``cfg.nats_password_file`` (trailing newline dropped), or None.
 
     Read when connecting, not at load time, so the secret is never part of a config
@@ -53,13 +53,14 @@ def nats_password(cfg: AgentConfig | CoordinatorConfig) -> str | None:
         return p.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(
-            f"nats_password_file {p} cannot be read: {exc.strerror} (fix the path or its "
+            f"{where}field 'nats_password_file': {p} cannot be read: {exc.strerror} (fix the "
+            "path or its "
             "permissions; `mosaic-backup nats-config` writes it)"
         ) from exc
 
 
 def nats_tls(
-    cfg: AgentConfig | CoordinatorConfig, *, source: Path | None = None
+    cfg: NatsClientConfig, *, source: Path | None = None, where: str = ""
 ) -> ssl.SSLContext | None:
     """An SSLContext for NATS from ``nats_tls_*``, or None when TLS is not configured.
 
@@ -67,7 +68,7 @@ def nats_tls(
     server's certificate and host name against ``nats_tls_ca`` (the system's CAs when
     only a client certificate is set).
     """
-    where = f"config file {source}: " if source is not None else ""
+    where = f"config file {source}: " if source is not None else where
     return tls_context(cfg.nats_tls_ca, cfg.nats_tls_cert, cfg.nats_tls_key, where=where)
 
 

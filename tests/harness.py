@@ -19,17 +19,9 @@ from coordinator.catalog import open_catalog
 from coordinator.service import Coordinator
 from engine.storage.open import open_target
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
-    CatalogConfig,
-    CoordinatorConfig,
-    DatasetConfig,
-    HookConfig,
-    HttpConfig,
-    LocalTargetConfig,
-    S3TargetConfig,
-    TargetConfig,
-)
+from shared.config.agent import AgentConfig, HookConfig
+from shared.config.coordinator import CatalogConfig, CoordinatorConfig, DatasetConfig, HttpConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig, TargetConfig
 from shared.wire.sources import FilesSource, Source
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -36,7 +36,8 @@ from mosaic.compare import tree_differences
 from mosaic.services import start_agent
 from shared import subjects
 from shared.bus import Bus
-from shared.config import CatalogConfig, CoordinatorConfig, DatasetConfig, LocalTargetConfig
+from shared.config.coordinator import CatalogConfig, CoordinatorConfig, DatasetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import OperatorError
 from shared.wire.events import BackupCompleted
 from shared.wire.monitoring import Heartbeat, heartbeat_decoder

@@ -30,16 +30,16 @@ from mosaic import operator
 from mosaic.operator import OperatorError
 from shared import subjects
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import (
     AlertsConfig,
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
     HttpConfig,
-    LocalTargetConfig,
-    load,
 )
+from shared.config.load import load
+from shared.config.targets import LocalTargetConfig
 from shared.errors import ConfigError
 from shared.wire.api import StatusRequest
 from shared.wire.events import BackupCompleted

@@ -14,7 +14,7 @@ import pytest
 
 from coordinator.alerter import Alerter
 from coordinator.catalog import Catalog, open_catalog
-from shared.config import CoordinatorConfig, DatasetConfig
+from shared.config.coordinator import CoordinatorConfig, DatasetConfig
 from shared.wire.records import BackupRecord, JobRecord
 from shared.wire.sources import FilesSource
 

@@ -24,7 +24,7 @@ from coordinator.alerts import (
     verification_failed,
 )
 from shared import subjects
-from shared.config import AlertsConfig, ScheduleConfig
+from shared.config.coordinator import AlertsConfig, ScheduleConfig
 from shared.wire.base import encode
 from shared.wire.monitoring import alert_decoder
 

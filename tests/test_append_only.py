@@ -45,14 +45,14 @@ from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.systemd import agent_unit
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import (
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
     MaintenanceConfig,
-    SftpTargetConfig,
 )
+from shared.config.targets import SftpTargetConfig
 from shared.errors import ConfigError, TargetError
 from shared.vocab import utcnow
 from shared.wire.api import ApiError

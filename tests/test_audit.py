@@ -27,14 +27,14 @@ from coordinator.catalog.base import AuditEntry
 from coordinator.service import Coordinator
 from mosaic import operator
 from shared import subjects
-from shared.config import (
+from shared.config.coordinator import (
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
-    LocalTargetConfig,
     RetentionConfig,
     TierRetention,
 )
+from shared.config.targets import LocalTargetConfig
 from shared.wire.api import JobAccepted
 from shared.wire.events import BackupCompleted, PruneCompleted, RestoreCompleted
 from shared.wire.sources import FilesSource

@@ -10,7 +10,7 @@ import pytest
 from engine.keys.files import create_key_file
 from engine.repository import Repository
 from engine.storage.local import LocalTarget
-from shared.config import LocalTargetConfig, S3TargetConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig
 from shared.natsserver import free_port
 from tests.harness import agent_toml, cli, make_tree, running_stack, snapshot, unique, write_toml
 

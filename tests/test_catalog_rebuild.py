@@ -19,7 +19,7 @@ from coordinator.catalog import open_catalog
 from engine.format.manifest import Manifest
 from mosaic import operator
 from mosaic.repo_catalog import backup_record
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import IntegrityError
 from shared.vocab import BackupSummary, utcnow
 from shared.wire.events import BackupCompleted

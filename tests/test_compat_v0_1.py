@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from tests.harness import agent_toml, cli
 
 DATA = Path(__file__).parent / "data"

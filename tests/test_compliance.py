@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coordinator.compliance import PRODUCTION, Copy, copy_of, evaluate
-from shared.config import LocalTargetConfig, S3TargetConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig
 
 NAS = Copy("nas", "disk", "onsite")
 S3 = Copy("s3", "object", "offsite")

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import AgentConfig, CoordinatorConfig, LocalTargetConfig, load
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import load
+from shared.config.targets import LocalTargetConfig
 from shared.errors import ConfigError
 
 
@@ -75,7 +78,7 @@ def test_catalog_url_scheme(tmp_path: Path) -> None:
 
 
 def test_s3_secret_never_in_repr() -> None:
-    from shared.config import S3TargetConfig
+    from shared.config.targets import S3TargetConfig
 
     cfg = S3TargetConfig(bucket="bkt", access_key_id="AKIA", secret_access_key="s3cr3t-value")
     assert "s3cr3t-value" not in repr(cfg) and "s3cr3t-value" not in str(cfg)

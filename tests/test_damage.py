@@ -29,7 +29,7 @@ from engine.format import spec as fmt
 from engine.keys.files import load_key_file
 from engine.repository import Repository
 from engine.storage.local import LocalTarget
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from tests.harness import agent_toml, cli
 
 N_SMALL = 300

@@ -18,8 +18,10 @@ import yaml
 
 from mosaic import systemd
 from mosaic.cli import build_parser
-from shared import config
-from shared.config import AgentConfig, CoordinatorConfig, S3TargetConfig
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import load
+from shared.config.targets import S3TargetConfig
 from shared.wire.sources import PostgresSource
 from tests.harness import REPO_ROOT
 
@@ -61,7 +63,7 @@ def _loaded(compose: dict[str, Any], role: str) -> Any:
     assert (args.command, args.action) == (role, "run")
     mounts = _mounts(svc)
     assert args.config in mounts, f"{role}: --config {args.config} is not mounted"
-    return config.load(mounts[args.config], CONFIG_KIND[role])
+    return load(mounts[args.config], CONFIG_KIND[role])
 
 
 def _published(svc: dict[str, Any]) -> set[int]:
@@ -193,8 +195,8 @@ def test_shipped_systemd_units_are_what_install_systemd_writes_for_the_examples(
     """deploy/systemd/ is the generator's output for deploy/*.toml.example installed as
     /etc/mosaic-backup/*.toml, so the shipped units carry the same hardening and the
     same credentials handling as the ones `install-systemd` writes (docs/deployment.md)."""
-    agent = config.load(DEPLOY / "agent.toml.example", AgentConfig)
-    coord = config.load(DEPLOY / "coordinator.toml.example", CoordinatorConfig)
+    agent = load(DEPLOY / "agent.toml.example", AgentConfig)
+    coord = load(DEPLOY / "coordinator.toml.example", CoordinatorConfig)
     units = DEPLOY / "systemd"
     expected = {
         "mosaic-backup-agent.service": systemd.agent_unit(

@@ -20,7 +20,7 @@ import psycopg
 
 from agent.drill import check_tar
 from mosaic.drill_cli import run_drill
-from shared.config import MaintenanceConfig
+from shared.config.coordinator import MaintenanceConfig
 from shared.wire.events import DrillCompleted
 from shared.wire.sources import DockerVolumeSource, MariaDBSource, PostgresSource, RedisSource
 from tests.fixtures.docker import Dockerd

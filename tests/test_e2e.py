@@ -10,7 +10,7 @@ from rich.console import Console
 
 from mosaic import operator
 from mosaic.compare import tree_differences
-from shared.config import LocalTargetConfig, S3TargetConfig, TargetConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig, TargetConfig
 from shared.wire.api import BackupList, ListRequest
 from shared.wire.events import BackupCompleted, RestoreCompleted
 from tests.harness import make_tree, running_stack

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 
 from shared import subjects
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.vocab import BackupSummary, utcnow
 from shared.wire.api import BackupList, BackupRequest, JobAccepted, ListRequest
 from shared.wire.base import encode

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from mosaic.pki import init_ca, issue
-from shared.config import AgentConfig, CoordinatorConfig, load
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import load
 from tests.harness import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"

@@ -20,7 +20,7 @@ from engine.repository import Repository
 from engine.restore.export import ChunkReader, export_tar
 from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import IntegrityError, UnsafePathError
 from shared.vocab import BackupSummary, utcnow
 from shared.wire.sources import FilesSource

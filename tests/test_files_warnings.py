@@ -31,7 +31,7 @@ from engine.repository import Repository
 from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
 from mosaic import operator
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.wire.events import BackupCompleted
 from shared.wire.sources import FilesSource
 from tests.harness import REPO_ROOT, running_stack, write_toml

@@ -29,7 +29,7 @@ from coordinator.leader import KEY, Leader
 from coordinator.schedule import job_id
 from shared import subjects
 from shared.bus import Bus
-from shared.config import ScheduleConfig
+from shared.config.coordinator import ScheduleConfig
 from shared.natsserver import NatsServer
 from shared.wire.api import StatusRequest
 from shared.wire.jobs import job_decoder

@@ -31,16 +31,16 @@ from coordinator.status import NextRuns, _replica_since
 from engine.storage.open import open_target
 from mosaic import operator
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import (
     AlertsConfig,
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
     HttpConfig,
-    LocalTargetConfig,
     ScheduleConfig,
 )
+from shared.config.targets import LocalTargetConfig
 from shared.vocab import utcnow
 from shared.wire.base import encode
 from shared.wire.events import BackupCompleted, ReplicateCompleted

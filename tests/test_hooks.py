@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 from mosaic import operator
-from shared.config import HookConfig, LocalTargetConfig
+from shared.config.agent import HookConfig
+from shared.config.targets import LocalTargetConfig
 from shared.wire.events import BackupCompleted
 from tests.harness import make_tree, running_stack
 

@@ -20,7 +20,9 @@ from coordinator.api_models import BackupPage, BackupStatusDoc, ErrorDoc
 from coordinator.metrics import Metrics, Snapshot
 from mosaic import operator
 from mosaic.operator import OperatorError
-from shared.config import CoordinatorConfig, LocalTargetConfig, load
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import load
+from shared.config.targets import LocalTargetConfig
 from shared.errors import ConfigError
 from shared.vocab import utcnow
 from shared.wire.events import BackupCompleted
@@ -239,7 +241,7 @@ async def test_alerts_are_redacted_and_every_route_is_in_openapi(tmp_path: Path)
     from coordinator.api_models import AlertsDoc
     from coordinator.catalog import open_catalog
     from coordinator.http import HttpApi
-    from shared.config import HttpConfig
+    from shared.config.coordinator import HttpConfig
     from shared.wire.monitoring import Alert
 
     alert = Alert(

@@ -15,7 +15,7 @@ from engine.repository import Repository
 from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
 from mosaic import operator
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import IntegrityError, UnsafePathError, WrongKeyError
 from shared.vocab import BackupSummary, utcnow
 from shared.wire.events import BackupCompleted

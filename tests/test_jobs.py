@@ -14,7 +14,7 @@ from rich.console import Console
 from mosaic import operator
 from mosaic.compare import tree_differences
 from shared import subjects
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.vocab import utcnow
 from shared.wire.api import JobAccepted
 from shared.wire.events import BackupCompleted, JobProgress, JobStarted, RestoreCompleted

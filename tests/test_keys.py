@@ -33,7 +33,8 @@ from engine.restore.tree import restore_tree
 from engine.storage.base import Target
 from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
-from shared.config import AgentConfig, LocalTargetConfig
+from shared.config.agent import AgentConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import KeyFileError, WrongKeyError
 from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, snapshot

@@ -21,7 +21,7 @@ from engine.keys.files import create_key_file, load_key_file
 from engine.lease import LeaseInfo, lease, live_leases, liveness, read_leases
 from engine.repository import Repository
 from engine.storage.local import LocalTarget
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import SourceError
 from shared.wire.sources import FilesSource
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree

@@ -30,16 +30,16 @@ from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.compare import tree_differences
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import (
     AlertsConfig,
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
-    LocalTargetConfig,
     MaintenanceConfig,
-    load,
 )
+from shared.config.load import load
+from shared.config.targets import LocalTargetConfig
 from shared.errors import ConfigError
 from shared.wire.events import BackupCompleted
 from shared.wire.records import MaintenanceRecord

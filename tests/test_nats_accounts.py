@@ -38,7 +38,7 @@ from mosaic.natsconfig import TlsFiles, write_config
 from mosaic.pki import init_ca, issue
 from shared import subjects
 from shared.bus import Bus, fetch_one
-from shared.config import CatalogConfig, CoordinatorConfig, DatasetConfig
+from shared.config.coordinator import CatalogConfig, CoordinatorConfig, DatasetConfig
 from shared.nats_credentials import nats_tls
 from shared.natsserver import free_port, nats_server_binary
 from shared.vocab import utcnow

@@ -31,7 +31,8 @@ from mosaic.compare import tree_differences
 from mosaic.natsconfig import write_config
 from shared import subjects
 from shared.bus import Bus, fetch_one
-from shared.config import AgentConfig, LocalTargetConfig
+from shared.config.agent import AgentConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import BusError
 from shared.natsserver import free_port, nats_server_binary
 from shared.wire.base import encode

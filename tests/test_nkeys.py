@@ -27,7 +27,8 @@ from engine.storage.open import open_target
 from mosaic.natsconfig import write_config
 from shared import nkeys, subjects
 from shared.bus import Bus, fetch_one
-from shared.config import AgentConfig, load
+from shared.config.agent import AgentConfig
+from shared.config.load import load
 from shared.errors import BusError, ConfigError
 from shared.natsserver import free_port, nats_server_binary
 from tests.harness import cli

@@ -30,7 +30,7 @@ from engine.repository import Repository, WriteOptions
 from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import TargetError
 from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, snapshot

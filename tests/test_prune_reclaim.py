@@ -32,7 +32,7 @@ from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
 from engine.storage.open import open_target
 from mosaic.compare import tree_differences
-from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
 from shared.wire.sources import FilesSource
 from tests.fixtures.s3 import s3_client
 from tests.harness import agent_toml, cli

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mosaic import operator
-from shared.config import MaintenanceConfig
+from shared.config.coordinator import MaintenanceConfig
 from tests.harness import make_tree
 from tests.test_maintenance_jobs import Clock, backup_now, maint_stack, next_fire, result
 

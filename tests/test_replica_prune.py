@@ -16,7 +16,7 @@ from engine.repository import Repository
 from engine.storage.local import LocalTarget
 from mosaic import operator
 from mosaic.compare import tree_differences
-from shared.config import CoordinatorConfig, DatasetConfig, MaintenanceConfig
+from shared.config.coordinator import CoordinatorConfig, DatasetConfig, MaintenanceConfig
 from shared.wire.events import BackupCompleted
 from shared.wire.records import MaintenanceRecord
 from shared.wire.sources import FilesSource

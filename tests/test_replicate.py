@@ -25,7 +25,7 @@ from engine.storage.base import Target
 from engine.storage.local import LocalTarget
 from engine.storage.open import open_target
 from mosaic.compare import tree_differences
-from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
 from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, snapshot
 

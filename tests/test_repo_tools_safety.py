@@ -25,7 +25,9 @@ from engine.keys.files import load_any_key_file
 from engine.storage.open import open_target
 from mosaic import local_audit
 from mosaic.compare import tree_differences
-from shared.config import AgentConfig, LocalTargetConfig, is_set, load
+from shared.config.agent import AgentConfig
+from shared.config.load import is_set, load
+from shared.config.targets import LocalTargetConfig
 from shared.natsserver import free_port, nats_server_binary
 from tests.harness import agent_toml, cli, make_tree, write_toml
 

@@ -70,7 +70,7 @@ async def test_restore_never_overwrites(tmp_path: Path) -> None:
 
 
 def test_cli_partial_restore_and_dump(tmp_path: Path) -> None:
-    from shared.config import LocalTargetConfig
+    from shared.config.targets import LocalTargetConfig
     from tests.harness import agent_toml, cli
 
     src = make_tree(tmp_path / "src", big_mib=3)

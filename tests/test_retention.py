@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from coordinator.retention import Backup, Decision, cutoff, describe, parse_keep, select
-from shared.config import RetentionConfig, TierRetention
+from shared.config.coordinator import RetentionConfig, TierRetention
 from shared.vocab import Tier
 
 NOW = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)

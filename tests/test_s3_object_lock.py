@@ -16,7 +16,9 @@ import pytest
 from msgspec.structs import replace
 
 from engine.storage.s3 import S3Target
-from shared.config import AgentConfig, S3TargetConfig, load
+from shared.config.agent import AgentConfig
+from shared.config.load import load
+from shared.config.targets import S3TargetConfig
 from shared.errors import ConfigError, ObjectNotFound, TargetError, TargetUnavailable
 from tests.fixtures.s3 import s3_client
 

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from coordinator.schedule import MAX_MISSED_LISTED, due_runs, job_id, next_run, next_runs
-from shared.config import CoordinatorConfig, ScheduleConfig, load
+from shared.config.coordinator import CoordinatorConfig, ScheduleConfig
+from shared.config.load import load
 from shared.errors import ConfigError
 from shared.subjects import check_token
 

@@ -24,14 +24,14 @@ from coordinator.service import Coordinator
 from engine.storage.open import open_target
 from mosaic import operator
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import (
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
-    LocalTargetConfig,
     ScheduleConfig,
 )
+from shared.config.targets import LocalTargetConfig
 from shared.errors import BusError
 from shared.vocab import BackupType, utcnow
 from shared.wire.api import ApiReply, JobAccepted

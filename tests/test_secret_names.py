@@ -17,7 +17,7 @@ from engine.keys.files import create_key_file
 from engine.repository import Repository
 from engine.restore.tree import check_paths
 from engine.storage.local import LocalTarget
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import UnsafePathError
 from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli

@@ -25,7 +25,8 @@ from engine.repository import Repository
 from engine.restore.tree import restore_tree
 from engine.storage.local import LocalTarget
 from mosaic.compare import tree_differences
-from shared.config import AgentConfig, LocalTargetConfig
+from shared.config.agent import AgentConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import ConfigError, SourceError
 from shared.wire.sources import BtrfsSnapshot, FilesSource, LvmSnapshot, ZfsSnapshot
 from tests.harness import make_tree, unique

@@ -20,7 +20,9 @@ from rich.console import Console
 
 from agent.sources import docker as docker_source
 from mosaic import operator
-from shared.config import CoordinatorConfig, LocalTargetConfig, load
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import load
+from shared.config.targets import LocalTargetConfig
 from shared.errors import SourceError
 from shared.wire.events import BackupCompleted
 from shared.wire.sources import DockerExecSource, DockerVolumeSource

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from agent.sources import mariadb
 from mosaic import operator
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import SourceError
 from shared.wire.events import BackupCompleted, RestoreCompleted
 from shared.wire.sources import MariaDBSource

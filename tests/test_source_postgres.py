@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from mosaic import operator
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.natsserver import free_port
 from shared.wire.events import BackupCompleted
 from shared.wire.sources import PostgresSource

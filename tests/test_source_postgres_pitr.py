@@ -22,7 +22,7 @@ from rich.console import Console
 
 from agent.sources import postgres
 from mosaic import operator
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import SourceError
 from shared.natsserver import free_port
 from shared.wire.events import BackupCompleted, RestoreCompleted

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from agent.sources.system import ITEMS, MISSING, streams
 from mosaic import operator
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.errors import SourceError
 from shared.wire.events import BackupCompleted
 from shared.wire.sources import SystemSource

@@ -14,7 +14,7 @@ import pytest
 from coordinator.catalog import Catalog, open_catalog
 from coordinator.heartbeats import HeartbeatStore
 from coordinator.status import StatusBuilder
-from shared.config import CoordinatorConfig, DatasetConfig
+from shared.config.coordinator import CoordinatorConfig, DatasetConfig
 from shared.wire.records import BackupRecord, JobRecord
 from shared.wire.sources import FilesSource
 

@@ -13,14 +13,11 @@ from typing import Any
 import msgspec.inspect as mi
 import pytest
 
-from shared import config_fields
-from shared.config import (
-    AgentConfig,
-    CoordinatorConfig,
-    LocalTargetConfig,
-    S3TargetConfig,
-    load,
-)
+from shared.config import fields as config_fields
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CoordinatorConfig
+from shared.config.load import load
+from shared.config.targets import LocalTargetConfig, S3TargetConfig
 from shared.errors import ConfigError
 from tests.harness import REPO_ROOT, write_toml
 

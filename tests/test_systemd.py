@@ -33,7 +33,7 @@ from rich.console import Console
 
 from engine.keys.files import PASSPHRASE_ENV, create_key_file
 from mosaic.services import PASSPHRASE_CREDENTIAL, start_agent
-from shared.config import CREDENTIAL_FIELDS
+from shared.config.load import CREDENTIAL_FIELDS
 from shared.natsserver import free_port, nats_server_binary
 from tests.harness import cli
 

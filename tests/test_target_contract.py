@@ -26,7 +26,7 @@ from engine.storage.open import open_target, unwrap
 from engine.storage.retry import RetryingTarget
 from engine.storage.s3 import S3Target
 from engine.storage.sftp import SftpTarget
-from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
 from tests.fixtures.s3 import s3_client
 from tests.fixtures.sftp import SshdServer, keygen

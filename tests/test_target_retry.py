@@ -31,7 +31,7 @@ from engine.storage.retry import RetryingTarget, RetryPolicy
 from engine.storage.s3 import S3Target
 from mosaic.compare import tree_differences
 from mosaic.repo_verify import EXIT_UNREADABLE
-from shared.config import S3TargetConfig, SftpTargetConfig
+from shared.config.targets import S3TargetConfig, SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetUnavailable, TargetUnreadable
 from shared.wire.sources import FilesSource
 from tests.fixtures.faultproxy import FaultProxy, Faults

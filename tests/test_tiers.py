@@ -15,7 +15,7 @@ from coordinator.maintenance import tier_of
 from coordinator.scheduler import Scheduler
 from mosaic import operator
 from mosaic.cli import build_parser
-from shared.config import MaintenanceConfig, ScheduleConfig
+from shared.config.coordinator import MaintenanceConfig, ScheduleConfig
 from shared.vocab import BackupType, Tier
 from shared.wire.api import ApiReply, JobAccepted
 from shared.wire.events import BackupCompleted

@@ -33,15 +33,10 @@ from mosaic.compare import tree_differences
 from mosaic.natsconfig import TlsFiles, write_config
 from mosaic.pki import init_ca, issue
 from shared.bus import Bus
-from shared.config import (
-    AgentConfig,
-    CatalogConfig,
-    CoordinatorConfig,
-    DatasetConfig,
-    LocalTargetConfig,
-    TargetConfig,
-    load,
-)
+from shared.config.agent import AgentConfig
+from shared.config.coordinator import CatalogConfig, CoordinatorConfig, DatasetConfig
+from shared.config.load import load
+from shared.config.targets import LocalTargetConfig, TargetConfig
 from shared.errors import BusError, ConfigError
 from shared.nats_credentials import nats_tls
 from shared.natsserver import free_port, nats_server_binary

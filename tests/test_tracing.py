@@ -37,7 +37,7 @@ from rich.console import Console
 from engine.keys.files import create_key_file
 from mosaic import operator
 from shared import logs, tracing
-from shared.config import LocalTargetConfig, S3TargetConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig
 from shared.wire.events import BackupCompleted, RestoreCompleted
 from tests.harness import REPO_ROOT, agent_toml, cli, make_tree, running_stack, unique
 

@@ -18,7 +18,7 @@ from engine.repository import Repository, WriteOptions
 from engine.storage.base import ObjectInfo
 from engine.storage.local import LocalTarget
 from mosaic.repo_verify import _summary, open_for_verify
-from shared.config import LocalTargetConfig
+from shared.config.targets import LocalTargetConfig
 from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree
 

@@ -43,7 +43,8 @@ from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.compare import tree_differences
 from mosaic.operator import OperatorError
-from shared.config import AgentConfig, LocalTargetConfig, S3TargetConfig
+from shared.config.agent import AgentConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig
 from shared.errors import RepositoryError, WrongKeyError
 from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique

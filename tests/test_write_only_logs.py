@@ -29,7 +29,8 @@ from engine.repository import Repository
 from engine.storage.local import LocalTarget
 from engine.storage.open import open_target
 from mosaic import operator
-from shared.config import AgentConfig, LocalTargetConfig
+from shared.config.agent import AgentConfig
+from shared.config.targets import LocalTargetConfig
 from shared.wire.events import BackupCompleted, RestoreCompleted
 from shared.wire.sources import PostgresSource
 from tests.fixtures.postgres import ArchivingPostgres

@@ -12,7 +12,7 @@ from __future__ import annotations
 from engine.storage.base import ObjectInfo, SpaceInfo, Target
 from engine.storage.local import LocalTarget
 from engine.storage.retry import DEFAULT_POLICY, RetryingTarget, RetryPolicy
-from shared.config import LocalTargetConfig, S3TargetConfig, SftpTargetConfig, TargetConfig
+from shared.config.targets import LocalTargetConfig, S3TargetConfig, SftpTargetConfig, TargetConfig
 
 __all__ = ["ObjectInfo", "RetryPolicy", "SpaceInfo", "Target", "open_target", "unwrap"]
 

@@ -38,7 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from engine.storage.base import ObjectInfo, SpaceInfo, TemporaryInfo, check_key
 from engine.storage.s3_errors import S3Errors
 from engine.storage.s3_versions import delete_version, versions_of
-from shared.config import S3TargetConfig
+from shared.config.targets import S3TargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ import asyncssh
 from asyncssh import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR
 
 from engine.storage.base import ObjectInfo, SpaceInfo, TemporaryInfo, check_key
-from shared.config import SftpTargetConfig
+from shared.config.targets import SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
 
 T = TypeVar("T")
