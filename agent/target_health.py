@@ -52,12 +52,13 @@ class DownTarget:
 
     Every operation first looks again while the target is down, and raises
     :class:`~shared.errors.TargetUnavailable` (retryable) when it still is. Attributes
-    other than the operations (``append_only``, ``retention``, ``check``) pass through.
+    other than the operations (``capabilities``, ``retention``, ``check``) pass through.
     """
 
     def __init__(self, name: str, inner: Target, reason: str) -> None:
         self.name = name
         self.inner = inner
+        self.capabilities = inner.capabilities
         self.down: str | None = reason
         self._lock = anyio.Lock()
 

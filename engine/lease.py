@@ -13,7 +13,7 @@ Scheme (and why it cannot block backups for days, restic's stale-lock complaint)
   deduplicate against a pack that is about to be deleted. Leases whose ``expires`` has
   passed are ignored and removed: a crashed writer delays GC by at most ``ttl`` and
   never needs a manual unlock.
-- On an append-only target (``target.append_only``: SFTP or local targets whose agent may
+- On an append-only target (``capabilities.append_only``: SFTP or local targets whose agent may
   not delete or replace) a lease is a series of objects: ``locks/<id>`` first, each
   renewal a new ``locks/<id>.<seq>`` with a later ``expires``, and the release one more
   with ``expires`` in 1970 (over, as a deleted one). The record with the highest ``seq``
@@ -139,8 +139,7 @@ def _key(info: LeaseInfo) -> str:
 
 
 def _append_only(target: Target) -> bool:
-    # Not part of the Target protocol: only local and SFTP targets have the mode.
-    return bool(getattr(target, "append_only", False))
+    return target.capabilities.append_only
 
 
 async def _store(target: Target, keys: Keyring, info: LeaseInfo) -> None:

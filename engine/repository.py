@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyfastcdc import FastCDC
 
 from engine import recovery
-from engine.format import packscan
+from engine.format import packscan, segments
 from engine.format import spec as fmt
 from engine.format.crypto import Keyring, open_sealed, seal, sealed_kid
 from engine.format.manifest import (
@@ -40,6 +40,7 @@ from engine.format.manifest import (
     manifest_encoder,
 )
 from engine.format.pack import PackEntry, PackWriter
+from engine.format.segments import SegmentPack
 from engine.index import ChunkIndex, IndexEntry
 from engine.keys.files import KEY_SIZE, RepoKey, unwrap_data_key, wrap_data_key
 from engine.keys.writeonly import (
@@ -95,14 +96,8 @@ class SealedPack(NamedTuple):
     entries: list[PackEntry]
 
 
-class _PackIndex(msgspec.Struct, array_like=True):
-    pack_id: bytes
-    entries: list[PackEntry]
-
-
 _cfg_enc = msgspec.msgpack.Encoder()
 _cfg_dec = msgspec.msgpack.Decoder(RepoConfig)
-_idx_dec = msgspec.msgpack.Decoder(list[_PackIndex])
 
 
 class Repository:
@@ -123,7 +118,7 @@ class Repository:
         self._pending: set[bytes] = set()
         self._lock = threading.Lock()
         self._writer = PackWriter()
-        self._unindexed: list[_PackIndex] = []
+        self._unindexed: list[SegmentPack] = []
         self.bytes_uploaded = 0
         self.packs_written = 0
         # Set when opened with a write-only key: reads of backup content are refused.
@@ -435,9 +430,8 @@ class Repository:
             if self.recipient is not None:
                 await self._ensure_key_for(sealed)
             try:
-                _, payload = open_sealed(self.keys, obj.key.encode(), sealed, where)
-                packs = _idx_dec.decode(payload)
-            except (IntegrityError, msgspec.DecodeError, KeyError):
+                packs = segments.open_segment(self.keys, obj.key, sealed, where)
+            except (IntegrityError, KeyError):
                 self.damaged_segments.append(obj.key)
                 continue
             for pack in packs:
@@ -565,7 +559,7 @@ class Repository:
         await self.target.put(fmt.pack_key(pack.pack_id), pack.data)
         self.bytes_uploaded += len(pack.data)
         self.packs_written += 1
-        self._unindexed.append(_PackIndex(pack.pack_id, pack.entries))
+        self._unindexed.append(SegmentPack(pack.pack_id, list(pack.entries)))
         for e in pack.entries:
             self.index[e.id] = IndexEntry(pack.pack_id, e.offset, e.length, e.otype, e.raw_length)
             self._pending.discard(e.id)
@@ -589,8 +583,8 @@ class Repository:
         packs, self._unindexed = self._unindexed, []
         if not packs:
             return
-        key = f"{fmt.INDEX_PREFIX}{uuid.uuid4().hex}"
-        sealed = seal(self.keys, fmt.OT_INDEX, key.encode(), _cfg_enc.encode(packs))
+        key = segments.new_key()
+        sealed = segments.seal_segment(self.keys, key, packs)
         await self.target.put(key, sealed)
         self.bytes_uploaded += len(sealed)
 

@@ -33,7 +33,6 @@ method, so this module does not depend on repository.py's internals.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import msgspec
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from engine import recovery
+from engine.format import segments
 from engine.format import spec as fmt
 from engine.format.crypto import Keyring, open_sealed, seal, sealed_kid
 from engine.keys.files import KEY_SIZE, create_key_file, unwrap_data_key, wrap_data_key
@@ -226,9 +226,9 @@ async def _reseal_index(repo: Repository) -> int:
         if sealed_kid(sealed) == ikid:
             continue
         where = f"{target.describe()}/{obj.key}"
-        _, payload = open_sealed(repo.keys, obj.key.encode(), sealed, where)
-        key = f"{fmt.INDEX_PREFIX}{uuid.uuid4().hex}"
-        await target.put(key, seal(repo.keys, fmt.OT_INDEX, key.encode(), payload))
+        packs = segments.open_segment(repo.keys, obj.key, sealed, where)
+        key = segments.new_key()
+        await target.put(key, segments.seal_segment(repo.keys, key, packs))
         await target.delete(obj.key)
         n += 1
     return n

@@ -52,18 +52,16 @@ deletion with a non-retryable TargetError: they are reported with the target's r
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
 
 import anyio
-import msgspec
 
 from engine.format import packscan
+from engine.format import segments as segment_codec
 from engine.format import spec as fmt
-from engine.format.crypto import open_sealed, seal
 from engine.format.manifest import Manifest
 from engine.format.pack import PackEntry
 from engine.index import ChunkIndex, IndexEntry
@@ -76,9 +74,6 @@ from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, Targe
 __all__ = ["DEFAULT_MARGIN", "DEFAULT_MAX_UNUSED", "GcPlan", "GcReport", "Pack"]
 
 DEFAULT_MARGIN = timedelta(minutes=5)
-
-_seg_enc = msgspec.msgpack.Encoder()
-_seg_dec = msgspec.msgpack.Decoder(list[tuple[bytes, list[PackEntry]]])
 
 
 class _Temporaries(Protocol):
@@ -160,13 +155,9 @@ async def forget(repo: Repository, backup_ids: Iterable[str]) -> None:
         await repo.target.delete(fmt.manifest_key(backup_id))
 
 
-async def _read_segment(repo: Repository, key: str) -> list[tuple[bytes, list[PackEntry]]]:
+async def _read_segment(repo: Repository, key: str) -> list[segment_codec.SegmentPack]:
     where = f"{repo.target.describe()}/{key}"
-    _, payload = open_sealed(repo.keys, key.encode(), await repo.target.get(key), where)
-    try:
-        return _seg_dec.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise IntegrityError(f"{where}: index segment is invalid ({exc})") from exc
+    return segment_codec.open_segment(repo.keys, key, await repo.target.get(key), where)
 
 
 async def _leases(
@@ -256,8 +247,8 @@ async def plan_gc(
         except IntegrityError:
             damaged_segments.append(obj.key)  # its packs are found by their headers
             continue
-        for pack_id, entries in content:
-            indexed.setdefault(pack_id, entries)  # duplicates (crash, undo) are equal
+        for listed in content:  # duplicates (crash, undo) are equal
+            indexed.setdefault(listed.pack_id, listed.entries)
     sizes: dict[bytes, int] = {}
     async for obj in repo.target.list(fmt.DATA_PREFIX):
         pid = packscan.pack_id_of(obj.key)
@@ -300,9 +291,9 @@ async def plan_gc(
 async def _put_segment(repo: Repository, packs: Sequence[Pack]) -> str | None:
     if not packs:
         return None
-    key = f"{fmt.INDEX_PREFIX}{uuid.uuid4().hex}"
-    payload = _seg_enc.encode([(p.pack_id, list(p.entries)) for p in packs])
-    await repo.target.put(key, seal(repo.keys, fmt.OT_INDEX, key.encode(), payload))
+    key = segment_codec.new_key()
+    listed = [segment_codec.SegmentPack(p.pack_id, list(p.entries)) for p in packs]
+    await repo.target.put(key, segment_codec.seal_segment(repo.keys, key, listed))
     return key
 
 

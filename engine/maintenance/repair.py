@@ -18,18 +18,18 @@ killed at any point leaves a repository at least as readable as before:
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import msgspec
 
 from engine.backup.walk import shown_names
-from engine.format import packscan
+from engine.format import packscan, segments
 from engine.format import spec as fmt
 from engine.format.crypto import seal
 from engine.format.manifest import Manifest, Node, encode_tree, manifest_encoder
 from engine.format.pack import PackEntry, PackWriter, check_pack_id, read_pack_entries
+from engine.format.segments import SegmentPack
 from engine.index import ChunkIndex, IndexEntry
 from engine.repository import Repository
 from shared.errors import IntegrityError, ObjectNotFound, TargetError
@@ -37,11 +37,6 @@ from shared.errors import IntegrityError, ObjectNotFound, TargetError
 SEGMENT_PACKS = 256  # packs described by one rewritten index segment
 _enc = msgspec.msgpack.Encoder()
 RECOVERY_MANIFESTS = f"{fmt.RECOVERY_PREFIX}manifests/"
-
-
-class _PackIndex(msgspec.Struct, array_like=True):
-    pack_id: bytes
-    entries: list[PackEntry]
 
 
 @dataclass
@@ -52,12 +47,12 @@ class IndexRepair:
     unreadable_packs: dict[str, str] = field(default_factory=dict)  # key → reason
 
 
-async def _write_segments(repo: Repository, packs: list[_PackIndex]) -> list[str]:
+async def _write_segments(repo: Repository, packs: list[SegmentPack]) -> list[str]:
     keys: list[str] = []
     for i in range(0, len(packs), SEGMENT_PACKS):
-        key = f"{fmt.INDEX_PREFIX}{uuid.uuid4().hex}"
+        key = segments.new_key()
         part = packs[i : i + SEGMENT_PACKS]
-        await repo.target.put(key, seal(repo.keys, fmt.OT_INDEX, key.encode(), _enc.encode(part)))
+        await repo.target.put(key, segments.seal_segment(repo.keys, key, part))
         keys.append(key)
     return keys
 
@@ -68,7 +63,7 @@ async def repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepai
     repo.refuse_write_only("rebuilding the index")
     rep = IndexRepair()
     old_segments = [o.key async for o in repo.target.list(fmt.INDEX_PREFIX)]
-    packs: list[_PackIndex] = []
+    packs: list[SegmentPack] = []
     index = ChunkIndex()
     async for obj in repo.target.list(fmt.DATA_PREFIX):
         pack_id = packscan.pack_id_of(obj.key)
@@ -79,7 +74,7 @@ async def repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepai
         except (IntegrityError, ObjectNotFound) as exc:
             rep.unreadable_packs[obj.key] = str(exc)
             continue
-        packs.append(_PackIndex(pack_id, entries))
+        packs.append(SegmentPack(pack_id, entries))
         for e in entries:
             index[e.id] = IndexEntry(pack_id, e.offset, e.length, e.otype, e.raw_length)
     index.compact()
@@ -180,7 +175,7 @@ async def repair_packs(repo: Repository, *, dry_run: bool = False) -> PackRepair
         rep.hits = await lost_chunk_users(repo, rep.chunks_lost)
         return rep
     writer = PackWriter()
-    new_packs: list[_PackIndex] = []
+    new_packs: list[SegmentPack] = []
     for blob, sealed in salvaged:
         if blob.id in elsewhere:
             continue
@@ -200,10 +195,10 @@ async def repair_packs(repo: Repository, *, dry_run: bool = False) -> PackRepair
     return rep
 
 
-async def _upload(repo: Repository, writer: PackWriter) -> _PackIndex:
+async def _upload(repo: Repository, writer: PackWriter) -> SegmentPack:
     pack_id, data, entries = writer.finish(repo.keys)
     await repo.target.put(fmt.pack_key(pack_id), data)
-    return _PackIndex(pack_id, entries)
+    return SegmentPack(pack_id, entries)
 
 
 def _shown(m: Manifest, node: Node) -> str:

@@ -27,7 +27,6 @@ from engine.format import spec as fmt
 from engine.format.manifest import Node
 from engine.progress import Progress
 from engine.repository import Repository
-from engine.storage.local import LocalTarget
 from shared.errors import IntegrityError, ObjectNotFound, RepositoryError, TargetError
 from shared.tasks import task_group
 
@@ -227,7 +226,7 @@ async def fetch_and_write(
     damage = Damage()
     await repo.find_missing([c for _, n in files for c in n.chunks])
     planned = await anyio.to_thread.run_sync(plan, repo, files, damage, name)
-    local = isinstance(repo.target, LocalTarget)
+    local = repo.target.capabilities.local_disk
     limiter = anyio.CapacityLimiter(PARALLEL_PACKS_LOCAL if local else PARALLEL_PACKS_REMOTE)
 
     async def one_pack(pack_id: bytes, blobs: list[_Blob]) -> None:

@@ -24,6 +24,20 @@ class SpaceInfo(msgspec.Struct, frozen=True):
     free: int
 
 
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a target's medium and credentials allow, asked instead of its type.
+
+    - ``append_only``: deletes and overwrites are refused (``append_only = true`` on a
+      local or SFTP target): prune must run elsewhere, leases are never removed.
+    - ``local_disk``: reads cost no network round trip (the restore reads fewer packs
+      at once: two cores are busy decrypting, not waiting).
+    Every target reads ranges (``get_range``); ``space()`` returns None where the medium
+    cannot tell its free space (S3)."""
+
+    append_only: bool = False
+    local_disk: bool = False
+
+
 class TemporaryInfo(msgspec.Struct, frozen=True):
     """A write that never finished (``list_temporary``, on targets that have them): a
     ``.tmp-*`` file of a killed upload, or an S3 multipart upload never completed.
@@ -54,7 +68,7 @@ class Target(Protocol):
     - ``aclose`` releases connections; it is idempotent.
 
     Backends do not retry reads themselves (beyond what their SDK does per request):
-    :func:`shared.targets.open_target` wraps remote targets in
+    :func:`engine.storage.open.open_target` wraps remote targets in
     :class:`engine.storage.retry.RetryingTarget`, whose reads raise
     :class:`shared.errors.TargetUnreadable` once transient faults outlast its attempts.
     A backend may offer ``list_after(prefix, start_after)`` (``list`` from the first key
@@ -62,6 +76,7 @@ class Target(Protocol):
     """
 
     name: str
+    capabilities: Capabilities
 
     async def put(self, key: str, data: bytes) -> None: ...
 

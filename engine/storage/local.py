@@ -33,7 +33,7 @@ import anyio
 import anyio.to_thread
 
 from engine.format import spec as fmt
-from engine.storage.base import ObjectInfo, SpaceInfo, TemporaryInfo, check_key
+from engine.storage.base import Capabilities, ObjectInfo, SpaceInfo, TemporaryInfo, check_key
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
 
 _LIMIT = anyio.CapacityLimiter(8)
@@ -161,6 +161,7 @@ class LocalTarget:
         self.root = Path(root)
         self._create = create
         self.append_only = append_only
+        self.capabilities = Capabilities(append_only=append_only, local_disk=True)
 
     def describe(self) -> str:
         return f"local:{self.root}"

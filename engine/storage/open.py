@@ -1,10 +1,11 @@
-"""Storage targets: bytes at keys, one module per kind, one factory.
+"""The one factory of storage targets: config section → backend → its wrappers.
 
-Retry, limits and (later) tracing wrap a target from outside here in :func:`open_target`,
-not inside each backend (restic's ``wrapBackend``). Remote targets (S3, SFTP) get the
-read retries of :mod:`engine.storage.retry`; a local disk does not: its reads have no
-transient network faults to outlast, and the restore picks its parallelism by knowing a
-:class:`LocalTarget` when it sees one.
+Wrappers go on here, from outside, never inside a backend (restic's ``wrapBackend``).
+Today there is one: remote targets (S3, SFTP) get the read retries of
+:mod:`engine.storage.retry`; a local disk does not (its reads have no transient network
+faults to outlast). Tracing is not a wrapper: spans are opened per pack upload and per
+job (engine.backup.pipeline, shared.tracing), where they say something. What a target
+can do (append-only, local disk) is asked through ``target.capabilities``.
 """
 
 from __future__ import annotations

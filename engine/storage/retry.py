@@ -146,6 +146,7 @@ class RetryingTarget:
     ) -> None:
         self.inner = inner
         self.name = inner.name
+        self.capabilities = inner.capabilities
         self.policy = policy
         self._rng = rng or random.Random()
         self.retries = 0  # reads repeated so far, for tests and diagnostics

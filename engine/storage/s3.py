@@ -35,7 +35,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from engine.storage.base import ObjectInfo, SpaceInfo, TemporaryInfo, check_key
+from engine.storage.base import Capabilities, ObjectInfo, SpaceInfo, TemporaryInfo, check_key
 from engine.storage.s3_errors import S3Errors
 from engine.storage.s3_versions import delete_version, versions_of
 from shared.config.targets import S3TargetConfig
@@ -94,6 +94,7 @@ class S3Target:
             )
         self.name = name
         self.cfg = cfg
+        self.capabilities = Capabilities()
         prefix = cfg.prefix.strip("/")
         self._prefix = f"{prefix}/" if prefix else ""
         self._multipart_threshold = multipart_threshold

@@ -39,7 +39,7 @@ import anyio.to_thread
 import asyncssh
 from asyncssh import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR
 
-from engine.storage.base import ObjectInfo, SpaceInfo, TemporaryInfo, check_key
+from engine.storage.base import Capabilities, ObjectInfo, SpaceInfo, TemporaryInfo, check_key
 from shared.config.targets import SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetError, TargetUnavailable
 
@@ -107,6 +107,7 @@ class SftpTarget:
         self._sftp: asyncssh.SFTPClient | None = None
         self._closed = False
         self.append_only = cfg.append_only
+        self.capabilities = Capabilities(append_only=cfg.append_only)
 
     def describe(self) -> str:
         host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
