@@ -17,18 +17,15 @@ backup content with :class:`WriteOnlyKeyError`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyfastcdc import FastCDC
 
-from engine import recovery
+from engine import opening, recovery
 from engine.format import packscan, segments
 from engine.format import spec as fmt
 from engine.format.crypto import Keyring, open_sealed, seal, sealed_kid
@@ -40,42 +37,24 @@ from engine.format.manifest import (
     manifest_encoder,
 )
 from engine.format.pack import PackEntry, PackWriter
+from engine.format.repoconfig import RepoConfig
 from engine.format.segments import SegmentPack
 from engine.index import ChunkIndex, IndexEntry
-from engine.keys.files import KEY_SIZE, RepoKey, unwrap_data_key, wrap_data_key
+from engine.keys.files import RepoKey
 from engine.keys.writeonly import (
-    KID_SIZE,
     WriteOnlyKey,
     is_recipient_wrapped,
     refusal,
     unwrap_from_recipient,
-    wrap_to_recipient,
 )
 from engine.storage.base import Target
 from shared.errors import (
-    DamagedRepositoryError,
     IntegrityError,
     ObjectNotFound,
     RepositoryError,
-    WrongKeyError,
 )
 
 log = logging.getLogger(__name__)
-
-
-class RepoConfig(msgspec.Struct, frozen=True, kw_only=True):
-    version: int = fmt.FORMAT_VERSION
-    repository_id: str
-    created: datetime
-    chunk_id_key: bytes
-    chunker_min: int = 256 << 10
-    chunker_avg: int = 768 << 10
-    chunker_max: int = 4 << 20
-    chunker_seed: int = 0
-    # Write-only agents (writeonly.py); empty until `repo keys write-only-export`.
-    recipient_kid: bytes = b""  # keys/<kid> holds the X25519 private key, master-wrapped
-    recipient_public: bytes = b""
-    index_kid: bytes = b""  # seals index segments and leases
 
 
 class WriteOptions(NamedTuple):
@@ -94,10 +73,6 @@ class SealedPack(NamedTuple):
     pack_id: bytes
     data: bytes
     entries: list[PackEntry]
-
-
-_cfg_enc = msgspec.msgpack.Encoder()
-_cfg_dec = msgspec.msgpack.Decoder(RepoConfig)
 
 
 class Repository:
@@ -160,164 +135,23 @@ class Repository:
         ``create`` is set; a wrong key is detected before any write. A location with
         objects but no readable ``config`` raises DamagedRepositoryError naming the
         repair — except that readers open it from ``recovery/config`` (with a warning).
-        ``master_key`` may be a write-only key.
+        ``master_key`` may be a write-only key. (engine.opening does the finding.)
         """
-        where = target.describe()
         if isinstance(master_key, WriteOnlyKey):
-            return await cls._open_write_only(target, master_key, options)
-        try:
-            sealed_cfg: bytes | None = await target.get(fmt.CONFIG_KEY)
-        except ObjectNotFound:
-            sealed_cfg = None
-        from_copy = False
-        if sealed_cfg is None:
-            state = await recovery.location_state(target)
-            if state in ("empty", "initialising"):
-                if not create:
-                    raise RepositoryError(f"{where}: no repository here (nothing backed up yet)")
-                return await cls._init(target, master_key, options)
-            if state == "repository":  # config written since our first look
-                return await cls.open(target, master_key, create=create, options=options)
-            sealed_cfg = await recovery.config_copy(target)
-            if sealed_cfg is None or create:
-                raise DamagedRepositoryError(
-                    recovery.damaged_message(where, "the `config` object is missing")
-                )
-            from_copy = True
-        wrapped = await recovery.wrapped_keys(target)
-        data_keys: dict[bytes, bytes] = {}
-        wrong: WrongKeyError | None = None
-        to_recipient: list[tuple[str, bytes]] = []
-        for kid_hex, raw in wrapped.items():
-            key_where = f"{where}/{fmt.KEYS_PREFIX}{kid_hex}"
-            if is_recipient_wrapped(raw):
-                to_recipient.append((key_where, raw))
-                continue
-            try:
-                kid, key = unwrap_data_key(master_key, raw, key_where)
-            except WrongKeyError as exc:
-                wrong = exc
-                continue
-            data_keys[kid] = key
-        if not data_keys:
-            if wrong is not None:
-                raise wrong
-            raise DamagedRepositoryError(recovery.damaged_message(where, "keys/ is empty"))
-        keys = Keyring(data_keys, max(data_keys), b"")
-        cfg_where = f"{where}/{fmt.CONFIG_KEY}"
-        try:
-            config = cls._open_config(keys, sealed_cfg, cfg_where)
-        except (IntegrityError, KeyError) as exc:
-            copy = None if from_copy or create else await recovery.config_copy(target)
-            if copy is None or copy == sealed_cfg:
-                raise DamagedRepositoryError(
-                    recovery.damaged_message(where, f"the `config` object does not open ({exc})")
-                ) from None
-            sealed_cfg, from_copy = copy, True
-            config = cls._open_config(keys, sealed_cfg, f"{where}/{fmt.RECOVERY_CONFIG_KEY}")
-        if from_copy:
-            log.warning(
-                "%s: `config` is missing or damaged; opened read-only from recovery/config. "
-                "To write here again, %s",
-                where,
-                recovery.REPAIR_HINT,
-            )
-        recipient = None
-        if config.recipient_kid:
-            secret = data_keys.pop(config.recipient_kid, None)
-            if secret is None:
-                raise DamagedRepositoryError(
-                    recovery.damaged_message(
-                        where, f"the recipient key {config.recipient_kid.hex()} is missing"
-                    )
-                )
-            recipient = X25519PrivateKey.from_private_bytes(secret)
-            for key_where, raw in to_recipient:
-                kid, key = unwrap_from_recipient(recipient, raw, key_where)
-                data_keys[kid] = key
-        # New objects are sealed with the key the config was sealed with.
-        current = bytes(sealed_cfg[6:14])
-        keys = Keyring(data_keys, current, config.chunk_id_key, meta=config.index_kid or None)
-        repo = cls(target, keys, config, options)
-        repo.recipient = recipient
-        repo.sealed_config = sealed_cfg
-        repo.wrapped_keys = {k: v for k, v in wrapped.items() if not is_recipient_wrapped(v)}
-        await repo._load_index()
-        if create:
-            await recovery.ensure_copies(target, sealed_cfg)
-        return repo
-
-    @staticmethod
-    def _open_config(keys: Keyring, sealed: bytes, where: str) -> RepoConfig:
-        kid = sealed_kid(sealed)
-        if kid and not keys.holds(kid):
-            raise IntegrityError(
-                f"{where}: sealed with data key {kid.hex()}, which is in neither keys/ nor "
-                "recovery/keys/"
-            )
-        _, payload = open_sealed(keys, fmt.CONFIG_KEY.encode(), sealed, where)
-        try:
-            config = _cfg_dec.decode(payload)
-        except msgspec.DecodeError as exc:
-            raise IntegrityError(f"{where}: config is invalid ({exc})") from exc
-        if config.version != fmt.FORMAT_VERSION:
-            raise RepositoryError(f"{where}: repository format {config.version} is not supported")
-        return config
-
-    @classmethod
-    async def _open_write_only(
-        cls, target: Target, wo: WriteOnlyKey, options: WriteOptions
-    ) -> Repository:
-        """Open for writing with a write-only key: a fresh session key, wrapped to the
-        recipient, seals everything this Repository object writes (see writeonly.py)."""
-        where = target.describe()
-        state = await recovery.location_state(target)
-        if state == "damaged":
-            raise DamagedRepositoryError(
-                recovery.damaged_message(where, "the `config` object is missing")
-            )
-        if state != "repository":
-            raise RepositoryError(
-                f"{where}: no repository here; a write-only key cannot create one — "
-                f"initialise it with the full key file, then export the write-only key"
-            )
-        for entry in wo.repositories:
-            if await target.exists(f"{fmt.KEYS_PREFIX}{entry.index_kid.hex()}"):
-                break
+            opened = await opening.open_write_only(target, master_key)
         else:
-            raise WrongKeyError(
-                f"write-only key file {wo.path} does not cover the repository at {where} "
-                "(export it again with `repo keys write-only-export` for this target)"
-            )
-        lo, avg, hi, seed = entry.chunker
-        config = RepoConfig(
-            repository_id=entry.repository_id,
-            created=datetime.now(UTC),
-            chunk_id_key=entry.chunk_id_key,
-            chunker_min=lo,
-            chunker_avg=avg,
-            chunker_max=hi,
-            chunker_seed=seed,
-            recipient_public=entry.recipient_public,
-            index_kid=entry.index_kid,
+            opened = await opening.open_full(target, master_key, create=create)
+        repo = cls(target, opened.keys, opened.config, options)
+        repo.recipient, repo.write_only = opened.recipient, opened.write_only
+        repo._session_key_obj = opened.session_key
+        repo.sealed_config, repo.wrapped_keys = (
+            opened.sealed_config,
+            dict(opened.wrapped_keys or {}),
         )
-        kid = os.urandom(KID_SIZE)
-        while kid == entry.index_kid:
-            kid = os.urandom(KID_SIZE)
-        session = os.urandom(KEY_SIZE)
-        keys = Keyring(
-            {entry.index_kid: entry.index_key, kid: session},
-            kid,
-            entry.chunk_id_key,
-            meta=entry.index_kid,
-        )
-        repo = cls(target, keys, config, options)
-        repo.write_only = wo
-        repo._session_key_obj = (
-            f"{fmt.KEYS_PREFIX}{kid.hex()}",
-            wrap_to_recipient(entry.recipient_public, kid, session),
-        )
-        await repo._load_index()
+        if not opened.created:
+            await repo._load_index()
+        if create and opened.write_only is None:
+            await recovery.ensure_copies(target, opened.sealed_config)
         return repo
 
     async def _store_session_key(self) -> None:
@@ -353,30 +187,6 @@ class Repository:
         kid = sealed_kid(sealed)
         if kid and not self.keys.holds(kid):
             await self.refresh_keys()
-
-    @classmethod
-    async def _init(cls, target: Target, master_key: bytes, options: WriteOptions) -> Repository:
-        kid, data_key = os.urandom(8), os.urandom(KEY_SIZE)
-        config = RepoConfig(
-            repository_id=uuid.uuid4().hex,
-            created=datetime.now(UTC),
-            chunk_id_key=os.urandom(32),
-            chunker_seed=int.from_bytes(os.urandom(4), "little"),
-        )
-        keys = Keyring({kid: data_key}, kid, config.chunk_id_key)
-        wrapped = wrap_data_key(master_key, kid, data_key)
-        await target.put(f"{fmt.KEYS_PREFIX}{kid.hex()}", wrapped)
-        sealed = seal(keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), _cfg_enc.encode(config))
-        # Written last and only if absent: it marks the repository as ready, and when two
-        # writers initialise at once exactly one config wins; the loser opens that one
-        # (its own data key stays in keys/, wrapped by the same master key, unused).
-        if not await target.create(fmt.CONFIG_KEY, sealed):
-            return await cls.open(target, master_key, options=options)
-        repo = cls(target, keys, config, options)
-        repo.sealed_config = sealed
-        repo.wrapped_keys = {kid.hex(): wrapped}
-        await recovery.ensure_copies(target, sealed)
-        return repo
 
     async def reload_index(self) -> None:
         """Re-read the index from the target (nothing may be pending). A backup calls

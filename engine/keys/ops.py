@@ -43,9 +43,10 @@ from engine import recovery
 from engine.format import segments
 from engine.format import spec as fmt
 from engine.format.crypto import Keyring, open_sealed, seal, sealed_kid
+from engine.format.repoconfig import RepoConfig, seal_config
 from engine.keys.files import KEY_SIZE, create_key_file, unwrap_data_key, wrap_data_key
 from engine.keys.writeonly import WriteOnlyEntry, is_recipient_wrapped, public_bytes
-from engine.repository import RepoConfig, Repository
+from engine.repository import Repository
 from engine.storage.base import Target
 from shared.errors import KeyFileError, ObjectNotFound, RepositoryError, WrongKeyError
 
@@ -197,9 +198,7 @@ async def write_only_entry(repo: Repository, master: bytes) -> WriteOnlyEntry:
             index_kid=ikid,
         )
         repo.keys.add(ikid, index_key)
-        sealed = seal(
-            repo.keys, fmt.OT_CONFIG, fmt.CONFIG_KEY.encode(), msgspec.msgpack.encode(cfg)
-        )
+        sealed = seal_config(repo.keys, cfg)
         await target.put(fmt.CONFIG_KEY, sealed)
         repo.config, repo.keys.meta, repo.recipient = cfg, ikid, private
         repo.sealed_config = sealed
