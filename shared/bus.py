@@ -34,7 +34,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import (
     NoRespondersError,
-    NoServersError,
 )
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
@@ -43,7 +42,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 from shared import subjects, tracing
 from shared.config.nats import NatsClientConfig
 from shared.errors import BusError
-from shared.nkeys import provide_for_nats_py
+from shared.nats_connect import open_nats, strip_credentials
 from shared.wire.api import ApiError, ApiReply, ApiRequest, reply_decoder, request_decoder
 from shared.wire.base import encode
 from shared.wire.events import Event, event_decoder, event_kind
@@ -59,28 +58,6 @@ MAX_DELIVER = 5
 AGENT_ACK_WAIT_S = 30.0
 CONSUMER_WAIT_S = 2.0  # an agent whose consumer does not exist yet asks again this often
 WATCH_POLL_S = 0.1  # how often watch_job asks for the next stored event (operator CLIs)
-
-
-def strip_credentials(url: str) -> str:
-    """``nats://user:secret@host:4222`` → ``nats://host:4222`` for messages."""
-    return re.sub(r"//[^/@]*@", "//", url)
-
-
-def _tls_reason(exc: ssl.SSLError) -> str:
-    """One line from an SSL error: the verification message when there is one."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
-    return str(exc.reason or exc.strerror or type(exc).__name__).lower().replace("_", " ")
-
-
-async def _quiet(exc: Exception) -> None:
-    """nats-py logs every reconnect failure loudly; our callers report errors themselves.
-
-    A permissions violation is the exception: the server drops the denied message and
-    the caller only sees a timeout, so the subject the server refused is logged here.
-    """
-    if "permissions violation" in str(exc).lower():
-        log.warning("NATS refused: %s", exc)
 
 
 @dataclass(frozen=True)
@@ -177,75 +154,17 @@ class Bus:
         ``js_prefix`` is where this account sees JetStream (``subjects.JS_IMPORT_PREFIX``
         for an agent account of ``nats-config``).
         """
-        nc = NATS()
-        auth: dict[str, Any] = {}
-        if user is not None:
-            auth = {"user": user, "password": password or ""}
-        if nkeys_seed is not None:
-            provide_for_nats_py()
-            auth["nkeys_seed"] = nkeys_seed
-        if inbox_prefix is not None:
-            auth["inbox_prefix"] = inbox_prefix
-        if tls is not None:
-            auth["tls"] = tls
-        scope = anyio.move_on_after(timeout)
-        refused = False
-        tls_problem: str | None = None
-
-        async def on_error(exc: Exception) -> None:
-            # nats-py retries refused credentials forever and only tells error_cb. Stop
-            # in its back-off sleep (reconnect_time_wait=1): cancelled right here, it
-            # would leave the refused attempt's socket open.
-            nonlocal refused, tls_problem
-            if not nc.is_connected and "authorization violation" in str(exc).lower():
-                refused = True
-                scope.deadline = min(scope.deadline, anyio.current_time() + 0.2)
-            if not nc.is_connected and isinstance(exc, ssl.SSLError):
-                tls_problem = _tls_reason(exc)
-                scope.deadline = min(scope.deadline, anyio.current_time() + 0.2)
-            await _quiet(exc)
-
-        with scope:
-            try:
-                await nc.connect(
-                    url,
-                    name=name,
-                    **auth,
-                    connect_timeout=2,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    error_cb=on_error,
-                    drain_timeout=5,  # a stopping process must not hang for 30 s
-                )
-                return cls(nc, url, js_prefix)
-            except (NoServersError, OSError, TimeoutError):
-                pass  # reported below, with the URL
-        with anyio.CancelScope(shield=True):
-            await nc.close()
-        if tls_problem is not None:
-            raise BusError(
-                f"NATS at {strip_credentials(url)}: TLS handshake failed: {tls_problem} (set "
-                "nats_tls_ca to the CA that signed the server's certificate, and nats_tls_cert "
-                "and nats_tls_key if the server verifies clients)",
-                retryable=False,
-            )
-        if refused:
-            who = f"user {user!r}" if user else "a client without credentials"
-            if nkeys_seed is not None:
-                who = f"the NKEY seed in {nkeys_seed}"
-            if not user and strip_credentials(url) != url:
-                who = "the credentials in the URL"
-            raise BusError(
-                f"NATS at {strip_credentials(url)} refused {who}: wrong or missing "
-                "credentials (check nats_user and nats_password_file, or nats_nkey_seed_file)",
-                retryable=False,
-            )
-        raise BusError(
-            f"NATS at {strip_credentials(url)} is unreachable after {timeout:.0f}s; "
-            "start nats-server or fix nats_url",
-            retryable=True,
+        nc = await open_nats(
+            url,
+            name=name,
+            timeout=timeout,
+            user=user,
+            password=password,
+            inbox_prefix=inbox_prefix,
+            tls=tls,
+            nkeys_seed=nkeys_seed,
         )
+        return cls(nc, url, js_prefix)
 
     async def aclose(self) -> None:
         if self._closed:
