@@ -21,8 +21,9 @@ import asyncssh
 import pytest
 from rich.console import Console
 
+from agent.jobs.context import JobContext as MaintenanceContext
+from agent.jobs.prune import run_prune
 from agent.keysetup import prepare_key
-from agent.maintenance import MaintenanceContext, run_prune
 from agent.runner import AgentRunner
 from coordinator.catalog import open_catalog
 from coordinator.maintenance import Task
@@ -43,7 +44,7 @@ from engine.storage.local import (
 from engine.storage.sftp import SftpTarget
 from mosaic import operator
 from mosaic.compare import tree_differences
-from mosaic.systemd import agent_unit
+from mosaic.setup.systemd import agent_unit
 from shared.bus import Bus
 from shared.config.agent import AgentConfig
 from shared.config.coordinator import (

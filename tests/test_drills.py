@@ -18,8 +18,8 @@ from pathlib import Path
 import anyio.to_thread
 import psycopg
 
-from agent.drill import check_tar
-from mosaic.drill_cli import run_drill
+from agent.jobs.drill_tools import check_tar
+from mosaic.commands.drill import run_drill
 from shared.config.coordinator import MaintenanceConfig
 from shared.wire.events import DrillCompleted
 from shared.wire.sources import DockerVolumeSource, MariaDBSource, PostgresSource, RedisSource

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent.sources import mariadb
+from agent.sources import mariadb, mariadb_binlogs
 from mosaic import operator
 from shared.config.targets import LocalTargetConfig
 from shared.errors import SourceError
@@ -100,25 +100,25 @@ async def test_restore_to_a_point_in_time_replays_binlogs_up_to_it(
     assert _batches(latest / "mysql-data", db) == {"A": 990, "B": 500, "C": 250}
     # a second replay into the same folder would apply every change twice: refused
     with pytest.raises(SourceError, match="already replayed"):
-        mariadb.recover(source, at_point, at_point / mariadb.LOG_DIR, None)
+        mariadb_binlogs.recover(source, at_point, at_point / mariadb_binlogs.LOG_DIR, None)
 
 
 def test_stop_datetime_keeps_every_event_stamped_before_the_point() -> None:
-    assert mariadb.stop_datetime(datetime(2026, 1, 15, 10, 0, 0, 250_000, UTC)) == (
+    assert mariadb_binlogs.stop_datetime(datetime(2026, 1, 15, 10, 0, 0, 250_000, UTC)) == (
         "2026-01-15 10:00:01"
     )
-    assert mariadb.stop_datetime(datetime(2026, 1, 15, 10, 0, 0, tzinfo=UTC)) == (
+    assert mariadb_binlogs.stop_datetime(datetime(2026, 1, 15, 10, 0, 0, tzinfo=UTC)) == (
         "2026-01-15 10:00:00"
     )
     est = datetime.fromisoformat("2026-01-15T05:00:00-05:00")
-    assert mariadb.stop_datetime(est) == "2026-01-15 10:00:00"
+    assert mariadb_binlogs.stop_datetime(est) == "2026-01-15 10:00:00"
 
 
 def _restored_base(dest: Path, binlog: str, names: list[str]) -> Path:
     data = dest / "mysql-data"
     data.mkdir(parents=True)
     (data / "xtrabackup_binlog_info").write_text(f"{binlog}\t385\t0-1-7\n")
-    logs = dest / mariadb.LOG_DIR
+    logs = dest / mariadb_binlogs.LOG_DIR
     logs.mkdir(parents=True)
     for name in names:
         (logs / name).write_bytes(b"\xfebin")
@@ -131,13 +131,13 @@ def test_a_gap_or_a_purged_start_in_the_binlogs_is_named(tmp_path: Path) -> None
         tmp_path / "gap", "mysql-bin.000002", ["mysql-bin.000002", "mysql-bin.000004"]
     )
     with pytest.raises(SourceError, match=r"binlogs mysql-bin\.000003 are missing"):
-        mariadb.recover(src, tmp_path / "gap", gap, None)
+        mariadb_binlogs.recover(src, tmp_path / "gap", gap, None)
     purged = _restored_base(tmp_path / "purged", "mysql-bin.000002", ["mysql-bin.000003"])
     with pytest.raises(SourceError, match=r"binlog mysql-bin\.000002, where the base"):
-        mariadb.recover(src, tmp_path / "purged", purged, None)
+        mariadb_binlogs.recover(src, tmp_path / "purged", purged, None)
     dump = MariaDBSource(mode="dump")
     with pytest.raises(SourceError, match="needs a mariabackup base backup"):
-        mariadb.recover(dump, tmp_path / "gap", gap, None)
+        mariadb_binlogs.recover(dump, tmp_path / "gap", gap, None)
 
 
 def test_binlogs_out_of_reach_and_missing_tools_are_named(
@@ -145,12 +145,12 @@ def test_binlogs_out_of_reach_and_missing_tools_are_named(
 ) -> None:
     elsewhere = MariaDBSource(socket=str(mariadb_server.socket), binlog_dir="/nonexistent/bl")
     with pytest.raises(SourceError, match=r"binlog folder /nonexistent/bl of mariadb at socket"):
-        mariadb.ship_binlogs(elsewhere)
+        mariadb_binlogs.ship_binlogs(elsewhere)
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(
         SourceError, match="mariadb is not on PATH: install the Debian package 'mariadb-client'"
     ):
-        mariadb.recover(MariaDBSource(), Path("/nonexistent"), Path("/nonexistent"), None)
+        mariadb_binlogs.recover(MariaDBSource(), Path("/nonexistent"), Path("/nonexistent"), None)
 
 
 def _in_background(server: MariaDBServer, sql: str, db: str) -> threading.Thread:

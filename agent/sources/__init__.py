@@ -96,9 +96,9 @@ def ship_logs(source: Source) -> LogShipment:
 
         return postgres.ship_wal(source)
     if isinstance(source, MariaDBSource):
-        from agent.sources import mariadb
+        from agent.sources import mariadb_binlogs
 
-        return mariadb.ship_binlogs(source)
+        return mariadb_binlogs.ship_binlogs(source)
     raise TypeError(f"a {type(source).__name__} has no archived logs")
 
 

@@ -112,7 +112,7 @@ class ReplicateCompleted(_Msg, frozen=True, kw_only=True, tag="replicate_complet
     started_at: datetime | None = None
     at: datetime
     # ids of the backups whose manifests ``to_target`` holds after this run (at most
-    # agent.maintenance.MAX_COPY_IDS); the coordinator records them as catalog copies
+    # agent.jobs.replicate.MAX_COPY_IDS); the coordinator records them as catalog copies
     backup_ids: list[str] = []
 
 

@@ -28,7 +28,7 @@ Contract of a source module (``agent.sources.<kind>``) that supports this:
 
 PostgreSQL (:func:`agent.sources.postgres.recover`) only configures recovery: the
 restored server replays the logs at its first start. MariaDB has no such mode, so
-:func:`agent.sources.mariadb.recover` replays the binary logs into a throwaway server
+:func:`agent.sources.mariadb_binlogs.recover` replays the binary logs into a throwaway server
 on the prepared data directory (private socket, no TCP) and stops it before returning.
 Dispatch is by source kind in :func:`_recovery_module`.
 """
@@ -58,9 +58,9 @@ def _recovery_module(source: Source) -> ModuleType | None:
 
         return postgres
     if isinstance(source, MariaDBSource) and source.mode == "mariabackup":
-        from agent.sources import mariadb
+        from agent.sources import mariadb_binlogs
 
-        return mariadb
+        return mariadb_binlogs
     return None
 
 
