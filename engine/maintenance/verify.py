@@ -310,11 +310,40 @@ async def verify(
     Raises TargetError only when the list of manifests cannot be read at all."""
     rep = found or VerifyReport()
     ids = sorted(await repo.list_manifests()) if backup_ids is None else list(backup_ids)
+    manifests, readable, refs = await _references(repo, ids, rep, listed=backup_ids is None)
+    packs = _packs_of(repo, refs.values())
+    members: dict[bytes, Members] = defaultdict(list)
+    for chunk_id, e in repo.index.items():
+        if e.pack_id in packs:
+            members[e.pack_id].append((chunk_id, e))
+    sizes = await _stat_packs(repo, packs, members, rep)
+    if read_data:
+        chosen = [p for p in choose_packs(packs, subset, seed) if p in sizes]
+        progress = Progress(bytes_total=sum(sizes[p] for p in chosen))
+
+        async def read_one(pack_id: bytes) -> None:
+            if await _read_pack(repo, pack_id, members[pack_id], rep, progress):
+                await report(progress)
+
+        await _each(chosen, read_one, concurrency)
+    if manifests:
+        manifests = await _drop_forgotten(repo, rep, manifests, refs)
+    rep.backups = [b for b in ids if b not in rep.forgotten]
+    rep.packs = len(_packs_of(repo, refs.values()))
+    await _attribute(repo, rep, manifests, readable)
+    return rep
+
+
+async def _references(
+    repo: Repository, ids: list[str], rep: VerifyReport, *, listed: bool
+) -> tuple[list[Manifest], set[str], dict[str, set[bytes]]]:
+    """(the manifests that open, the backups whose tree reads, backup → every chunk it
+    references); chunks the index does not know are reported here."""
     manifests: list[Manifest] = []
     readable: set[str] = set()
-    refs: dict[str, set[bytes]] = {}  # backup → every chunk it references
+    refs: dict[str, set[bytes]] = {}
     for backup_id in ids:
-        m = await _load(repo, backup_id, rep, listed=backup_ids is None)
+        m = await _load(repo, backup_id, rep, listed=listed)
         if m is None:
             continue
         manifests.append(m)
@@ -325,12 +354,13 @@ async def verify(
         for chunk_id in sorted(refs[backup_id]):
             if chunk_id not in repo.index:
                 _unindexed(rep, chunk_id, backup_id)
-    packs = _packs_of(repo, refs.values())
-    members: dict[bytes, Members] = defaultdict(list)
-    for chunk_id, e in repo.index.items():
-        if e.pack_id in packs:
-            members[e.pack_id].append((chunk_id, e))
+    return manifests, readable, refs
 
+
+async def _stat_packs(
+    repo: Repository, packs: set[bytes], members: dict[bytes, Members], rep: VerifyReport
+) -> dict[bytes, int]:
+    """Every pack's size, checked against the blobs the index puts in it."""
     sizes: dict[bytes, int] = {}
 
     async def stat_pack(pack_id: bytes) -> None:
@@ -353,47 +383,40 @@ async def verify(
             rep.add(key, message, chunks=chunks)
 
     await _each(sorted(packs), stat_pack, 16)
-    if read_data:
-        chosen = [p for p in choose_packs(packs, subset, seed) if p in sizes]
-        progress = Progress(bytes_total=sum(sizes[p] for p in chosen))
+    return sizes
 
-        async def read_pack(pack_id: bytes) -> None:
-            key = fmt.pack_key(pack_id)
-            everything = [c for c, _ in members[pack_id]]
-            findings: list[tuple[str, list[bytes]]] = []
-            data, blobs = b"", 0
-            for attempt in range(2):  # damage is reported only when a fresh read agrees
-                try:
-                    data = await repo.target.get(key)
-                except ObjectNotFound:
-                    findings, data = [(MISSING_PACK, everything)], b""
-                    continue
-                except TargetError as exc:
-                    rep.unread(key, exc)
-                    return
-                findings, blobs = await anyio.to_thread.run_sync(
-                    check_pack, repo, pack_id, data, members[pack_id]
-                )
-                if not findings:
-                    rep.rereads += attempt
-                    break
-            for message, chunks in findings:
-                rep.add(key, message, chunks=chunks)
-            if not data:
-                return  # missing: nothing was read
-            rep.packs_read += 1
-            rep.blobs_checked += blobs
-            rep.bytes_read += len(data)
-            progress.bytes_done += len(data)
-            await report(progress)
 
-        await _each(chosen, read_pack, concurrency)
-    if manifests:
-        manifests = await _drop_forgotten(repo, rep, manifests, refs)
-    rep.backups = [b for b in ids if b not in rep.forgotten]
-    rep.packs = len(_packs_of(repo, refs.values()))
-    await _attribute(repo, rep, manifests, readable)
-    return rep
+async def _read_pack(
+    repo: Repository, pack_id: bytes, members: Members, rep: VerifyReport, progress: Progress
+) -> bool:
+    """Read one pack whole and check every blob; damage is reported only when a fresh
+    read agrees. True when something was read (progress moved)."""
+    key = fmt.pack_key(pack_id)
+    everything = [c for c, _ in members]
+    findings: list[tuple[str, list[bytes]]] = []
+    data, blobs = b"", 0
+    for attempt in range(2):
+        try:
+            data = await repo.target.get(key)
+        except ObjectNotFound:
+            findings, data = [(MISSING_PACK, everything)], b""
+            continue
+        except TargetError as exc:
+            rep.unread(key, exc)
+            return False
+        findings, blobs = await anyio.to_thread.run_sync(check_pack, repo, pack_id, data, members)
+        if not findings:
+            rep.rereads += attempt
+            break
+    for message, chunks in findings:
+        rep.add(key, message, chunks=chunks)
+    if not data:
+        return False  # missing: nothing was read
+    rep.packs_read += 1
+    rep.blobs_checked += blobs
+    rep.bytes_read += len(data)
+    progress.bytes_done += len(data)
+    return True
 
 
 def _packs_of(repo: Repository, chunk_sets: Iterable[set[bytes]]) -> set[bytes]:
