@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import anyio.to_thread
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyfastcdc import FastCDC
@@ -48,6 +49,7 @@ from engine.keys.writeonly import (
     unwrap_from_recipient,
 )
 from engine.storage.base import Target
+from shared import tracing
 from shared.errors import (
     IntegrityError,
     ObjectNotFound,
@@ -364,9 +366,22 @@ class Repository:
         return SealedPack(pack_id, data, entries)
 
     async def upload_pack(self, pack: SealedPack) -> None:
-        """Store a closed pack, then make its blobs findable (index after the put)."""
+        """Store a closed pack, then make its blobs findable (index after the put).
+
+        One span per pack (several MiB), never per chunk: a bounded number per backup."""
         await self._store_session_key()
-        await self.target.put(fmt.pack_key(pack.pack_id), pack.data)
+        key = fmt.pack_key(pack.pack_id)
+        with tracing.span(
+            "upload pack",
+            scope="mosaic.agent",
+            attributes={
+                "mosaic.target": self.target.describe(),
+                "mosaic.key": key,
+                "mosaic.bytes": len(pack.data),
+                "mosaic.blobs": len(pack.entries),
+            },
+        ):
+            await self.target.put(key, pack.data)
         self.bytes_uploaded += len(pack.data)
         self.packs_written += 1
         self._unindexed.append(SegmentPack(pack.pack_id, list(pack.entries)))
@@ -377,7 +392,8 @@ class Repository:
             await self._write_index_segment()
 
     async def flush_pack(self) -> None:
-        pack = self.take_pack()
+        """Close and upload the open pack (the one path for the last, partly full one)."""
+        pack = await anyio.to_thread.run_sync(self.take_pack)
         if pack is not None:
             await self.upload_pack(pack)
 

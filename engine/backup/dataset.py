@@ -7,7 +7,7 @@ tree itself is then chunked like any data and stored as TREE blobs.
 
 Incremental rule (as restic's): with a parent backup, a file whose size, mtime, ctime and
 inode are unchanged, and whose chunks are all in the index, reuses the parent's chunk
-list without being read. See the README for the limits of that rule.
+list without being read. See docs/files.md for the limits of that rule.
 
 Damage never spreads: a file that cannot be read is left out with a warning (or fails
 the backup, with ``on_unreadable = "fail"``); a file whose size, mtime or ctime differ
@@ -42,7 +42,6 @@ from engine.backup.pipeline import (
     Plain,
     Sealed,
     run_pipeline,
-    upload_open_pack,
 )
 from engine.backup.snapshot import snapshot_root
 from engine.backup.stream import Stream
@@ -438,7 +437,7 @@ async def backup_dataset(
                 root=root,
                 nodes_out=nodes,
             )
-        await upload_open_pack(repo)
+        await repo.flush_pack()  # the last, partly full pack: its upload is the job's child
         with tracing.span("write index", scope="mosaic.agent"):
             await repo.write_index()
         summary = BackupSummary(

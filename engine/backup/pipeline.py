@@ -36,7 +36,6 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from engine.format import spec as fmt
 from engine.repository import Repository, SealedPack
-from shared import tracing
 from shared.tasks import first_error, task_group
 
 READ_BATCH_BYTES = 1 << 20
@@ -68,31 +67,9 @@ async def _sealer(
             await send.send(await anyio.to_thread.run_sync(_seal_batch, repo, batch))
 
 
-async def _traced_upload(repo: Repository, pack: SealedPack) -> None:
-    # One span per pack (several MiB), never per chunk: a bounded number per backup.
-    with tracing.span(
-        "upload pack",
-        scope="mosaic.agent",
-        attributes={
-            "mosaic.target": repo.target.describe(),
-            "mosaic.key": fmt.pack_key(pack.pack_id),
-            "mosaic.bytes": len(pack.data),
-            "mosaic.blobs": len(pack.entries),
-        },
-    ):
-        await repo.upload_pack(pack)
-
-
-async def upload_open_pack(repo: Repository) -> None:
-    """Upload the last, partly filled pack now (``write_index`` would too, untraced)."""
-    pack = await anyio.to_thread.run_sync(repo.take_pack)
-    if pack is not None:
-        await _traced_upload(repo, pack)
-
-
 async def _upload(repo: Repository, pack: SealedPack, slots: anyio.Semaphore) -> None:
     try:
-        await _traced_upload(repo, pack)
+        await repo.upload_pack(pack)
     finally:
         slots.release()
 
