@@ -110,95 +110,113 @@ def openapi_document(version: str) -> dict[str, Any]:
             "description": "Read-only status of the backups the coordinator knows.",
         },
         "paths": {
-            f"{API_PREFIX}/backup/status": {
-                "get": {
-                    "operationId": "backupStatus",
-                    "summary": "Overall health, last/next backup, storage, agents, 3-2-1",
-                    "parameters": [
-                        _query(
-                            "limit",
-                            {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
-                            "datasets detailed in this page (problems first)",
-                        ),
-                        _query(
-                            "offset",
-                            {"type": "integer", "minimum": 0, "default": 0},
-                            "datasets to skip",
-                        ),
-                        _query("dataset", {"type": "string"}, "only this dataset's detail"),
-                    ],
-                    "responses": {
-                        "200": _json(status, "the status document"),
-                        "400": bad,
-                        "500": failed,
-                    },
-                }
-            },
-            f"{API_PREFIX}/backups": {
-                "get": {
-                    "operationId": "listBackups",
-                    "summary": "Backups in the catalog, newest first",
-                    "parameters": [
-                        _query(
-                            "days",
-                            {"type": "integer", "minimum": 1},
-                            "only backups finished in the last N days",
-                        ),
-                        _query("dataset", {"type": "string"}, "only this dataset"),
-                        _query(
-                            "limit",
-                            {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
-                            "at most this many rows",
-                        ),
-                    ],
-                    "responses": {"200": _json(page, "the backups"), "400": bad, "500": failed},
-                }
-            },
-            f"{API_PREFIX}/backups/{{backup_id}}": {
-                "get": {
-                    "operationId": "getBackup",
-                    "summary": "One backup",
-                    "parameters": [
-                        {
-                            "name": "backup_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "responses": {
-                        "200": _json(record, "the backup"),
-                        "404": _json(error, "no backup with this id"),
-                        "500": failed,
-                    },
-                }
-            },
-            f"{API_PREFIX}/alerts": {
-                "get": {
-                    "operationId": "listAlerts",
-                    "summary": "Alerts firing now, as this coordinator's alerter holds them",
-                    "responses": {"200": _json(alerts, "the firing alerts")},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics, read from the catalog at scrape time",
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text exposition format 0.0.4",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            f"{API_PREFIX}/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document",
-                    "responses": {"200": _json({"type": "object"}, "the OpenAPI 3.1 document")},
-                }
-            },
+            **_status_paths(status, bad, failed),
+            **_backup_paths(page, record, error, bad, failed),
+            **_other_paths(alerts),
         },
         "components": {"schemas": components},
+    }
+
+
+def _status_paths(status: Any, bad: Any, failed: Any) -> dict[str, Any]:
+    return {
+        f"{API_PREFIX}/backup/status": {
+            "get": {
+                "operationId": "backupStatus",
+                "summary": "Overall health, last/next backup, storage, agents, 3-2-1",
+                "parameters": [
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+                        "datasets detailed in this page (problems first)",
+                    ),
+                    _query(
+                        "offset",
+                        {"type": "integer", "minimum": 0, "default": 0},
+                        "datasets to skip",
+                    ),
+                    _query("dataset", {"type": "string"}, "only this dataset's detail"),
+                ],
+                "responses": {
+                    "200": _json(status, "the status document"),
+                    "400": bad,
+                    "500": failed,
+                },
+            }
+        },
+    }
+
+
+def _backup_paths(page: Any, record: Any, error: Any, bad: Any, failed: Any) -> dict[str, Any]:
+    return {
+        f"{API_PREFIX}/backups": {
+            "get": {
+                "operationId": "listBackups",
+                "summary": "Backups in the catalog, newest first",
+                "parameters": [
+                    _query(
+                        "days",
+                        {"type": "integer", "minimum": 1},
+                        "only backups finished in the last N days",
+                    ),
+                    _query("dataset", {"type": "string"}, "only this dataset"),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+                        "at most this many rows",
+                    ),
+                ],
+                "responses": {"200": _json(page, "the backups"), "400": bad, "500": failed},
+            }
+        },
+        f"{API_PREFIX}/backups/{{backup_id}}": {
+            "get": {
+                "operationId": "getBackup",
+                "summary": "One backup",
+                "parameters": [
+                    {
+                        "name": "backup_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _json(record, "the backup"),
+                    "404": _json(error, "no backup with this id"),
+                    "500": failed,
+                },
+            }
+        },
+    }
+
+
+def _other_paths(alerts: Any) -> dict[str, Any]:
+    return {
+        f"{API_PREFIX}/alerts": {
+            "get": {
+                "operationId": "listAlerts",
+                "summary": "Alerts firing now, as this coordinator's alerter holds them",
+                "responses": {"200": _json(alerts, "the firing alerts")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics, read from the catalog at scrape time",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        f"{API_PREFIX}/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "the OpenAPI 3.1 document")},
+            }
+        },
     }

@@ -13,8 +13,14 @@ What is recorded (``action``; ``actor``):
   of the API request), with dataset, backup id and job id; a restore's destination and
   paths go into ``detail``.
 - ``backup_scheduled``: a scheduled run (actor ``scheduler``).
-- ``drill_requested``: an operator's restore drill (recorded once the job is published;
-  scheduled drills are not: they restore into scratch space on the coordinator's plan).
+- ``drill_requested``: an operator's restore drill.
+- ``verify_scheduled``, ``prune_scheduled`` (with how many backups it is to forget),
+  ``replicate_scheduled``, ``drill_scheduled``: the maintenance schedules' jobs (actor
+  ``scheduler``).
+
+Every job entry is written by the one dispatch path (``coordinator/jobs/dispatch.py``)
+before the job is published, under the id ``<action>:<job id>``, so a scheduled run
+dispatched again after a fail-over leaves one line.
 - ``backups_deleted``: a prune job's result, with every backup it forgot (actor: the
   agent that deleted them, carrying out the coordinator's retention decision).
 - ``config_changed``: at start, the coordinator hashes its policy (datasets, schedules,
@@ -40,7 +46,8 @@ from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import BadRequestError
 
-from coordinator.catalog.base import AuditEntry, Catalog
+from coordinator.catalog.base import Catalog
+from coordinator.catalog.records import AuditEntry
 from shared import subjects
 from shared.bus import Bus
 from shared.config.coordinator import CoordinatorConfig

@@ -27,29 +27,21 @@ copies (``backup_copies``), which ``list`` and the 3-2-1 check read. Every repli
 target is pruned too (by the agent that replicates to it), with its own target tier
 (``[maintenance] target_tiers``: daily 14 days on a remote target where the local one
 keeps 7), over its copies; a finished prune there removes those copy rows.
+
+This module is the plan, pure: which tasks the config implies, their job ids, a
+backup's tier, a result's one-line summary. The :class:`Maintenance` that schedules and
+builds the jobs is in ``coordinator/jobs/maintenance.py``; the results are recorded by
+``coordinator/jobs/record.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import random
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Literal, get_args
 
-import msgspec
-
-from coordinator import retention
-from coordinator.alerts import Finding, drill_failed, verify_failed
-from coordinator.catalog.base import Catalog
-from coordinator.schedule import Run
-from coordinator.scheduler import Scheduler
-from shared.bus import Bus
-from shared.config.coordinator import CoordinatorConfig, MaintenanceConfig, ScheduleConfig
-from shared.vocab import BackupType, Tier, utcnow
-from shared.wire.api import ApiError, ApiReply, DrillRequest, JobAccepted
+from shared.config.coordinator import CoordinatorConfig, MaintenanceConfig
+from shared.vocab import Tier
 from shared.wire.events import (
     DrillCompleted,
     Event,
@@ -58,17 +50,10 @@ from shared.wire.events import (
     ReplicateCompleted,
     VerifyCompleted,
 )
-from shared.wire.jobs import DrillJob, MaintenanceJob, PruneJob, ReplicateJob, VerifyJob
-from shared.wire.records import JobRecord, MaintenanceRecord
-
-log = logging.getLogger(__name__)
 
 Kind = Literal["verify", "prune", "replicate", "drill"]
 KINDS: tuple[str, ...] = get_args(Kind)
-DRILL_WINDOW = timedelta(days=7)  # a drill restores a backup of the past week
-HISTORY = 100_000  # backups read per dataset when prune applies retention
 _MAX_TOKEN = 128
-_json = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
@@ -159,7 +144,8 @@ def tier_of(backup_id: str, dataset: str, recorded: Tier | None = None) -> Tier:
     return "daily"
 
 
-def _tier(value: str | None) -> Tier | None:
+def known_tier(value: str | None) -> Tier | None:
+    """``value`` if it names a tier (a catalog column read back as text), else None."""
     return value if value in get_args(Tier) else None  # type: ignore[return-value]
 
 
@@ -184,317 +170,3 @@ def summarize(ev: Event) -> str:
     if isinstance(ev, JobFailed):
         return f"{ev.code}: {ev.message}"
     return ""
-
-
-class Maintenance:
-    """Schedules maintenance, dispatches its jobs, records results, feeds alerts.
-
-    ``bus`` returns the coordinator's bus (None until it connects); ``clock`` is the
-    scheduler's time source, also used for retention and the drill window."""
-
-    def __init__(
-        self,
-        cfg: CoordinatorConfig,
-        catalog: Catalog,
-        bus: Callable[[], Bus | None],
-        *,
-        clock: Callable[[], datetime] = utcnow,
-        append_only: Callable[[str, str], bool] = lambda agent, target: False,
-    ) -> None:
-        self.cfg = cfg
-        self.m = cfg.maintenance or MaintenanceConfig()
-        # (agent, target) -> the agent's last heartbeat declares that target append-only
-        self.append_only = append_only
-        self.catalog = catalog
-        self.bus = bus
-        self.clock = clock
-        self.tasks = {f"m{i}": t for i, t in enumerate(with_replica_upkeep(plan_tasks(cfg)))}
-        self.scheduler = Scheduler(
-            self._schedules() if cfg.maintenance is not None else {},
-            catalog,
-            self._dispatch_run,
-            interval_s=cfg.scheduler_interval_s,
-            clock=clock,
-            job_ids=self.job_id,
-        )
-
-    def _schedules(self) -> dict[str, list[ScheduleConfig]]:
-        out: dict[str, list[ScheduleConfig]] = {}
-        for key, task in self.tasks.items():
-            cron: str = getattr(self.m, f"{task.kind}_cron")
-            if cron:
-                out[key] = [
-                    ScheduleConfig(
-                        cron=cron,
-                        timezone=self.m.timezone,
-                        backup_type="full",  # unused: maintenance jobs are not backups
-                        grace_s=self.m.grace_s,
-                    )
-                ]
-        return out
-
-    def job_id(self, run: Run) -> str:
-        task = self.tasks[run.dataset]
-        return token(task.kind, task.name, run.fire_time.strftime("%Y%m%dT%H%MZ"))
-
-    async def _dispatch_run(
-        self, key: str, _type: BackupType, job_id: str, _tier: Tier
-    ) -> ApiReply:
-        return await self.dispatch(self.tasks[key], job_id)
-
-    # --- dispatch ---------------------------------------------------------------------
-
-    async def dispatch(
-        self,
-        task: Task,
-        job_id: str,
-        *,
-        backup_id: str | None = None,
-        requested_by: str | None = None,
-    ) -> ApiReply:
-        job = await self.build(task, job_id, backup_id=backup_id, requested_by=requested_by)
-        if isinstance(job, ApiError):
-            return job
-        bus = self.bus()
-        if bus is None:
-            return ApiError(code="unavailable", message="the coordinator is not connected")
-        await self.catalog.record_job(
-            JobRecord(
-                job_id=job.job_id,
-                job_kind=task.kind,
-                dataset=job.dataset,
-                agent=job.agent,
-                target=job.target,
-                status="dispatched",
-                requested_at=job.requested_at,
-                updated_at=job.requested_at,
-                backup_id=job.backup_id if isinstance(job, DrillJob) else None,
-            )
-        )
-        duplicate = await bus.publish_job(job)
-        return JobAccepted(job_id=job.job_id, agent=job.agent, duplicate=duplicate)
-
-    async def build(
-        self,
-        task: Task,
-        job_id: str,
-        *,
-        backup_id: str | None = None,
-        requested_by: str | None = None,
-    ) -> MaintenanceJob | ApiError:
-        now, at = self.clock(), utcnow()
-        who = requested_by or ("scheduler" if backup_id is None else "operator")
-        if task.kind == "verify":
-            seed = int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
-            return VerifyJob(
-                job_id=job_id,
-                agent=task.agent,
-                target=task.target,
-                subset=self.m.verify_subset,
-                seed=seed,
-                requested_at=at,
-            )
-        if task.kind == "prune":
-            if self.append_only(task.agent, task.target):
-                return ApiError(
-                    code="invalid",
-                    message=(
-                        f"prune of target {task.target!r} not sent: agent {task.agent!r} "
-                        "declares it append-only (it cannot delete); set [maintenance] agent "
-                        "in coordinator.toml to an agent with full-rights credentials"
-                    ),
-                )
-            return PruneJob(
-                job_id=job_id,
-                agent=task.agent,
-                target=task.target,
-                forget=await self.expired(task, now),
-                dry_run=self.m.prune_dry_run,
-                gc_margin_s=self.m.gc_margin_s,
-                requested_at=at,
-            )
-        if task.kind == "replicate":
-            return ReplicateJob(
-                job_id=job_id,
-                agent=task.agent,
-                target=task.target,
-                to_target=task.to_target,
-                datasets=list(task.datasets),
-                requested_at=at,
-            )
-        return await self._drill_job(task, job_id, now, at, backup_id, who)
-
-    async def expired(self, task: Task, now: datetime) -> list[str]:
-        """The backups on the task's target that retention expires for its tier: those
-        stored there first and the copies replicated there, judged together, so a
-        dataset's newest backup held on this target is kept whatever else holds it."""
-        target_tier = self.m.target_tiers.get(task.target, "local")
-        found: list[retention.Backup] = []
-        for name in task.datasets:
-            rows = await self.catalog.list_backups(dataset=name, limit=HISTORY)
-            found.extend(
-                retention.Backup(
-                    b.backup_id, name, tier_of(b.backup_id, name, b.tier), b.finished_at
-                )
-                for b in rows
-                if b.target == task.target
-            )
-        wanted = set(task.datasets)
-        found.extend(
-            retention.Backup(
-                c.backup_id,
-                c.dataset,
-                tier_of(c.backup_id, c.dataset, _tier(c.tier)),
-                c.finished_at,
-            )
-            for c in await self.catalog.copies_on(task.target)
-            if c.dataset in wanted
-        )
-        decisions = retention.select(found, self.cfg.retention, target_tier, now)
-        return sorted(d.backup.backup_id for d in decisions if not d.keep)
-
-    async def _drill_job(
-        self,
-        task: Task,
-        job_id: str,
-        now: datetime,
-        at: datetime,
-        backup_id: str | None,
-        who: str,
-    ) -> DrillJob | ApiError:
-        rows = [
-            b
-            for b in await self.catalog.list_backups(
-                dataset=task.dataset, since=now - DRILL_WINDOW, limit=HISTORY
-            )
-            if b.finished_at <= now
-        ]
-        if backup_id is not None:
-            chosen = await self.catalog.get_backup(backup_id)
-            if chosen is None or chosen.dataset != task.dataset:
-                return ApiError(
-                    code="unknown_backup",
-                    message=f"backup '{backup_id}' is not a backup of {task.dataset} "
-                    "(see: mosaic-backup list --dataset NAME)",
-                )
-        elif not rows:
-            return ApiError(
-                code="no_backup",
-                message=f"no backup of {task.dataset} in the past {DRILL_WINDOW.days} days to "
-                "drill (run: mosaic-backup backup --dataset NAME)",
-            )
-        else:
-            # seeded by the job id: a re-dispatch of the same run picks the same backup
-            chosen = random.Random(job_id).choice(sorted(rows, key=lambda b: b.backup_id))
-        newest = await self.catalog.last_backup(task.dataset)
-        return DrillJob(
-            job_id=job_id,
-            dataset=task.dataset,
-            agent=chosen.agent,
-            target=chosen.target,
-            backup_id=chosen.backup_id,
-            scratch=self.m.drill_scratch,
-            newest_at=newest.finished_at if newest is not None else None,
-            requested_at=at,
-            requested_by=who,
-        )
-
-    async def start_drill(self, req: DrillRequest) -> ApiReply:
-        """``mosaic-backup drill run DATASET``: a drill now, under a fresh job id."""
-        task = next(
-            (t for t in self.tasks.values() if t.kind == "drill" and t.dataset == req.dataset),
-            None,
-        )
-        if task is None:
-            known = ", ".join(sorted(self.cfg.datasets)) or "none configured"
-            return ApiError(
-                code="unknown_dataset", message=f"unknown dataset '{req.dataset}' (known: {known})"
-            )
-        job_id = token(
-            "drill", req.dataset, f"{utcnow():%Y%m%dT%H%M%SZ}", random.randbytes(3).hex()
-        )
-        return await self.dispatch(
-            task, job_id, backup_id=req.backup_id, requested_by=req.requested_by
-        )
-
-    # --- results ----------------------------------------------------------------------
-
-    async def record(self, ev: Event) -> bool:
-        """Store a maintenance result (or a maintenance job's failure); False if ``ev``
-        is not about a maintenance job."""
-        if not isinstance(
-            ev, VerifyCompleted | PruneCompleted | ReplicateCompleted | DrillCompleted | JobFailed
-        ):
-            return False
-        job = await self.catalog.get_job(ev.job_id)
-        if job is None or job.job_kind not in KINDS:
-            return False
-        if isinstance(ev, JobFailed):
-            passed, started = False, job.requested_at
-        else:
-            if ev.target != job.target or (
-                isinstance(ev, DrillCompleted)
-                and (ev.dataset != job.dataset or ev.backup_id != job.backup_id)
-            ):
-                log.warning(
-                    "ignoring %s result of job %s: not what was ordered", job.job_kind, ev.job_id
-                )
-                return True
-            passed = not (
-                (isinstance(ev, VerifyCompleted) and ev.damaged)
-                or (isinstance(ev, DrillCompleted) and ev.outcome != "passed")
-            )
-            started = ev.started_at or job.requested_at
-        if isinstance(ev, PruneCompleted) and not ev.dry_run and ev.forgotten:
-            await self.catalog.forget_backups(ev.forgotten, target=ev.target)
-        if isinstance(ev, ReplicateCompleted) and ev.backup_ids:
-            await self.catalog.record_copies(ev.backup_ids, target=ev.to_target, at=ev.at)
-        await self.catalog.record_maintenance(
-            MaintenanceRecord(
-                job_id=ev.job_id,
-                kind=job.job_kind,
-                agent=ev.agent,
-                target=job.target,
-                dataset=job.dataset,
-                backup_id=job.backup_id,
-                outcome="passed" if passed else "failed",
-                started_at=started,
-                finished_at=ev.at,
-                rto_s=ev.rto_s if isinstance(ev, DrillCompleted) else None,
-                rpo_s=ev.rpo_s if isinstance(ev, DrillCompleted) else None,
-                summary=summarize(ev)[:1000],
-                detail=_json.encode(ev).decode(),
-            )
-        )
-        if not isinstance(ev, JobFailed):
-            await self.catalog.update_job(ev.job_id, "completed", ev.at)
-        return True
-
-    # --- alerts -----------------------------------------------------------------------
-
-    async def findings(self, now: datetime) -> list[Finding]:
-        """``verify_failed`` per dataset on a target whose newest verify failed, and
-        ``drill_failed`` per dataset whose newest drill failed."""
-        out: list[Finding] = []
-        for task in self.tasks.values():
-            if task.kind == "verify":
-                rows = await self.catalog.list_maintenance(
-                    kind="verify", target=task.target, limit=20
-                )
-                last = next((r for r in rows if r.agent == task.agent), None)
-                passed = None if last is None else last.outcome == "passed"
-                detail = last.summary if last is not None else ""
-                out.extend(
-                    f
-                    for name in task.datasets
-                    if (f := verify_failed(name, task.target, passed, detail)) is not None
-                )
-            elif task.kind == "drill":
-                rows = await self.catalog.list_maintenance(
-                    kind="drill", dataset=task.dataset, limit=1
-                )
-                passed = None if not rows else rows[0].outcome == "passed"
-                f = drill_failed(task.dataset, passed, rows[0].summary if rows else "")
-                if f is not None:
-                    out.append(f)
-        return out

@@ -10,6 +10,11 @@ server (``Nats-Msg-Id``). What to run when is decided by the pure ``schedule`` m
 A job recorded as ``dispatched`` but never started may be one whose publish was lost
 in a crash between the catalog write and the publish, so it is published again while
 JetStream would still drop it as a duplicate if the first publish did get through.
+
+One scheduler knows nothing of what it schedules: a job factory turns a due run into a
+job (``coordinator/jobs/backup.py`` for backups, ``coordinator/jobs/maintenance.py``
+for verify, prune, replicate and drills) and ``send`` (``Dispatcher.dispatch``) sends
+it, so a scheduled job goes scheduler → factory → dispatch and back, once.
 """
 
 from __future__ import annotations
@@ -26,27 +31,32 @@ from coordinator.schedule import Run, due_runs
 from shared.bus import JOBS_DUPLICATE_WINDOW_S
 from shared.config.coordinator import ScheduleConfig
 from shared.errors import MosaicError
-from shared.vocab import BackupType, Tier, utcnow
-from shared.wire.api import ApiError, ApiReply
+from shared.vocab import utcnow
+from shared.wire.api import ApiError, JobAccepted
+from shared.wire.jobs import Job
 
 log = logging.getLogger(__name__)
 
 # Re-publish only well inside the duplicate window, never at its edge.
 _MARGIN_S = 60.0
 
-# (dataset, backup type, job id, the schedule's retention tier)
-Dispatch = Callable[[str, BackupType, str, Tier], Awaitable[ApiReply]]
+# (the run, its job id) → the job to send, or why none can be built
+JobFactory = Callable[[Run, str], Awaitable[Job | ApiError]]
+# sends a job: record, audit, publish (coordinator/jobs/dispatch.py)
+Send = Callable[[Job], Awaitable[JobAccepted | ApiError]]
 
 
 class Scheduler:
-    """Dispatches due runs of ``schedules`` (dataset → its schedules) via ``dispatch``
-    (dataset, backup type, job id, tier). ``clock`` is the time source (tests move it)."""
+    """Sends the due runs of ``schedules`` (a key, such as a dataset → its schedules):
+    ``jobs`` builds each run's job, ``send`` sends it. ``clock`` is the time source
+    (tests move it)."""
 
     def __init__(
         self,
         schedules: Mapping[str, Sequence[ScheduleConfig]],
         catalog: Catalog,
-        dispatch: Dispatch,
+        jobs: JobFactory,
+        send: Send,
         *,
         interval_s: float,
         clock: Callable[[], datetime] = utcnow,
@@ -54,7 +64,8 @@ class Scheduler:
     ) -> None:
         self.schedules = {ds: list(s) for ds, s in schedules.items() if s}
         self.catalog = catalog
-        self.dispatch = dispatch
+        self.jobs = jobs
+        self.send = send
         self.interval_s = interval_s
         self.clock = clock
         # A run's job id; the maintenance schedules (coordinator/maintenance.py) name
@@ -99,16 +110,15 @@ class Scheduler:
 
     async def _dispatch_once(self, run: Run) -> None:
         job_id = self.job_ids(run)
-        job = await self.catalog.get_job(job_id)
-        if job is not None:
+        seen = await self.catalog.get_job(job_id)
+        if seen is not None:
             # real time, not self.clock: JetStream's duplicate window runs on real time
-            age = (utcnow() - job.requested_at).total_seconds()
-            if job.status != "dispatched" or age >= JOBS_DUPLICATE_WINDOW_S - _MARGIN_S:
-                log.debug("scheduled job %s already %s", job_id, job.status)
+            age = (utcnow() - seen.requested_at).total_seconds()
+            if seen.status != "dispatched" or age >= JOBS_DUPLICATE_WINDOW_S - _MARGIN_S:
+                log.debug("scheduled job %s already %s", job_id, seen.status)
                 return
-        reply = await self.dispatch(
-            run.dataset, run.schedule.backup_type, job_id, run.schedule.tier
-        )
+        job = await self.jobs(run, job_id)
+        reply = job if isinstance(job, ApiError) else await self.send(job)
         if isinstance(reply, ApiError):
             log.error("scheduled job %s refused: %s", job_id, reply.message)
         else:

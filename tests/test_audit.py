@@ -31,6 +31,7 @@ from shared.config.coordinator import (
     CatalogConfig,
     CoordinatorConfig,
     DatasetConfig,
+    MaintenanceConfig,
     RetentionConfig,
     TierRetention,
 )
@@ -39,6 +40,7 @@ from shared.wire.api import JobAccepted
 from shared.wire.events import BackupCompleted, PruneCompleted, RestoreCompleted
 from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree, running_stack, unique
+from tests.test_maintenance_jobs import eventually
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
 QUIET = Console(quiet=True)
@@ -170,6 +172,52 @@ async def test_a_scheduled_backup_is_audited_once(nats_url: str, tmp_path: Path)
     finally:
         await catalog.aclose()
     assert (e.actor, e.dataset, e.job_id) == ("scheduler", "web", job_id)
+
+
+async def test_scheduled_maintenance_jobs_are_audited_like_operator_jobs(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """A verify and a prune the maintenance schedule starts go out by the same path as
+    backups: a catalog row, then an audit entry by ``scheduler``, then the publish."""
+    agent = unique("nobody")  # no agent runs: the jobs wait in the stream
+    ds = {"web": DatasetConfig(agent=agent, target="t", source=FilesSource(path="/x"))}
+    fire = datetime(2026, 6, 7, 4, 0, tzinfo=UTC)
+    crons = {"verify_cron": "0 4 * * *", "prune_cron": "0 4 * * *"}
+    cfg = CoordinatorConfig(
+        name=unique("coord"),
+        nats_url=nats_url,
+        catalog=CatalogConfig(url=f"sqlite:///{tmp_path / 'catalog.db'}"),
+        datasets=ds,
+        scheduler_interval_s=0.2,
+        maintenance=MaintenanceConfig(**crons, replicate_cron="", drill_cron=""),
+    )
+    catalog = await open_catalog(cfg.catalog.url)
+    try:
+        async with anyio.create_task_group() as tg:
+            coordinator = Coordinator(cfg, catalog, clock=lambda: fire + timedelta(seconds=30))
+            await tg.start(coordinator.run)  # the 04:00 runs are due at once
+
+            async def both() -> list[AuditEntry] | None:
+                found = await catalog.list_audit(limit=10)
+                return found if len(found) >= 3 else None  # config_changed + two jobs
+
+            entries = await eventually("two scheduled maintenance entries", both, limit=30)
+            tg.cancel_scope.cancel()
+        ids = [e.job_id for e in entries if e.job_id]
+        jobs = {i: await catalog.get_job(i) for i in ids if i is not None}
+    finally:
+        await catalog.aclose()
+    scheduled = sorted(
+        (e.action, e.actor, e.job_id) for e in entries if e.action != "config_changed"
+    )
+    assert scheduled == [
+        ("prune_scheduled", "scheduler", f"prune-{agent}-t-20260607T0400Z"),
+        ("verify_scheduled", "scheduler", f"verify-{agent}-t-20260607T0400Z"),
+    ]
+    prune = next(e for e in entries if e.action == "prune_scheduled")
+    assert prune.detail == "target t: forget 0 backup(s)"
+    assert len(jobs) == 2, jobs
+    assert all(j is not None and j.status == "dispatched" for j in jobs.values()), jobs
 
 
 async def test_a_restore_is_audited_in_the_catalog_and_on_nats(

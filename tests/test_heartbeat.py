@@ -26,8 +26,9 @@ from coordinator import alerts
 from coordinator.api_models import BackupStatusDoc
 from coordinator.catalog import Catalog, open_catalog
 from coordinator.catalog.base import TargetSummary
+from coordinator.overview import _replica_since
 from coordinator.service import Coordinator
-from coordinator.status import NextRuns, _replica_since
+from coordinator.status import NextRuns
 from engine.storage.open import open_target
 from mosaic import operator
 from shared.bus import Bus

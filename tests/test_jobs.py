@@ -16,7 +16,7 @@ from mosaic.compare import tree_differences
 from shared import subjects
 from shared.config.targets import LocalTargetConfig
 from shared.vocab import utcnow
-from shared.wire.api import JobAccepted
+from shared.wire.api import ApiError, BackupList, BackupRequest, JobAccepted, ListRequest
 from shared.wire.events import BackupCompleted, JobProgress, JobStarted, RestoreCompleted
 from shared.wire.jobs import BackupJob
 from shared.wire.sources import FilesSource
@@ -44,6 +44,20 @@ async def test_duplicate_job_publish_is_dropped(nats_url: str, tmp_path: Path) -
             subjects.JOBS_STREAM, subjects_filter=subjects.job(st.agent.name)
         )
         assert stream.state.subjects == {subjects.job(st.agent.name): 1}
+
+
+async def test_each_api_verb_answers_only_its_own_request(nats_url: str, tmp_path: Path) -> None:
+    """The operator API is a table verb → request type → handler: a request sent on
+    another verb is refused, not answered as if it had come on its own."""
+    target = LocalTargetConfig(path=str(tmp_path / "repo"))
+    async with running_stack(nats_url, tmp_path, target, tmp_path, with_agent=False) as st:
+        wrong = await st.bus.request("status", ListRequest(dataset=st.dataset))
+        right = await st.bus.request("list", ListRequest(dataset=st.dataset))
+        refused = await st.bus.request("list", BackupRequest(dataset=st.dataset))
+    assert isinstance(wrong, ApiError) and wrong.code == "bad_request"
+    assert wrong.message == "verb 'status' takes a StatusRequest, not a ListRequest"
+    assert isinstance(right, BackupList) and right.backups == []
+    assert isinstance(refused, ApiError) and "takes a ListRequest" in refused.message
 
 
 def _slow_tree(root: Path) -> Path:

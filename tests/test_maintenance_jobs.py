@@ -253,6 +253,8 @@ async def test_scheduled_verify_finds_a_flipped_byte_and_alerts(
         assert fired == [f"verify of target t holding {st.dataset} failed"]
         job = await st.catalog.get_job(rec.job_id)
         assert job is not None and (job.job_kind, job.status) == ("verify", "completed")
+        (audited,) = await st.catalog.list_audit(action="verify_scheduled")
+        assert (audited.actor, audited.job_id) == ("scheduler", rec.job_id)
 
 
 async def test_scheduled_prune_removes_exactly_the_expired_backups(

@@ -18,6 +18,7 @@ from rich.console import Console
 from agent.keysetup import prepare_key
 from agent.runner import AgentRunner
 from coordinator.catalog import Catalog, open_catalog
+from coordinator.jobs.backup import BackupJobs
 from coordinator.schedule import job_id
 from coordinator.scheduler import Scheduler
 from coordinator.service import Coordinator
@@ -33,9 +34,10 @@ from shared.config.coordinator import (
 )
 from shared.config.targets import LocalTargetConfig
 from shared.errors import BusError
-from shared.vocab import BackupType, utcnow
-from shared.wire.api import ApiReply, JobAccepted
+from shared.vocab import utcnow
+from shared.wire.api import JobAccepted
 from shared.wire.events import BackupCompleted
+from shared.wire.jobs import Job
 from shared.wire.records import JobRecord
 from shared.wire.sources import FilesSource
 from tests.harness import make_tree, unique
@@ -55,33 +57,31 @@ class Clock:
 
 
 class Recorder:
-    """Stands in for Coordinator.dispatch_scheduled: records the job like it does."""
+    """Stands in for the coordinator's dispatch path: records the job like it does."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.sent: list[str] = []
         self.fail = False
 
-    async def __call__(
-        self, dataset: str, backup_type: BackupType, jid: str, tier: str = "daily"
-    ) -> ApiReply:
+    async def __call__(self, job: Job) -> JobAccepted:
         if self.fail:
             raise BusError("nats down")
         now = utcnow()
         await self.catalog.record_job(
             JobRecord(
-                job_id=jid,
+                job_id=job.job_id,
                 job_kind="backup",
-                dataset=dataset,
-                agent="a",
-                target="t",
+                dataset=job.dataset,
+                agent=job.agent,
+                target=job.target,
                 status="dispatched",
                 requested_at=now,
                 updated_at=now,
             )
         )
-        self.sent.append(jid)
-        return JobAccepted(job_id=jid, agent="a")
+        self.sent.append(job.job_id)
+        return JobAccepted(job_id=job.job_id, agent=job.agent)
 
 
 @pytest.fixture
@@ -91,8 +91,16 @@ async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
     await cat.aclose()
 
 
+def jobs(catalog: Catalog) -> BackupJobs:
+    """The coordinator's real job factory, for one dataset ``db``."""
+    db = DatasetConfig(agent="a", target="t", source=FilesSource(path="/srv"))
+    return BackupJobs(CoordinatorConfig(datasets={"db": db}), catalog)
+
+
 def scheduler(catalog: Catalog, rec: Recorder, clock: Clock) -> Scheduler:
-    return Scheduler({"db": [DAILY, WEEKLY]}, catalog, rec, interval_s=0.01, clock=clock)
+    return Scheduler(
+        {"db": [DAILY, WEEKLY]}, catalog, jobs(catalog).for_run, rec, interval_s=0.01, clock=clock
+    )
 
 
 async def test_start_catches_up_inside_grace_only(catalog: Catalog) -> None:
@@ -150,7 +158,9 @@ async def test_missed_runs_are_not_dispatched(catalog: Catalog) -> None:
 
 async def test_no_schedules_returns_at_once(catalog: Catalog) -> None:
     rec = Recorder(catalog)
-    s = Scheduler({"db": []}, catalog, rec, interval_s=0.01, clock=Clock(FIRE))
+    s = Scheduler(
+        {"db": []}, catalog, jobs(catalog).for_run, rec, interval_s=0.01, clock=Clock(FIRE)
+    )
     with anyio.fail_after(5):
         await s.run()
     assert rec.sent == []

@@ -11,34 +11,45 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from coordinator.catalog import open_catalog
+from coordinator.jobs.backup import BackupJobs
 from coordinator.maintenance import tier_of
 from coordinator.scheduler import Scheduler
 from mosaic import operator
 from mosaic.cli import build_parser
-from shared.config.coordinator import MaintenanceConfig, ScheduleConfig
+from shared.config.coordinator import (
+    CoordinatorConfig,
+    DatasetConfig,
+    MaintenanceConfig,
+    ScheduleConfig,
+)
 from shared.vocab import BackupType, Tier
-from shared.wire.api import ApiReply, JobAccepted
+from shared.wire.api import JobAccepted
 from shared.wire.events import BackupCompleted
+from shared.wire.jobs import BackupJob, Job
+from shared.wire.sources import FilesSource
 from tests.harness import make_tree
 from tests.test_maintenance_jobs import QUIET, Clock, maint_stack, next_fire, result
 
 
 async def test_the_scheduler_passes_the_tier_of_the_schedule_that_fired(tmp_path: Path) -> None:
     monthly = ScheduleConfig(cron="0 0 1-7 * sun", backup_type="full", tier="monthly")
-    sent: list[tuple[str, str, str]] = []
+    sent: list[tuple[str, str, str | None, str]] = []
 
-    async def dispatch(ds: str, kind: BackupType, job_id: str, tier: str) -> ApiReply:
-        sent.append((ds, kind, tier))
-        return JobAccepted(job_id=job_id, agent="a")
+    async def send(job: Job) -> JobAccepted:
+        assert isinstance(job, BackupJob)
+        sent.append((job.dataset, job.backup_type, job.tier, job.requested_by))
+        return JobAccepted(job_id=job.job_id, agent=job.agent)
 
+    db = DatasetConfig(agent="a", target="t", source=FilesSource(path="/srv"))
     catalog = await open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     try:
         fire = datetime(2026, 6, 7, 0, 0, tzinfo=UTC)  # the first Sunday of June
-        s = Scheduler({"db": [monthly]}, catalog, dispatch, interval_s=1, clock=lambda: fire)
+        factory = BackupJobs(CoordinatorConfig(datasets={"db": db}), catalog).for_run
+        s = Scheduler({"db": [monthly]}, catalog, factory, send, interval_s=1, clock=lambda: fire)
         await s.tick(fire - timedelta(minutes=1))
     finally:
         await catalog.aclose()
-    assert sent == [("db", "full", "monthly")]
+    assert sent == [("db", "full", "monthly", "scheduler")]
 
 
 def test_backup_takes_tier_and_as_on_the_command_line() -> None:

@@ -308,7 +308,9 @@ async def test_restore_is_one_trace_without_secrets(
     # in-process JSON lines: the coordinator's dispatch line carries the restore's trace
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
     [dispatched] = [
-        x for x in lines if x["logger"] == "coordinator.service" and res.job_id in x["message"]
+        x
+        for x in lines
+        if x["logger"] == "coordinator.jobs.dispatch" and res.job_id in x["message"]
     ]
     assert (dispatched["trace_id"], dispatched["span_id"]) == (
         dispatch.trace_id,

@@ -3,6 +3,8 @@
 The catalog is an index, not the source of truth: every backup is self-described in its
 repository. Two backends implement this Protocol (SQLite for one node and quickstart,
 PostgreSQL for production); tests/test_catalog_contract.py runs one suite on both.
+Its row types are in ``records.py`` (named here too, for the callers that import them
+with the Protocol).
 """
 
 from __future__ import annotations
@@ -11,57 +13,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-import msgspec
-
+from coordinator.catalog.records import AuditEntry as AuditEntry
+from coordinator.catalog.records import CopyRecord as CopyRecord
+from coordinator.catalog.records import TargetSummary as TargetSummary
 from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
-
-
-class TargetSummary(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A dataset's backups on one target: the newest, how many, and their stored bytes.
-
-    Kept by the catalog itself (triggers on insert and delete) in a table of one row per
-    (dataset, target), so status and metrics read a few thousand rows instead of
-    scanning millions of backups. ``gc=False``: tens of thousands of them are read at
-    once, and they hold no references that could form a cycle."""
-
-    dataset: str
-    target: str
-    backup_id: str  # the newest (by finished_at, then backup_id)
-    finished_at: datetime
-    backups: int
-    bytes_stored: int
-
-
-class CopyRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A replicated copy of a backup on a replica target (a ``backup_copies`` row): what
-    a prune of that target needs to apply retention, even after the primary row is gone."""
-
-    backup_id: str
-    target: str  # the replica holding the copy
-    dataset: str
-    tier: str | None  # the backup's retention tier (None: rows from before tiers)
-    finished_at: datetime  # when the backup itself finished, not the copy
-    bytes_stored: int
-    copied_at: datetime
-
-
-class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of the audit trail: who (``actor``) did what (``action``) to what.
-
-    Also the JSON body of the ``mosaic.audit.<action>`` events (coordinator/audit.py),
-    so other systems read the same fields. ``entry_id`` is deterministic where the
-    action has an id (``restore_requested:<job id>``): a replayed request or a
-    re-published scheduled job never adds a second line.
-    """
-
-    entry_id: str
-    at: datetime
-    action: str  # backup_requested, backup_scheduled, restore_requested, config_changed, …
-    actor: str  # requested_by of the request; "scheduler"; the coordinator's name
-    dataset: str | None = None
-    backup_id: str | None = None
-    job_id: str | None = None
-    detail: str = ""
 
 
 class Catalog(Protocol):

@@ -21,35 +21,27 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from coordinator.catalog.base import AuditEntry, CopyRecord, TargetSummary
 from coordinator.catalog.pg_schema import MIGRATIONS
+from coordinator.catalog.records import (
+    AUDIT_COLUMNS,
+    BACKUP_COLUMNS,
+    JOB_COLUMNS,
+    JOB_STATUSES,
+    MAINTENANCE_COLUMNS,
+    AuditEntry,
+    CopyRecord,
+    TargetSummary,
+)
 from shared.errors import CatalogError
 from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
 
 _T = TypeVar("_T")
 
-_JOB_STATUSES = frozenset({"dispatched", "running", "completed", "failed"})
 # Any constant works; it only has to be the same in every coordinator ("mosaic" in ASCII).
 _MIGRATION_LOCK = 0x6D6F73616963
 
-# Explicit, not derived from the Structs: a field added to a record (with a default)
-# keeps decoding until a migration adds its column.
-_JOB_COLUMNS = (
-    *("job_id", "job_kind", "dataset", "agent", "target", "status", "requested_at"),
-    *("updated_at", "backup_id", "error_code", "error_message"),
-)
-_BACKUP_COLUMNS = (
-    *("backup_id", "dataset", "agent", "target", "backup_type", "repository_id"),
-    *("started_at", "finished_at", "files", "bytes_read", "bytes_new", "bytes_stored"),
-    *("duration_s", "tier"),
-)
-_MAINTENANCE_COLUMNS = (
-    *("job_id", "kind", "agent", "target", "dataset", "backup_id", "outcome"),
-    *("started_at", "finished_at", "rto_s", "rpo_s", "summary", "detail"),
-)
-_AUDIT_COLUMNS = ("entry_id", "at", "action", "actor", "dataset", "backup_id", "job_id", "detail")
-_JOBS = ", ".join(_JOB_COLUMNS)
-_BACKUPS = ", ".join(_BACKUP_COLUMNS)
+_JOBS = ", ".join(JOB_COLUMNS)
+_BACKUPS = ", ".join(BACKUP_COLUMNS)
 
 
 def _aware(value: datetime) -> datetime:
@@ -238,7 +230,7 @@ class PostgresCatalog:
                 await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
 
     async def record_job(self, job: JobRecord) -> None:
-        await self._insert("jobs", _JOB_COLUMNS, job)
+        await self._insert("jobs", JOB_COLUMNS, job)
 
     async def update_job(
         self,
@@ -250,8 +242,8 @@ class PostgresCatalog:
         error_code: str | None = None,
         error_message: str | None = None,
     ) -> None:
-        if status not in _JOB_STATUSES:
-            raise ValueError(f"job status must be one of {sorted(_JOB_STATUSES)}, got {status!r}")
+        if status not in JOB_STATUSES:
+            raise ValueError(f"job status must be one of {sorted(JOB_STATUSES)}, got {status!r}")
         # A completed job may not fall back to running/dispatched (late redelivery).
         may_leave_completed = status not in ("running", "dispatched")
         await self._execute(
@@ -266,7 +258,7 @@ class PostgresCatalog:
         return _decode(rows[0], JobRecord) if rows else None
 
     async def record_backup(self, backup: BackupRecord) -> None:
-        await self._insert("backups", _BACKUP_COLUMNS, backup)
+        await self._insert("backups", BACKUP_COLUMNS, backup)
 
     async def get_backup(self, backup_id: str) -> BackupRecord | None:
         rows = await self._fetch(
@@ -377,10 +369,10 @@ class PostgresCatalog:
         return [_decode(row, BackupRecord) for row in rows]
 
     async def append_audit(self, entry: AuditEntry) -> None:
-        values = [getattr(entry, name) for name in _AUDIT_COLUMNS]
+        values = [getattr(entry, name) for name in AUDIT_COLUMNS]
         await self._execute(
-            f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)})"
-            f" VALUES ({', '.join(['%s'] * len(_AUDIT_COLUMNS))})"
+            f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)})"
+            f" VALUES ({', '.join(['%s'] * len(AUDIT_COLUMNS))})"
             " ON CONFLICT (entry_id) DO NOTHING",
             [_aware(v) if isinstance(v, datetime) else v for v in values],
         )
@@ -388,13 +380,13 @@ class PostgresCatalog:
     async def list_audit(self, *, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
         where, params = ("WHERE action = %s", [action]) if action is not None else ("", [])
         rows = await self._fetch(
-            f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit {where} ORDER BY seq DESC LIMIT %s",
+            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit {where} ORDER BY seq DESC LIMIT %s",
             (*params, max(limit, 0)),
         )
         return [_decode(row, AuditEntry) for row in rows]
 
     async def record_maintenance(self, rec: MaintenanceRecord) -> None:
-        await self._insert("maintenance", _MAINTENANCE_COLUMNS, rec)
+        await self._insert("maintenance", MAINTENANCE_COLUMNS, rec)
 
     async def list_maintenance(
         self,
@@ -412,7 +404,7 @@ class PostgresCatalog:
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._fetch(
-            f"SELECT {', '.join(_MAINTENANCE_COLUMNS)} FROM maintenance {where}"
+            f"SELECT {', '.join(MAINTENANCE_COLUMNS)} FROM maintenance {where}"
             " ORDER BY finished_at DESC, job_id DESC LIMIT %s",
             (*params, max(limit, 0)),
         )
@@ -480,7 +472,7 @@ class PostgresCatalog:
         # Per dataset, the index (dataset, finished_at DESC) walks back from the newest
         # backup until ``limit`` of its type are found: a few rows each, not a scan.
         rows = await self._fetch(
-            f"SELECT {', '.join('h.' + c for c in _BACKUP_COLUMNS)}"
+            f"SELECT {', '.join('h.' + c for c in BACKUP_COLUMNS)}"
             " FROM unnest(%s::text[]) AS d(name)"
             " CROSS JOIN LATERAL (SELECT backup_type FROM backups WHERE dataset = d.name"
             "   ORDER BY finished_at DESC, backup_id DESC LIMIT 1) AS newest"

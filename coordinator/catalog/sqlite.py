@@ -19,7 +19,16 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import msgspec
 
-from coordinator.catalog.base import AuditEntry, CopyRecord, TargetSummary
+from coordinator.catalog.records import (
+    AUDIT_COLUMNS,
+    BACKUP_COLUMNS,
+    JOB_COLUMNS,
+    JOB_STATUSES,
+    MAINTENANCE_COLUMNS,
+    AuditEntry,
+    CopyRecord,
+    TargetSummary,
+)
 from coordinator.catalog.sqlite_schema import MIGRATIONS
 from shared.errors import CatalogError
 from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
@@ -28,27 +37,10 @@ _T = TypeVar("_T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_JOB_STATUSES = frozenset({"dispatched", "running", "completed", "failed"})
 _TIME_COLUMNS = ("requested_at", "updated_at", "started_at", "finished_at")
 
-# Explicit, not derived from the Structs: a field added to a record (with a default)
-# keeps decoding until a migration adds its column.
-_JOB_COLUMNS = (
-    *("job_id", "job_kind", "dataset", "agent", "target", "status", "requested_at"),
-    *("updated_at", "backup_id", "error_code", "error_message"),
-)
-_BACKUP_COLUMNS = (
-    *("backup_id", "dataset", "agent", "target", "backup_type", "repository_id"),
-    *("started_at", "finished_at", "files", "bytes_read", "bytes_new", "bytes_stored"),
-    *("duration_s", "tier"),
-)
-_MAINTENANCE_COLUMNS = (
-    *("job_id", "kind", "agent", "target", "dataset", "backup_id", "outcome"),
-    *("started_at", "finished_at", "rto_s", "rpo_s", "summary", "detail"),
-)
-_AUDIT_COLUMNS = ("entry_id", "at", "action", "actor", "dataset", "backup_id", "job_id", "detail")
-_JOBS = ", ".join(_JOB_COLUMNS)
-_BACKUPS = ", ".join(_BACKUP_COLUMNS)
+_JOBS = ", ".join(JOB_COLUMNS)
+_BACKUPS = ", ".join(BACKUP_COLUMNS)
 
 
 def _to_us(value: datetime) -> int:
@@ -174,7 +166,7 @@ class SqliteCatalog:
             raise
 
     async def record_job(self, job: JobRecord) -> None:
-        await self._insert("jobs", _JOB_COLUMNS, job)
+        await self._insert("jobs", JOB_COLUMNS, job)
 
     async def update_job(
         self,
@@ -186,8 +178,8 @@ class SqliteCatalog:
         error_code: str | None = None,
         error_message: str | None = None,
     ) -> None:
-        if status not in _JOB_STATUSES:
-            raise ValueError(f"job status must be one of {sorted(_JOB_STATUSES)}, got {status!r}")
+        if status not in JOB_STATUSES:
+            raise ValueError(f"job status must be one of {sorted(JOB_STATUSES)}, got {status!r}")
         # A completed job may not fall back to running/dispatched (late redelivery).
         may_leave_completed = status not in ("running", "dispatched")
         await self._execute(
@@ -202,7 +194,7 @@ class SqliteCatalog:
         return _decode(rows[0], JobRecord) if rows else None
 
     async def record_backup(self, backup: BackupRecord) -> None:
-        await self._insert("backups", _BACKUP_COLUMNS, backup)
+        await self._insert("backups", BACKUP_COLUMNS, backup)
 
     async def get_backup(self, backup_id: str) -> BackupRecord | None:
         rows = await self._fetch(
@@ -317,17 +309,17 @@ class SqliteCatalog:
         return out
 
     async def append_audit(self, entry: AuditEntry) -> None:
-        values = [getattr(entry, name) for name in _AUDIT_COLUMNS]
+        values = [getattr(entry, name) for name in AUDIT_COLUMNS]
         await self._execute(
-            f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)})"
-            f" VALUES ({', '.join('?' * len(_AUDIT_COLUMNS))}) ON CONFLICT (entry_id) DO NOTHING",
+            f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(AUDIT_COLUMNS))}) ON CONFLICT (entry_id) DO NOTHING",
             [_to_us(v) if isinstance(v, datetime) else v for v in values],
         )
 
     async def list_audit(self, *, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
         where, params = ("WHERE action = ?", [action]) if action is not None else ("", [])
         rows = await self._fetch(
-            f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit {where} ORDER BY seq DESC LIMIT ?",
+            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit {where} ORDER BY seq DESC LIMIT ?",
             (*params, max(limit, 0)),
         )
         return [
@@ -335,7 +327,7 @@ class SqliteCatalog:
         ]
 
     async def record_maintenance(self, rec: MaintenanceRecord) -> None:
-        await self._insert("maintenance", _MAINTENANCE_COLUMNS, rec)
+        await self._insert("maintenance", MAINTENANCE_COLUMNS, rec)
 
     async def list_maintenance(
         self,
@@ -353,7 +345,7 @@ class SqliteCatalog:
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._fetch(
-            f"SELECT {', '.join(_MAINTENANCE_COLUMNS)} FROM maintenance {where}"
+            f"SELECT {', '.join(MAINTENANCE_COLUMNS)} FROM maintenance {where}"
             " ORDER BY finished_at DESC, job_id DESC LIMIT ?",
             (*params, max(limit, 0)),
         )
