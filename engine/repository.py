@@ -130,6 +130,7 @@ class Repository:
         *,
         create: bool = False,
         options: WriteOptions = DEFAULT_OPTIONS,
+        load_index: bool = True,
     ) -> Repository:
         """Open the repository on ``target``; with ``create``, initialise an empty one.
 
@@ -138,6 +139,8 @@ class Repository:
         objects but no readable ``config`` raises DamagedRepositoryError naming the
         repair — except that readers open it from ``recovery/config`` (with a warning).
         ``master_key`` may be a write-only key. (engine.opening does the finding.)
+        ``load_index=False`` leaves the index empty, for a caller that reads the segments
+        itself (engine.maintenance.verify_open).
         """
         if isinstance(master_key, WriteOnlyKey):
             opened = await opening.open_write_only(target, master_key)
@@ -150,7 +153,7 @@ class Repository:
             opened.sealed_config,
             dict(opened.wrapped_keys or {}),
         )
-        if not opened.created:
+        if load_index and not opened.created:
             await repo._load_index()
         if create and opened.write_only is None:
             await recovery.ensure_copies(target, opened.sealed_config)

@@ -15,8 +15,8 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.display import size, summary_table, who
-from mosaic.progress import byte_bar
+from mosaic.ui.display import size, summary_table, who
+from mosaic.ui.progress import byte_bar
 from shared.bus import Bus
 from shared.errors import OperatorError
 from shared.vocab import BackupType, Tier

@@ -93,14 +93,16 @@ class AlertStack:
     bus: Bus
     dataset: str
     http_url: str
+    other: str  # a second dataset of the same agent: its alerts are the later markers
 
 
 @asynccontextmanager
 async def alert_stack(
     nats_url: str, work: Path, source: Path, webhook_url: str
 ) -> AsyncIterator[AlertStack]:
-    """A coordinator (HTTP on, alerts every 0.1 s to ``webhook_url``) and an agent."""
-    name, dataset = unique("agent"), unique("ds")
+    """A coordinator (HTTP on, alerts every 0.1 s to ``webhook_url``) and an agent; the
+    second dataset backs up ``work / "other"`` (missing until a test creates it)."""
+    name, dataset, other = unique("agent"), unique("ds"), unique("ds")
     agent_cfg = AgentConfig(
         name=name,
         nats_url=nats_url,
@@ -114,7 +116,10 @@ async def alert_stack(
         nats_url=nats_url,
         catalog=CatalogConfig(url=f"sqlite:///{work / 'catalog.db'}"),
         datasets={
-            dataset: DatasetConfig(agent=name, target="t", source=FilesSource(path=str(source)))
+            dataset: DatasetConfig(agent=name, target="t", source=FilesSource(path=str(source))),
+            other: DatasetConfig(
+                agent=name, target="t", source=FilesSource(path=str(work / "other"))
+            ),
         },
         http=HttpConfig(port=0),
         # one local target is not 3-2-1: that rule is tested in tests/test_heartbeat.py
@@ -131,7 +136,8 @@ async def alert_stack(
             await tg.start(runner.run)
             bus = await Bus.connect(nats_url, name="test")
             try:
-                yield AlertStack(bus, dataset, f"http://127.0.0.1:{coordinator.http_port}")
+                url = f"http://127.0.0.1:{coordinator.http_port}"
+                yield AlertStack(bus, dataset, url, other)
             finally:
                 await bus.aclose()
                 await runner.aclose()
@@ -182,23 +188,36 @@ async def test_failed_backup_fires_once_and_resolves_after_success(
         [listed] = await firing(st.http_url)
         assert listed.fingerprint == fired.fingerprint and listed.status == "firing"
 
-        await anyio.sleep(0.5)  # five more evaluations: still firing, nothing re-sent
-        assert len(hook.posts) == 1
+        # A later alert, of the other dataset, is the marker: the evaluation that sends it
+        # still sees the first one firing, and must not send that again.
+        with pytest.raises(OperatorError):
+            await operator.backup(st.bus, st.other, "full", QUIET, QUIET, timeout=60)
+        await hook.wait_posts(2)
+        assert [[a["labels"]["dataset"] for a in post] for post in hook.posts] == [
+            [st.dataset],
+            [st.other],
+        ]
 
         make_tree(src, big_mib=1)
         done = await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
         assert isinstance(done, BackupCompleted)
-        await hook.wait_posts(2)
-        [resolved] = hook.posts[1]
+        await hook.wait_posts(3)
+        [resolved] = hook.posts[2]
         assert resolved["labels"]["alertname"] == "backup_failed"
         assert datetime.fromisoformat(resolved["startsAt"]) == started
         assert datetime.fromisoformat(resolved["endsAt"]) >= started
 
         again = alert_decoder.decode((await sub.next_msg(timeout=10)).data)
         assert again.status == "resolved" and again.ends_at is not None
-        assert await firing(st.http_url) == []
-        await anyio.sleep(0.3)
-        assert len(hook.posts) == 2
+        assert [a.dataset for a in await firing(st.http_url)] == [st.other]
+        # the other dataset's resolution is the marker: nothing of the first sent between
+        make_tree(tmp_path / "other", big_mib=1)
+        done = await operator.backup(st.bus, st.other, "full", QUIET, QUIET, timeout=60)
+        assert isinstance(done, BackupCompleted)
+        await hook.wait_posts(4)
+        [last] = hook.posts[3]
+        assert (last["labels"]["dataset"], "endsAt" in last) == (st.other, True)
+        assert len(hook.posts) == 4 and await firing(st.http_url) == []
         await sub.unsubscribe()
 
 
@@ -211,12 +230,25 @@ async def test_failing_webhook_does_not_stop_the_coordinator(nats_url: str, tmp_
         with pytest.raises(OperatorError):
             await operator.backup(st.bus, st.dataset, "full", QUIET, QUIET, timeout=60)
         await hook.wait_posts(3)  # bounded retries (1 s, then 2 s apart)
-        await anyio.sleep(1.0)
-        assert len(hook.posts) == 3  # given up; not repeated on later evaluations
+        hook.status = 200
+        # given up, and not repeated on later evaluations: the next post is the other
+        # dataset's alert, sent by an evaluation that still sees the first one firing
+        with pytest.raises(OperatorError):
+            await operator.backup(st.bus, st.other, "full", QUIET, QUIET, timeout=60)
+        await hook.wait_posts(4)
+        assert [[a["labels"]["dataset"] for a in post] for post in hook.posts] == [
+            [st.dataset],
+            [st.dataset],
+            [st.dataset],
+            [st.other],
+        ]
 
         # the coordinator still answers, over HTTP and NATS, and still knows the alert
-        [listed] = await firing(st.http_url)
-        assert listed.rule == "backup_failed"
+        listed = await firing(st.http_url)
+        assert [(a.rule, a.dataset) for a in listed] == [
+            ("backup_failed", st.dataset),
+            ("backup_failed", st.other),
+        ]
         reply = await st.bus.request("status", StatusRequest())
         assert isinstance(reply, StatusReply) and reply.recent_failures
 

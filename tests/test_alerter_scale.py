@@ -79,8 +79,12 @@ async def test_a_tick_makes_the_same_queries_for_one_dataset_and_for_fifty(
         alerter = Alerter(config(n), counting, clock=lambda: T0 + timedelta(days=4))  # type: ignore[arg-type]
         await alerter.tick()
         await alerter.tick()  # steady: histories come from the cache
-        counts.append(sum(counting.calls.values()))
+        counts.append(dict(counting.calls))
+    # the same queries, and real ones (two ticks that read nothing would be "the same"):
+    # the newest backups and failures on each tick, the histories once (then cached)
     assert counts[0] == counts[1]
+    assert (counts[0]["target_summaries"], counts[0]["last_failures"]) == (2, 2)
+    assert counts[0]["duration_history"] == 1
 
 
 async def test_a_new_slow_backup_and_a_failure_are_seen_through_the_cache(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -81,10 +80,9 @@ def test_bad_config_field_is_named(tmp_path: Path) -> None:
 
 def test_nats_unreachable_names_the_url() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    t0 = time.monotonic()
     line = one_line_error(cli("status", "--nats", url, "--connect-timeout", "2"))
-    assert url in line and "unreachable" in line
-    assert time.monotonic() - t0 < 30
+    # the connect timeout given is the one used (the default is longer)
+    assert url in line and "unreachable after 2s" in line
 
 
 async def test_unknown_dataset(nats_url: str, tmp_path: Path) -> None:

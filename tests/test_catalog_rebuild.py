@@ -18,7 +18,7 @@ from rich.console import Console
 from coordinator.catalog import open_catalog
 from engine.format.manifest import Manifest
 from mosaic import operator
-from mosaic.repo_catalog import backup_record
+from mosaic.commands.repo.catalog import backup_record
 from shared.config.targets import LocalTargetConfig
 from shared.errors import IntegrityError
 from shared.vocab import BackupSummary, utcnow

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from mosaic import systemd
 from mosaic.cli import build_parser
+from mosaic.setup import systemd
 from shared.config.agent import AgentConfig
 from shared.config.coordinator import CoordinatorConfig
 from shared.config.load import load

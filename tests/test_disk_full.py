@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import anyio
 import pytest
 
 from engine.backup.pipeline import root_cause
+from tests.fixtures.mounts import mounted
 from tests.harness import cli, write_toml
 
 RUNS = 8
@@ -26,13 +26,8 @@ RUNS = 8
 
 @pytest.fixture
 def small_target(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tgt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
+    with mounted(tmp_path / "tgt", size="8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_backup_onto_a_full_target_says_why_in_one_line(tmp_path: Path, small_target: Path) -> None:

@@ -16,7 +16,7 @@ from shared.wire.events import BackupCompleted
 from tests.harness import make_tree, running_stack
 
 
-def _completed(job_id: str, agent: str, dataset: str) -> BackupCompleted:
+def _completed(job_id: str, agent: str, dataset: str, backup_id: str = "") -> BackupCompleted:
     s = BackupSummary(
         files=1,
         dirs=0,
@@ -33,7 +33,7 @@ def _completed(job_id: str, agent: str, dataset: str) -> BackupCompleted:
     return BackupCompleted(
         job_id=job_id,
         agent=agent,
-        backup_id=job_id,
+        backup_id=backup_id or job_id,
         dataset=dataset,
         target="t",
         backup_type="full",
@@ -61,23 +61,23 @@ async def test_forged_events_are_ignored(nats_url: str, tmp_path: Path) -> None:
                 stream=subjects.EVENTS_STREAM,
             )
 
+        # Each forgery records a backup id of its own, so the listing tells them apart.
         # another agent, on its own subject, claiming the job
-        await publish("intruder", _completed(acc.job_id, real, st.dataset))
+        await publish("intruder", _completed(acc.job_id, real, st.dataset, "forged-1"))
         # another agent naming itself, on the real agent's subject (permissions would stop
         # the publish; the coordinator must not trust it either)
-        await publish(real, _completed(acc.job_id, "intruder", st.dataset))
+        await publish(real, _completed(acc.job_id, "intruder", st.dataset, "forged-2"))
         # the right agent, but a dataset that job was not for
-        await publish(real, _completed(acc.job_id, real, "other-dataset"))
-        await anyio.sleep(1.0)
-        listed = await st.bus.request("list", ListRequest())
-        assert isinstance(listed, BackupList)
-        assert [b.backup_id for b in listed.backups if b.backup_id == acc.job_id] == []
-
+        await publish(real, _completed(acc.job_id, real, "other-dataset", "forged-3"))
+        # the genuine event comes after them on the stream, and the coordinator records
+        # events in stream order: once it is listed, the forgeries have been judged
         await publish(real, _completed(acc.job_id, real, st.dataset))
         with anyio.fail_after(10):
             while True:
-                listed = await st.bus.request("list", ListRequest(dataset=st.dataset))
+                listed = await st.bus.request("list", ListRequest())
                 assert isinstance(listed, BackupList)
                 if any(b.backup_id == acc.job_id for b in listed.backups):
                     break
                 await anyio.sleep(0.05)
+        ids = sorted(b.backup_id for b in listed.backups)
+        assert [i for i in ids if i.startswith("forged")] == [] and acc.job_id in ids

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mosaic.pki import init_ca, issue
+from mosaic.setup.pki import init_ca, issue
 from shared.config.agent import AgentConfig
 from shared.config.coordinator import CoordinatorConfig
 from shared.config.load import load

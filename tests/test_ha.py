@@ -9,6 +9,7 @@ SIGKILL the active one and watch the other take the lease and the schedule over.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -21,8 +22,9 @@ from typing import Any
 
 import anyio
 import nats
+import pytest
 from anyio.abc import Process
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from coordinator.catalog import open_catalog
 from coordinator.leader import KEY, Leader
@@ -34,6 +36,7 @@ from shared.natsserver import NatsServer
 from shared.wire.api import StatusRequest
 from shared.wire.jobs import job_decoder
 from shared.wire.status import StatusReply
+from tests.fixtures.relay import relay
 from tests.harness import REPO_ROOT, unique
 
 MAX_FAILOVER_S = 15.0  # the issue's bound for a take-over after the active one dies
@@ -115,8 +118,16 @@ async def test_two_leaders_never_both_hold_the_lease(nats_url: str) -> None:
             first = next(iter(running))
             other = "b" if first == "a" else "a"
             # several ttls pass: renewals keep the same holder, the other keeps waiting
-            await anyio.sleep(4 * 1.5)
+            # (the marker: the holder's own renewals, each a new revision of the key)
+            kv = await js.key_value(bucket)
+            start = (await kv.get(KEY)).revision
+
+            async def renewed_for_four_ttls() -> bool:
+                return bool((await kv.get(KEY)).revision >= start + 4 * 3)  # renew: ttl/3
+
+            await wait_for(renewed_for_four_ttls, 4 * 1.5 + 5)
             assert running == {first} and leaders[first].is_leader
+            assert (await kv.get(KEY)).value == f"{first}/1".encode()
             assert not leaders[other].is_leader
             # the holder stops cleanly: it releases the key, the other takes it at once
             scopes[first].cancel()
@@ -133,7 +144,9 @@ async def test_two_leaders_never_both_hold_the_lease(nats_url: str) -> None:
     ]
 
 
-async def test_a_refused_renewal_stops_the_work_at_once(nats_url: str) -> None:
+async def test_a_refused_renewal_stops_the_work_at_once(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     bucket = unique("lease")
     running: set[str] = set()
     log: list[tuple[str, str, float]] = []
@@ -146,10 +159,12 @@ async def test_a_refused_renewal_stops_the_work_at_once(nats_url: str) -> None:
             # someone overwrites the key (an operator, a split brain): the holder's
             # next compare-and-swap fails and the work stops at that renewal
             kv = await js.key_value(bucket)
+            caplog.set_level(logging.INFO, logger="coordinator.leader")
             await kv.put(KEY, b"intruder/1")
-            at = anyio.current_time()
             await wait_for(lambda: not running, leader.renew_s + 1)
-            assert anyio.current_time() - at < leader.renew_s + 0.5
+            # stopped because that renewal was refused, not because the lease ran out
+            steps = [r.getMessage() for r in caplog.records if "stepping down" in r.getMessage()]
+            assert steps == [f"lease {KEY}: taken over or expired, stepping down"]
             assert not leader.is_leader
             assert (await kv.get(KEY)).value == b"intruder/1"  # never written back
             tg.cancel_scope.cancel()
@@ -157,32 +172,47 @@ async def test_a_refused_renewal_stops_the_work_at_once(nats_url: str) -> None:
 
 
 async def test_unreachable_nats_stops_the_work_before_the_lease_expires(tmp_path: Path) -> None:
+    """The holder loses NATS (cut off by a relay) while a rival still reaches it and
+    tries to take the lease all along: the holder's work has stopped before the rival's
+    create succeeds (which it does once the key expired on the server)."""
     server = NatsServer(tmp_path / "nats").start()
-    ttl = 3.0
     running: set[str] = set()
     log: list[tuple[str, str, float]] = []
     try:
-        async with connection(server.url) as nc, connection(server.url) as probe:
-            leader = Leader(nc.jetstream(), "a/1", ttl_s=ttl, bucket=unique("lease"))
+        async with (
+            relay(server.port) as cut_able,
+            connection(cut_able.url) as nc,
+            connection(server.url) as probe,
+        ):
+            leader = Leader(nc.jetstream(), "a/1", ttl_s=3.0, bucket=unique("lease"))
             async with anyio.create_task_group() as tg:
                 await tg.start(leader.run_when_leader, holder_body("a", running, log))
                 kv = await probe.jetstream().key_value(leader.bucket)
-                # wait for a renewal; it was stored after `before`, so the key lives on
-                # the server at least until before + ttl
                 first = (await kv.get(KEY)).revision
-                while True:
-                    before = anyio.current_time()
-                    if (await kv.get(KEY)).revision != first:
+                await wait_for(lambda: renewed_since(kv, first), 5)
+                await cut_able.cut()
+                with anyio.fail_after(3.0 + 5):
+                    while True:
+                        try:
+                            await kv.create(KEY, b"rival/1")
+                        except (KeyWrongLastSequenceError, KeyNotFoundError):
+                            await anyio.sleep(0.02)
+                            continue
+                        log.append(("rival", "acquired", anyio.current_time()))
                         break
-                    await anyio.sleep(0.02)
-                server.stop()
-                await wait_for(lambda: not running, ttl + 1)
-                stopped = log[-1][2]
-                assert stopped < before + ttl, f"stepped down {stopped - before:.2f}s after renewal"
-                assert not leader.is_leader
+                assert [(n, e) for n, e, _ in log] == [
+                    ("a", "start"),
+                    ("a", "stop"),
+                    ("rival", "acquired"),
+                ]
+                assert not leader.is_leader and not running
                 tg.cancel_scope.cancel()
     finally:
         server.stop()
+
+
+async def renewed_since(kv: Any, revision: int) -> bool:
+    return bool((await kv.get(KEY)).revision != revision)
 
 
 # --- two coordinator processes --------------------------------------------------------
@@ -283,14 +313,11 @@ async def test_standby_takes_over_when_the_active_coordinator_is_killed(
         assert first_runs
         await wait_for(lambda: dispatched(first_runs), 10)
 
-        # 2. SIGKILL the active one: nothing is released, the key has to expire
-        killed_at = anyio.current_time()
+        # 2. SIGKILL the active one: nothing is released, the key has to expire, and the
+        # standby takes it within the issue's bound (how long it takes: bench/, not here)
         procs[active].kill()
         await procs[active].wait()
-        await wait_for(lambda: owned_by([standby]), MAX_FAILOVER_S + 5)
-        failover = anyio.current_time() - killed_at
-        print(f"fail-over took {failover:.2f}s")
-        assert failover < MAX_FAILOVER_S
+        await wait_for(lambda: owned_by([standby]), MAX_FAILOVER_S)
 
         # 3. the new active one catches up over the same runs (they are "dispatched",
         # never started) and publishes them again: JetStream must drop every one
@@ -299,11 +326,16 @@ async def test_standby_takes_over_when_the_active_coordinator_is_killed(
             return all(f"dispatched scheduled job {j}" in text for j in first_runs)
 
         await wait_for(caught_up, 10)
-        await anyio.sleep(1.5)  # three more scheduler passes
-        until = datetime.now(UTC) - timedelta(seconds=2)
+        # every run due by now goes out (a minute may have turned during the test); the
+        # standby's re-publications above are in, so JetStream has judged them
+        until = datetime.now(UTC)
         expected = [job_id(dataset, EVERY_MINUTE, f) for f in minute_fires(window_start, until)]
+
+        async def all_published() -> bool:
+            return set(expected) <= set(await jobs_published(bus.js, agent))
+
+        await wait_for(all_published, 10)  # else a scheduled run was lost in the hand-over
         published = await jobs_published(bus.js, agent)
-        assert set(expected) <= set(published), "a scheduled run was lost across the hand-over"
         assert all(c == 1 for c in published.values()), f"published twice: {published}"
         for j in published:
             job = await catalog.get_job(j)

@@ -6,6 +6,7 @@ HTTP client on the port the coordinator bound, on both catalog backends.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,15 @@ async def test_status_backups_metrics_after_a_backup(
         assert doc.status == "healthy"
         assert doc.last_backup == done.finished_at
         assert doc.next_backup is None  # not scheduled
-        # free space comes with the agent's heartbeat (tests/test_heartbeat.py)
-        assert doc.storage_free is None or doc.storage_free > 0
+        # free space comes with the agent's heartbeat (sent at start, and every interval);
+        # the total adds up every agent the shared NATS has heard of, so look at ours
+        with anyio.fail_after(20):
+            while (free := doc.datasets[0].storage_free) is None:
+                await anyio.sleep(0.1)
+                _, _, again = await get(f"{st.http_url}/api/v1/backup/status")
+                doc = msgspec.json.decode(again, type=BackupStatusDoc)
+        assert 0 < free <= shutil.disk_usage(tmp_path).total
+        assert doc.storage_free is not None and doc.storage_free >= free
         assert doc.storage_used == done.summary.bytes_stored > 0
         assert doc.recent_failures == [] and doc.backups_total == 1
         [row] = doc.datasets

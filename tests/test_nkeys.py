@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import stat
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +21,14 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from agent.runner import AgentRunner
 from engine.storage.open import open_target
-from mosaic.natsconfig import write_config
+from mosaic.setup.natsconfig import write_config
 from shared import nkeys, subjects
 from shared.bus import Bus, fetch_one
 from shared.config.agent import AgentConfig
 from shared.config.load import load
 from shared.errors import BusError, ConfigError
-from shared.natsserver import free_port, nats_server_binary
+from shared.natsserver import free_port
+from tests.fixtures.nats_conf import nats_from_config, refused
 from tests.harness import cli
 
 AGENTS = ["alpha", "beta"]
@@ -63,33 +61,8 @@ def nkey_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NkeyNats]:
     out = tmp_path_factory.mktemp("nats-nkeys")
     port = free_port()
     conf = write_config(out, AGENTS, host="127.0.0.1", port=port, nkeys_dir=out / "seeds")
-    with open(out / "nats-server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, (out / "nats-server.log").read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    if s.recv(4) == b"INFO":
-                        break
-            except OSError:
-                assert time.monotonic() < deadline, "nats-server did not start in 15 s"
-                time.sleep(0.05)
+    with nats_from_config(conf, port, out / "nats-server.log"):
         yield NkeyNats(f"nats://127.0.0.1:{port}", conf, out / "seeds")
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-async def refused(caplog: pytest.LogCaptureFixture, *subjects_: str) -> None:
-    with anyio.move_on_after(5):
-        while not all(s.lower() in caplog.text.lower() for s in subjects_):  # noqa: ASYNC110
-            await anyio.sleep(0.02)
-    text = caplog.text.lower()
-    assert [s for s in subjects_ if s.lower() not in text] == [], caplog.text
 
 
 def test_config_holds_public_keys_and_seeds_are_private(nkey_nats: NkeyNats) -> None:

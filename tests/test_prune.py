@@ -4,17 +4,16 @@ restores byte-identical, and nothing a running (or just-starting) backup uses is
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
+from msgspec.structs import replace
 
 from engine.backup.dataset import BackupSpec, backup_dataset
 from engine.format import spec as fmt
 from engine.format.manifest import Manifest
-from engine.keys.files import create_key_file
 from engine.lease import lease, live_leases
 from engine.maintenance.prune import (
     GcReport,
@@ -27,29 +26,18 @@ from engine.maintenance.prune import (
 )
 from engine.progress import Progress
 from engine.repository import Repository, WriteOptions
-from engine.restore.tree import restore_tree
-from engine.storage.local import LocalTarget
-from mosaic.compare import tree_differences
-from shared.config.targets import LocalTargetConfig
-from shared.errors import TargetError
+from engine.storage.s3 import S3Target
+from shared.config.targets import S3TargetConfig
 from shared.wire.sources import FilesSource
-from tests.harness import agent_toml, cli, snapshot
+from tests.fixtures.prune_repo import PruneRepo, new_prune_repo
+from tests.fixtures.s3 import s3_client
+from tests.harness import snapshot
 
 PACK_SIZE = 1 << 16  # below the smallest chunk: one chunk per pack, many packs
 MARGIN = timedelta(seconds=0.1)
 
 
-@dataclass
-class Env:
-    tmp: Path
-    repo_dir: Path
-    key: bytes
-    config: Path
-
-    async def open(self) -> Repository:
-        target = LocalTarget("t", self.repo_dir)
-        return await Repository.open(target, self.key, options=WriteOptions(pack_size=PACK_SIZE))
-
+class Env(PruneRepo):
     def source(self, name: str, seed: int, files: int = 3, shared: bool = True) -> Path:
         root = self.tmp / name
         (root / "sub").mkdir(parents=True)
@@ -61,46 +49,10 @@ class Env:
         (root / "note.txt").write_text(f"source {name}\n")
         return root
 
-    async def backup(self, backup_id: str, src: Path, repo: Repository | None = None) -> Manifest:
-        spec = BackupSpec(
-            backup_id=backup_id, dataset="d", agent="a", source=FilesSource(path=str(src))
-        )
-        return await backup_dataset(repo or await self.open(), spec)
-
-    async def assert_restores(self, backup_id: str, src: Path) -> None:
-        repo = await self.open()
-        dest = self.tmp / f"restore-{backup_id}-{len(list(self.tmp.iterdir()))}"
-        await restore_tree(repo, await repo.load_manifest(backup_id), dest)
-        assert tree_differences(src, dest) == []
-
-    def data_bytes(self) -> int:
-        return sum(p.stat().st_size for p in (self.repo_dir / "data").rglob("*") if p.is_file())
-
-    def cli(self, *args: str) -> tuple[int, str]:
-        proc = cli("repo", *args, "--config", str(self.config))
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc.returncode, proc.stdout + proc.stderr
-
-    def verify_clean(self) -> None:
-        rc, text = self.cli("verify", "--all", "--read-data")
-        assert rc == 0 and "no damage found" in text, text
-
 
 @pytest.fixture
 async def env(tmp_path: Path) -> Env:
-    key_file = tmp_path / "repo.key"
-    key = create_key_file(key_file)
-    repo_dir = tmp_path / "repo"
-    await Repository.open(LocalTarget("t", repo_dir), key, create=True)
-    config = agent_toml(
-        tmp_path / "agent.toml",
-        name="a",
-        nats_url="nats://127.0.0.1:1",
-        key_file=key_file,
-        targets={"t": LocalTargetConfig(path=str(repo_dir))},
-        extra=f"pack_size = {PACK_SIZE}",
-    )
-    return Env(tmp_path, repo_dir, key, config)
+    return await new_prune_repo(Env, tmp_path, PACK_SIZE)
 
 
 async def _two_backups(env: Env) -> tuple[Path, Path]:
@@ -292,22 +244,35 @@ async def test_crash_between_steps_keeps_the_repository_consistent(env: Env) -> 
     env.verify_clean()
 
 
-async def test_delete_failure_of_a_locked_pack_is_reported_not_fatal(env: Env) -> None:
-    await _two_backups(env)
-    repo = await env.open()
+async def test_delete_failure_of_a_locked_pack_is_reported_not_fatal(
+    env: Env, s3_locked_bucket: S3TargetConfig
+) -> None:
+    """On a real Object-Lock bucket: the backups were written without retention (the
+    target had no lock settings then), and one garbage pack was locked (GOVERNANCE, a
+    day) behind the target's back; GC, with the lock now configured, deletes every
+    other pack version by version and reports that one."""
+    cfg = s3_locked_bucket
+    unlocked = replace(cfg, object_lock_mode=None, object_lock_days=None)
+    opts = WriteOptions(pack_size=PACK_SIZE)
+    repo = await Repository.open(S3Target("vault", unlocked), env.key, create=True, options=opts)
+    await env.backup("b1", env.source("a", 1), repo)
+    await env.backup("b2", env.source("b", 2), repo)
+    await repo.target.aclose()
+    repo = await Repository.open(S3Target("vault", cfg), env.key, options=opts)
     await forget(repo, ["b1"])
     plan = await plan_gc(repo, now=datetime.now(UTC), margin=MARGIN)
+    assert len(plan.garbage) > 1
     locked = plan.garbage[0].key
-
-    async def delete(key: str) -> None:
-        if key == locked:
-            raise TargetError(
-                f"cannot delete {key!r}: locked (COMPLIANCE) until 2099", retryable=False
-            )
-        await LocalTarget.delete(repo.target, key)  # type: ignore[arg-type]
-
-    repo.target.delete = delete  # type: ignore[method-assign]
+    raw = s3_client(cfg.endpoint_url or "")
+    raw.put_object_retention(
+        Bucket=cfg.bucket,
+        Key=f"{cfg.prefix}/{locked}",
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": datetime.now(UTC) + timedelta(days=1)},
+    )
     rep = GcReport(plan)
     await delete_packs(repo, plan, rep)
-    assert [p.key for p, _ in rep.locked] == [locked] and "2099" in rep.locked[0][1]
-    assert len(rep.deleted) == len(plan.garbage) - 1
+    assert [p.key for p, _ in rep.locked] == [locked] and "GOVERNANCE" in rep.locked[0][1]
+    assert sorted(p.key for p in rep.deleted) == sorted(p.key for p in plan.garbage[1:])
+    assert await repo.target.exists(locked)
+    assert not any([await repo.target.exists(p.key) for p in rep.deleted])
+    await repo.target.aclose()

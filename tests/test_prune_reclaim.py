@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from engine.backup.dataset import BackupSpec, backup_dataset, backup_tree
+from engine.backup.dataset import backup_tree
 from engine.format import spec as fmt
-from engine.keys.files import create_key_file
 from engine.maintenance.prune import (
     GcReport,
     collect_garbage,
@@ -27,32 +25,18 @@ from engine.maintenance.prune import (
     repack,
     write_kept_index,
 )
-from engine.repository import Repository, WriteOptions
-from engine.restore.tree import restore_tree
-from engine.storage.local import LocalTarget
+from engine.repository import Repository
 from engine.storage.open import open_target
-from mosaic.compare import tree_differences
-from shared.config.targets import LocalTargetConfig, S3TargetConfig, SftpTargetConfig
+from shared.config.targets import S3TargetConfig, SftpTargetConfig
 from shared.wire.sources import FilesSource
+from tests.fixtures.prune_repo import PruneRepo, new_prune_repo
 from tests.fixtures.s3 import s3_client
-from tests.harness import agent_toml, cli
 
 PACK_SIZE = 1 << 20  # a few 300 KB chunks per pack: packs can be partly used
 MARGIN = timedelta(seconds=0.1)
 
 
-@dataclass
-class Env:
-    tmp: Path
-    repo_dir: Path
-    key: bytes
-    config: Path
-
-    async def open(self, **options: int) -> Repository:
-        target = LocalTarget("t", self.repo_dir)
-        opts = WriteOptions(pack_size=PACK_SIZE, **options)
-        return await Repository.open(target, self.key, options=opts)
-
+class Env(PruneRepo):
     def source(self, name: str, seeds: range) -> Path:
         """Files of ~300 KB (one chunk each) whose content depends only on the seed."""
         root = self.tmp / name
@@ -61,48 +45,10 @@ class Env:
             (root / f"f{s}.bin").write_bytes(random.Random(s).randbytes(300_000 + s))
         return root
 
-    async def backup(
-        self, backup_id: str, src: Path, repo: Repository | None = None, dataset: str = "d"
-    ) -> None:
-        spec = BackupSpec(
-            backup_id=backup_id, dataset=dataset, agent="a", source=FilesSource(path=str(src))
-        )
-        await backup_dataset(repo or await self.open(), spec)
-
-    async def assert_restores(self, backup_id: str, src: Path) -> None:
-        repo = await self.open()
-        dest = self.tmp / f"restore-{backup_id}-{time.monotonic_ns()}"
-        await restore_tree(repo, await repo.load_manifest(backup_id), dest)
-        assert tree_differences(src, dest) == []
-
-    def data_bytes(self) -> int:
-        return sum(p.stat().st_size for p in (self.repo_dir / "data").rglob("*") if p.is_file())
-
-    def cli(self, *args: str) -> tuple[int, str]:
-        proc = cli("repo", *args, "--config", str(self.config))
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc.returncode, proc.stdout + proc.stderr
-
-    def verify_clean(self) -> None:
-        rc, text = self.cli("verify", "--all", "--read-data")
-        assert rc == 0 and "no damage found" in text, text
-
 
 @pytest.fixture
 async def env(tmp_path: Path) -> Env:
-    key_file = tmp_path / "repo.key"
-    key = create_key_file(key_file)
-    repo_dir = tmp_path / "repo"
-    await Repository.open(LocalTarget("t", repo_dir), key, create=True)
-    config = agent_toml(
-        tmp_path / "agent.toml",
-        name="a",
-        nats_url="nats://127.0.0.1:1",
-        key_file=key_file,
-        targets={"t": LocalTargetConfig(path=str(repo_dir))},
-        extra=f"pack_size = {PACK_SIZE}",
-    )
-    return Env(tmp_path, repo_dir, key, config)
+    return await new_prune_repo(Env, tmp_path, PACK_SIZE)
 
 
 def figures(what: str, before: int, after: int) -> None:

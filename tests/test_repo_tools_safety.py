@@ -23,7 +23,7 @@ from rich.console import Console
 from agent.keysetup import create_atomically, prepare_key
 from engine.keys.files import load_any_key_file
 from engine.storage.open import open_target
-from mosaic import local_audit
+from mosaic.commands.repo import local_audit
 from mosaic.compare import tree_differences
 from shared.config.agent import AgentConfig
 from shared.config.load import is_set, load

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shared.config.targets import LocalTargetConfig
+from tests.fixtures.mounts import mounted
 from tests.harness import agent_toml, cli
 
 
@@ -66,13 +66,8 @@ def test_sparse_file_is_restored_sparse(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
-    try:
+    with mounted(tmp_path / "small", size="6m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_restore_into_a_full_destination_is_one_line(tmp_path: Path, small_tmpfs: Path) -> None:

@@ -188,10 +188,28 @@ async def test_delete_under_legal_hold_says_so(s3_locked_bucket: S3TargetConfig)
 # --- check -----------------------------------------------------------------------------
 
 
-async def test_check_accepts_a_locked_bucket(s3_locked_bucket: S3TargetConfig) -> None:
-    t = S3Target("vault", s3_locked_bucket)
+async def test_check_accepts_a_locked_bucket(
+    s3_locked_bucket: S3TargetConfig, s3_bucket: S3TargetConfig
+) -> None:
+    cfg = s3_locked_bucket
+    t = S3Target("vault", cfg)
     await t.check()
+    # accepted for the right reason: a put then carries the retention ...
+    before = datetime.now(UTC)
+    await t.put("data/ab/checked", b"x")
+    assert cfg.object_lock_mode is not None
+    _assert_retained(cfg, "data/ab/checked", cfg.object_lock_mode, before)
     await t.aclose()
+    # ... and the same lock settings on a bucket without Object Lock are refused
+    other = S3Target(
+        "vault",
+        replace(
+            s3_bucket, object_lock_mode=cfg.object_lock_mode, object_lock_days=cfg.object_lock_days
+        ),
+    )
+    with pytest.raises(TargetUnavailable, match="does not have Object Lock"):
+        await other.check()
+    await other.aclose()
 
 
 async def test_check_refuses_a_bucket_without_object_lock(s3_bucket: S3TargetConfig) -> None:

@@ -15,6 +15,7 @@ file's content: it must only be stored encrypted)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,15 +39,16 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from coordinator.catalog import open_catalog
-from mosaic.natsconfig import write_config
+from mosaic.setup.natsconfig import write_config
 from shared import subjects
 from shared.bus import Bus
+from shared.errors import BusError
 from shared.natsserver import free_port
 from shared.wire.api import StatusRequest
 from shared.wire.status import StatusReply
+from tests.fixtures.nats_conf import nats_from_config
 from tests.fixtures.redis import start_redis
 from tests.harness import REPO_ROOT, make_tree
-from tests.test_tls import start_nats
 from tests.test_tracing import OtlpReceiver
 
 AGENT = "secagent"
@@ -269,7 +271,8 @@ async def test_no_secret_appears_anywhere(
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
     sniffer: Bus | None = None
-    nats_proc = start_nats(conf, nats_port, nats_dir / "server.log")
+    nats_server = contextlib.ExitStack()
+    nats_server.enter_context(nats_from_config(conf, nats_port, nats_dir / "server.log"))
     try:
         with anyio.fail_after(240):
             subprocess.run(
@@ -315,13 +318,16 @@ async def test_no_secret_appears_anywhere(
                     env={**os.environ, "MOSAIC_LOG_LEVEL": "DEBUG", **otel(name), **extra},
                 )
                 out.close()
-            while True:  # the coordinator answers once it is ready
-                try:
-                    reply = await sniffer.request("status", StatusRequest(), timeout=1)
-                    if isinstance(reply, StatusReply):
-                        break
-                except Exception:
-                    await anyio.sleep(0.2)
+            with anyio.fail_after(60):  # the coordinator answers once it is ready
+                while True:
+                    assert procs["coordinator"].poll() is None, "the coordinator exited"
+                    try:
+                        reply = await sniffer.request("status", StatusRequest(), timeout=1)
+                    except BusError:  # not answering yet (no responders, or a timeout)
+                        await anyio.sleep(0.2)
+                        continue
+                    assert isinstance(reply, StatusReply), reply
+                    break
 
             assert (
                 await mosaic(
@@ -403,8 +409,7 @@ async def test_no_secret_appears_anywhere(
         if sniffer is not None:
             await sniffer.aclose()
         redis.stop()
-        nats_proc.terminate()
-        nats_proc.wait(10)
+        nats_server.close()
 
     with anyio.fail_after(20):  # spans are exported every 0.1 s; wait for the agent's
         while not any(s.service == "agent-svc" for s in receiver.spans):  # noqa: ASYNC110

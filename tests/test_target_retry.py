@@ -29,8 +29,8 @@ from engine.storage.local import LocalTarget
 from engine.storage.open import open_target
 from engine.storage.retry import RetryingTarget, RetryPolicy
 from engine.storage.s3 import S3Target
+from mosaic.commands.repo.verify import EXIT_UNREADABLE
 from mosaic.compare import tree_differences
-from mosaic.repo_verify import EXIT_UNREADABLE
 from shared.config.targets import S3TargetConfig, SftpTargetConfig
 from shared.errors import ObjectNotFound, TargetUnavailable, TargetUnreadable
 from shared.wire.sources import FilesSource

@@ -9,10 +9,7 @@ line that names the URL and the TLS problem.
 
 from __future__ import annotations
 
-import socket
 import stat
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,8 +27,8 @@ from coordinator.service import Coordinator
 from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.compare import tree_differences
-from mosaic.natsconfig import TlsFiles, write_config
-from mosaic.pki import init_ca, issue
+from mosaic.setup.natsconfig import TlsFiles, write_config
+from mosaic.setup.pki import init_ca, issue
 from shared.bus import Bus
 from shared.config.agent import AgentConfig
 from shared.config.coordinator import CatalogConfig, CoordinatorConfig, DatasetConfig
@@ -39,9 +36,10 @@ from shared.config.load import load
 from shared.config.targets import LocalTargetConfig, TargetConfig
 from shared.errors import BusError, ConfigError
 from shared.nats_credentials import nats_tls
-from shared.natsserver import free_port, nats_server_binary
+from shared.natsserver import free_port
 from shared.wire.events import BackupCompleted, RestoreCompleted
 from shared.wire.sources import FilesSource
+from tests.fixtures.nats_conf import nats_from_config
 from tests.harness import cli, make_tree, unique
 
 AGENT = "tlsagent"
@@ -69,22 +67,6 @@ class TlsNats:
         }
 
 
-def start_nats(conf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """nats-server from ``conf``; returns once it accepts TCP connections."""
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=f, stderr=f)
-    deadline = time.monotonic() + 15
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                if s.recv(4) == b"INFO":
-                    return proc
-        except OSError:
-            assert time.monotonic() < deadline, "nats-server did not start in 15 s"
-            time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def tls_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNats]:
     out = tmp_path_factory.mktemp("nats-tls")
@@ -96,12 +78,8 @@ def tls_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNats]:
     port = free_port()
     tls = TlsFiles(cert=pki / "nats.crt", key=pki / "nats.key", ca=pki / "ca.crt", verify=True)
     conf = write_config(out, [AGENT], host="127.0.0.1", port=port, tls=tls)
-    proc = start_nats(conf, port, out / "nats-server.log")
-    try:
+    with nats_from_config(conf, port, out / "nats-server.log"):
         yield TlsNats(f"nats://127.0.0.1:{port}", pki, out / "creds")
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @asynccontextmanager

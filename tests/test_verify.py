@@ -14,10 +14,11 @@ from engine.index import IndexEntry
 from engine.keys.files import create_key_file, load_key_file
 from engine.maintenance.prune import forget
 from engine.maintenance.verify import VerifyReport, choose_packs, verify
+from engine.maintenance.verify_open import open_for_verify
 from engine.repository import Repository, WriteOptions
 from engine.storage.base import ObjectInfo
 from engine.storage.local import LocalTarget
-from mosaic.repo_verify import _summary, open_for_verify
+from mosaic.commands.repo.verify import _summary
 from shared.config.targets import LocalTargetConfig
 from shared.wire.sources import FilesSource
 from tests.harness import agent_toml, cli, make_tree

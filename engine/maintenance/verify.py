@@ -8,7 +8,7 @@ blobs: manifests open, trees decode, referenced chunks are indexed, packs exist 
 long enough. ``read_data`` downloads each pack once and checks its name (BLAKE3), its
 table, and every blob (authenticate, decompress, re-hash); ``subset`` reads a seeded
 random share, so a big repository can be read a slice per run. The caller opens the
-repository; mosaic/repo_verify.py loads the index itself so that a damaged index segment
+repository; engine/maintenance/verify_open.py loads the index so that a damaged index segment
 is one more reported object, not a repository that cannot be opened. Damaged files of a
 files backup are named as restore names them: a secret's name withheld (``conf/<secret>``,
 engine.backup.walk.shown), so several secrets in one folder count as one entry.

@@ -19,9 +19,9 @@ import anyio.to_thread
 from rich.console import Console
 
 from engine.restore.export import export_tar
-from mosaic.display import print_partial, size
-from mosaic.progress import byte_bar
-from mosaic.repo_cli import common_args, opened
+from mosaic.commands.repo._common import common_args, opened
+from mosaic.ui.display import print_partial, size
+from mosaic.ui.progress import byte_bar
 from shared.errors import ConfigError, PartialRestoreError
 
 

@@ -24,9 +24,10 @@ from engine.keys.files import PASSPHRASE_ENV
 from engine.keys.writeonly import WriteOnlyKey
 from engine.maintenance.recovery_copy import remember_in_key_file
 from engine.repository import Repository
-from mosaic.display import print_partial, size, summary_table
-from mosaic.progress import byte_bar
-from mosaic.repo_cli import common_args, opened, target_from
+from mosaic.commands._options import paths_arg
+from mosaic.commands.repo._common import common_args, opened, target_from
+from mosaic.ui.display import print_partial, size, summary_table
+from mosaic.ui.progress import byte_bar
 from shared.errors import ConfigError, IntegrityError, PartialRestoreError, TargetError
 from shared.subjects import check_token
 from shared.wire.sources import FilesSource
@@ -47,14 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common_args(p)
     p.add_argument("backup_id", metavar="BACKUP_ID")
     p.add_argument("--to", required=True, dest="destination")
-    p.add_argument(
-        "--path",
-        action="append",
-        default=[],
-        dest="paths",
-        metavar="PATH",
-        help="restore only this path of the backup (repeatable)",
-    )
+    paths_arg(p)
     p.add_argument(
         "--damaged",
         choices=("rename", "omit"),

@@ -14,11 +14,12 @@ from rich.console import Console
 
 from shared.wire.sources import DOCKER_URL
 
+HELP = "Docker helpers (on the docker host)"
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    dock = sub.add_parser("docker", help="Docker helpers (on the docker host)")
-    dock_sub = dock.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = dock_sub.add_parser(
+
+def register(dock: argparse.ArgumentParser) -> None:
+    actions = dock.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser(
         "restore-volume", help="unpack a restored <volume>.tar into a new or empty volume"
     )
     p.add_argument("tar", metavar="FILE.tar", help="the restored export of a docker_volume")
@@ -30,10 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="a local image for the (never started) helper container; default: the image "
         "of a container that uses the volume",
     )
-    p.set_defaults(func=restore_volume_cmd)
 
 
-async def restore_volume_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
+async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from agent.sources.docker import restore_volume  # the docker SDK only when needed
 
     entries = await anyio.to_thread.run_sync(

@@ -31,9 +31,9 @@ from engine.maintenance.prune import (
     plan_forget,
 )
 from engine.repository import Repository
-from mosaic import local_audit
-from mosaic.display import size
-from mosaic.repo_cli import common_args, opened
+from mosaic.commands.repo import local_audit
+from mosaic.commands.repo._common import common_args, opened
+from mosaic.ui.display import size
 from shared.config.agent import AgentConfig
 from shared.config.coordinator import RetentionConfig, TargetTier
 from shared.config.load import load

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.lease import LeaseRecord, clear_dead, liveness, read_leases
-from mosaic.repo_cli import common_args, opened
+from mosaic.commands.repo._common import common_args, opened
 from shared.errors import TargetError
 
 

@@ -2,9 +2,9 @@
 
 The checks live in engine.maintenance.verify; this module opens the repository, draws
 the progress bar and prints what was found: a table of damaged objects, optionally every affected
-file, and one summary line. It loads the index itself, not through Repository.open, so a
-damaged index segment is reported like any other damaged object instead of making the
-repository unopenable (Repository has no tolerant index load to call).
+file, and one summary line. It opens the repository with
+:func:`engine.maintenance.verify_open.open_for_verify`, so a damaged index segment is
+reported like any other damaged object.
 
 Exit codes, so it can run from cron or a monitor (docs/integrity.md): 0 clean; 1 damage
 found (one summary line on stderr naming the repair command), or an error that stopped
@@ -18,86 +18,23 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-from collections.abc import AsyncIterator
-from typing import Any, cast
 
-import msgspec
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from engine.format import spec as fmt
-from engine.format.crypto import open_sealed
-from engine.format.pack import PackEntry
-from engine.index import IndexEntry
 from engine.keys.files import load_key_file
 from engine.maintenance.verify import Problem, VerifyReport, could_not_read, one_line, verify
-from engine.repository import Repository
-from engine.storage.base import ObjectInfo, Target
-from mosaic.display import size
-from mosaic.progress import byte_bar
-from mosaic.repo_cli import common_args, target_from
-from shared.errors import ObjectNotFound, RepositoryError, TargetError, WrongKeyError
+from engine.maintenance.verify_open import open_for_verify
+from mosaic.commands.repo._common import common_args, target_from
+from mosaic.ui.display import size
+from mosaic.ui.progress import byte_bar
+from shared.errors import TargetError, WrongKeyError
 
 SHOWN = 3  # messages and backups per table cell; --detailed shows all
 EXIT_CLEAN = 0
 EXIT_DAMAGE = 1
 EXIT_UNREADABLE = 3  # 2 is argparse's "bad usage"
-_index_dec = msgspec.msgpack.Decoder(list[tuple[bytes, list[PackEntry]]])
-
-
-class _IndexHidden:
-    """The target, listing no ``index/`` while ``hiding``: Repository.open then loads no
-    index, and :func:`open_for_verify` loads it segment by segment."""
-
-    def __init__(self, inner: Target) -> None:
-        self.inner = inner
-        self.hiding = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        if not (self.hiding and prefix.startswith(fmt.INDEX_PREFIX)):
-            async for obj in self.inner.list(prefix):
-                yield obj
-
-
-async def open_for_verify(target: Target, master_key: bytes) -> tuple[Repository, VerifyReport]:
-    """Open the repository, loading every index segment that opens and reporting the rest."""
-    view = _IndexHidden(target)
-    repo = await Repository.open(cast(Target, view), master_key)
-    view.hiding = False
-    report = VerifyReport()
-    async for obj in target.list(fmt.INDEX_PREFIX):
-        for pack_id, entries in await _segment(repo, target, obj.key, report):
-            for e in entries:
-                repo.index[e.id] = IndexEntry(pack_id, e.offset, e.length, e.otype, e.raw_length)
-    repo.index.compact()
-    return repo, report
-
-
-async def _segment(
-    repo: Repository, target: Target, key: str, report: VerifyReport
-) -> list[tuple[bytes, list[PackEntry]]]:
-    """One index segment's packs; [] after reporting why not. A segment that fails to
-    open is read once more and reported as damaged only if the fresh read fails too."""
-    damage = ""
-    for _ in range(2):
-        try:
-            _, payload = open_sealed(repo.keys, key.encode(), await target.get(key), "")
-            return _index_dec.decode(payload)
-        except ObjectNotFound:
-            return []  # removed since the listing (a concurrent prune): not damage
-        except TargetError as exc:
-            report.unread(key, exc)
-            return []
-        except RepositoryError as exc:
-            damage = str(exc).removeprefix(": ")
-        except msgspec.DecodeError as exc:
-            damage = f"index segment is invalid ({exc})"
-    report.add(key, damage)
-    return []
 
 
 def percent(text: str) -> float:

@@ -22,8 +22,8 @@ from engine.maintenance.replicate import LagInfo, ReplicationReport, lag, replic
 from engine.progress import Progress
 from engine.repository import Repository
 from engine.storage.base import Target
-from mosaic.display import size
-from mosaic.repo_cli import target_from
+from mosaic.commands.repo._common import target_from
+from mosaic.ui.display import size
 from shared.errors import ConfigError, RepositoryError
 
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.display import who
-from mosaic.nats_options import add_nats_args, operator_bus
+from mosaic.commands._options import add_nats_args, as_arg, operator_bus, wait_args
+from mosaic.ui.display import who
 from shared.errors import OperatorError
 from shared.wire.api import (
     ApiError,
@@ -32,34 +32,23 @@ if TYPE_CHECKING:
     from shared.bus import Bus
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    drill = sub.add_parser("drill", help="restore drills: prove backups restore")
-    drill_sub = drill.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = drill_sub.add_parser("run", help="restore a recent backup into scratch space and check it")
-    p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("--backup", default=None, metavar="BACKUP_ID", help="drill this backup")
-    p.add_argument("--no-wait", action="store_true", help="return once the job is accepted")
-    p.add_argument(
-        "--as",
-        dest="requested_by",
-        default=None,
-        metavar="NAME",
-        help="who asks, for the audit trail (default: user@host of this shell)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=3600.0,
-        metavar="S",
-        help="give up when no event arrives for S seconds (default 3600)",
-    )
-    add_nats_args(p)
-    p.set_defaults(func=run_cmd)
-    p = drill_sub.add_parser("report", help="past drills: outcome, RTO, RPO, checks")
-    p.add_argument("--dataset", default=None, help="only this dataset")
-    p.add_argument("--limit", type=int, default=50, help="newest N drills (default 50)")
-    add_nats_args(p)
-    p.set_defaults(func=report_cmd)
+HELP = "restore drills: prove backups restore"
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("run", help="restore a recent backup into scratch space and check it")
+    a.add_argument("dataset", metavar="DATASET")
+    a.add_argument("--backup", default=None, metavar="BACKUP_ID", help="drill this backup")
+    wait_args(a, timeout=3600.0)
+    as_arg(a)
+    add_nats_args(a)
+    a.set_defaults(func=run_cmd)
+    a = actions.add_parser("report", help="past drills: outcome, RTO, RPO, checks")
+    a.add_argument("--dataset", default=None, help="only this dataset")
+    a.add_argument("--limit", type=int, default=50, help="newest N drills (default 50)")
+    add_nats_args(a)
+    a.set_defaults(func=report_cmd)
 
 
 def _secs(v: float | None) -> str:

@@ -1,16 +1,9 @@
-"""``mosaic-backup repo …``: tools that work on one repository directly, on the agent's
-host, with the agent's config and key (verify, keys, export, …). They need no NATS and
-no coordinator, so they still work when the rest of the system is down.
-
-Each tool is a module with ``register(sub)`` that adds its subparser and sets
-``func=async (args, out, err) -> int``; this module adds the shared options and the
-helpers that open the repository.
-"""
+"""What every ``repo`` tool shares: the ``--config``/``--target`` options and opening the
+chosen target and its repository with the agent's config and key."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,32 +18,12 @@ from shared.config.agent import AgentConfig
 from shared.config.load import load
 from shared.errors import ConfigError, WrongKeyError
 
-# Modules that register a ``repo`` subcommand.
-TOOLS: list[str] = [
-    "mosaic.repo_backup",
-    "mosaic.repo_keys",
-    "mosaic.repo_verify",
-    "mosaic.repo_export",
-    "mosaic.repo_catalog",
-    "mosaic.repo_prune",
-    "mosaic.repo_locks",
-    "mosaic.repo_repair",
-    "mosaic.repo_replicate",
-]
-
 
 def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="the agent's agent.toml")
     p.add_argument(
         "--target", default=None, help="target name from the config (default: the only one)"
     )
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    repo = sub.add_parser("repo", help="work on a repository directly (on the agent's host)")
-    repo_sub = repo.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name in TOOLS:
-        importlib.import_module(name).register(repo_sub)
 
 
 def target_from(args: argparse.Namespace) -> tuple[AgentConfig, Target]:

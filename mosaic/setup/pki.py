@@ -16,7 +16,6 @@ Files in DIR::
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from rich.console import Console
 
 from shared.errors import ConfigError
 from shared.subjects import check_token
@@ -178,35 +176,3 @@ def issue(
     _write(key_path, _key_pem(key), 0o600)
     _write(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return crt, key_path
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    pki = sub.add_parser("pki", help="a certificate authority for NATS TLS")
-    pki_sub = pki.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = pki_sub.add_parser("init", help="create ca.crt and ca.key in DIR")
-    p.add_argument("dir", metavar="DIR")
-    p.set_defaults(func=run)
-    p = pki_sub.add_parser("issue", help="issue NAME.crt and NAME.key signed by DIR's CA")
-    p.add_argument("dir", metavar="DIR")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--server", action="store_true", help="a server certificate (needs --host)")
-    p.add_argument(
-        "--host",
-        action="append",
-        default=[],
-        dest="hosts",
-        metavar="HOST",
-        help="a DNS name or IP address clients connect to (repeatable)",
-    )
-    p.set_defaults(func=run)
-
-
-async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    folder = Path(args.dir)
-    if args.action == "init":
-        crt, key = init_ca(folder)
-        out.print(f"wrote {crt} and {key} (0600); keep {key.name} offline after issuing")
-    else:
-        crt, key = issue(folder, args.name, server=args.server, hosts=args.hosts)
-        out.print(f"wrote {crt} and {key} (0600)")
-    return 0

@@ -20,8 +20,8 @@ from engine.maintenance.recovery_copy import remember_in_key_file
 from engine.maintenance.repair import repair_index, repair_packs, repair_snapshots
 from engine.recovery import repair_config
 from engine.repository import Repository
-from mosaic import local_audit
-from mosaic.repo_cli import common_args, opened, target_from
+from mosaic.commands.repo import local_audit
+from mosaic.commands.repo._common import common_args, opened, target_from
 from shared.config.agent import AgentConfig
 from shared.config.load import load
 from shared.errors import IntegrityError, RepositoryError

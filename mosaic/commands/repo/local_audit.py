@@ -22,7 +22,7 @@ import re
 
 from rich.console import Console
 
-from mosaic.display import who
+from mosaic.ui.display import who
 from shared import subjects
 from shared.config.agent import AgentConfig
 from shared.config.load import is_set

@@ -33,8 +33,8 @@ from engine.keys.writeonly import WriteOnlyEntry, write_write_only_key
 from engine.repository import Repository
 from engine.storage.base import Target
 from engine.storage.open import open_target
-from mosaic import local_audit
-from mosaic.repo_cli import common_args, target_from
+from mosaic.commands.repo import local_audit
+from mosaic.commands.repo._common import common_args, target_from
 from shared.config.agent import AgentConfig
 from shared.config.load import load
 from shared.errors import ConfigError, KeyFileError, WrongKeyError

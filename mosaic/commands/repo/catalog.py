@@ -39,8 +39,8 @@ from rich.text import Text
 from coordinator.catalog import Catalog, open_catalog
 from engine.format.manifest import Manifest
 from engine.repository import Repository
-from mosaic.display import size
-from mosaic.repo_cli import common_args, opened
+from mosaic.commands.repo._common import common_args, opened
+from mosaic.ui.display import size
 from shared.errors import IntegrityError, RepositoryError
 from shared.vocab import BackupType, Tier
 from shared.wire.records import BackupRecord

@@ -8,6 +8,7 @@ happened. Exit code 1 if anything differs.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from coordinator.service import Coordinator
 from engine.storage.open import open_target
 from mosaic import operator
 from mosaic.compare import tree_differences
-from mosaic.sample import make_sample
+from mosaic.setup.sample import make_sample
 from shared.bus import Bus
 from shared.config.agent import AgentConfig
 from shared.config.coordinator import CatalogConfig, CoordinatorConfig, DatasetConfig
@@ -32,6 +33,17 @@ from shared.config.targets import LocalTargetConfig
 from shared.natsserver import NatsServer
 from shared.wire.events import BackupCompleted
 from shared.wire.sources import FilesSource
+
+HELP = "run NATS, a coordinator and an agent locally; back up, restore, compare"
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--path", default=None, help="folder to back up (default: generated sample)")
+    p.add_argument("--workdir", default=None, help="keep everything in this folder")
+
+
+async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    return await quickstart(args.path, args.workdir, out, err)
 
 
 async def quickstart(path: str | None, workdir: str | None, out: Console, err: Console) -> int:

@@ -19,17 +19,15 @@ from shared.config.coordinator import CoordinatorConfig
 from shared.config.load import load
 from shared.errors import ConfigError
 
+HELP = "who started backups and restores, and when the policy changed"
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "audit", help="who started backups and restores, and when the policy changed"
-    )
+
+def register(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="coordinator.toml (its catalog is read)")
     src.add_argument("--catalog", help="catalog URL: sqlite:///PATH or postgresql://…")
     p.add_argument("--limit", type=int, default=50, help="newest N entries (default 50)")
     p.add_argument("--action", default=None, help="only this action (e.g. restore_requested)")
-    p.set_defaults(func=run)
 
 
 def audit_table(entries: list[AuditEntry]) -> Table:
