@@ -12,7 +12,7 @@ A dict of tuples costs ~300 bytes per chunk in CPython; at 1 MiB chunks that is
   when the dict reaches 1/32 of the array (so its share stays ≤ ~6 bytes per chunk).
 
 Measured by ``tests/test_index.py::test_memory_per_chunk`` with ``tracemalloc`` over one
-million random entries (the test asserts the bound; the figure is in the README).
+million random entries (the test asserts the bound; the figure is in docs/benchmark.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Snapshots around a files backup: create, mount read-only, back up, always remove.
 
 LVM, ZFS and btrfs need block devices this machine lacks, so the tools are stand-ins
-(tests/standins/, listed in the README's mocks section) that log their argv and emulate
-a volume with folders; ``mount`` is a real read-only bind mount."""
+(tests/standins/, listed in docs/testing.md, "Where a mock stands in") that log their
+argv and emulate a volume with folders; ``mount`` is a real read-only bind mount."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ class SftpTarget:
                 hint = (
                     f"append-only user {cfg.user!r} can neither delete nor create folders: "
                     "create the repository's folders with the full-rights user first "
-                    "(README: append-only targets)"
+                    "(docs/security.md: append-only targets)"
                 )
             return self._fail(f"{what}: permission denied on the server: {hint}", retryable=False)
         if isinstance(exc, asyncssh.HostKeyNotVerifiable):

@@ -37,7 +37,7 @@ _HINTS = {
     "matching regex": "use only letters, digits, '-' and '_'",
     "missing required field": "add it",
     "unknown field": "remove it or check its spelling",
-    "Invalid value": "see the allowed values in the README's Configuration section",
+    "Invalid value": "see the allowed values in docs/configuration.md",
 }
 
 
@@ -127,7 +127,9 @@ def load(path: str | Path, kind: type[T], *, credentials: str | Path | None = No
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist: create it (see README)") from None
+        raise ConfigError(
+            f"config file {p} does not exist: create it (see docs/configuration.md)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"config file {p} cannot be read: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -23,7 +23,7 @@ class LocalTargetConfig(
     path: str
     # The agent never deletes or replaces an object here (prune fails at once; leases are
     # renewed and released as new objects). Pair it with ``chattr +a`` on the folders
-    # (README: append-only targets); prune runs on an agent without this flag.
+    # (docs/security.md: append-only targets); prune runs on an agent without this flag.
     append_only: bool = False
     media: str = "disk"
     location: Literal["onsite", "offsite"] = "onsite"
