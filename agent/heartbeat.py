@@ -28,6 +28,7 @@ from engine.storage.base import Target
 from shared import subjects
 from shared.bus import Bus
 from shared.config.agent import AgentConfig
+from shared.config.targets import LocalTargetConfig, SftpTargetConfig
 from shared.errors import MosaicError
 from shared.vocab import utcnow
 from shared.wire.base import encode
@@ -67,7 +68,11 @@ async def target_space(name: str, cfg: AgentConfig, target: Target | None) -> Ta
         tier=tc.tier,
         total=total,
         free=free,
-        append_only=getattr(tc, "append_only", False),
+        append_only=(
+            target.capabilities.append_only
+            if target is not None
+            else isinstance(tc, LocalTargetConfig | SftpTargetConfig) and tc.append_only
+        ),
         down=getattr(target, "down", None),  # a DownTarget's state, after its space() look
     )
 

@@ -8,7 +8,9 @@
 coordinator never reads backup data, so it never imports the engine; agent and
 coordinator never import each other; only the ``mosaic`` command composes them.
 
-Every import counts: at module level, inside functions, and under ``TYPE_CHECKING``.
+Every import counts: at module level, inside functions, under ``TYPE_CHECKING``, and
+``importlib.import_module`` with a literal name or prefix (mosaic.cli loads the chosen
+command so: an edge to every module the prefix can name).
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ def imported(path: Path, known: dict[str, Path]) -> Iterator[str]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 yield sub if sub in known else base
+        elif isinstance(node, ast.Call) and _called(node) == "import_module" and node.args:
+            prefix = _literal_prefix(node.args[0])
+            yield from (m for m in known if prefix and m.startswith(prefix))
+
+
+def _called(node: ast.Call) -> str:
+    f = node.func
+    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+
+
+def _literal_prefix(arg: ast.expr) -> str:
+    """``"a.b"`` → ``a.b``; ``f"a.b.{x}"`` → ``a.b.`` (the part known before running)."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr) and arg.values:
+        first = arg.values[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            return first.value
+    return ""
 
 
 def graph() -> dict[str, set[str]]:
@@ -118,9 +139,15 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
+def test_no_import_cycles() -> None:
+    assert cycles(graph()) == []
+
+
 def test_resolver_sees_our_modules() -> None:
-    """The graph the layer tests rely on resolves ``from a import b`` to module a.b."""
+    """The graph the layer tests rely on resolves ``from a import b`` to module a.b, and
+    sees the commands mosaic.cli loads by name."""
     known = modules()
     edges = graph()
     assert "engine.storage.open" in known
     assert "engine.storage.base" in edges["engine.storage.open"]
+    assert "mosaic.commands.status" in edges["mosaic.cli"]
