@@ -14,7 +14,9 @@ import argparse
 from mosaic.commands.repo import (
     backup,
     catalog,
+    diff,
     export,
+    find,
     keys,
     locks,
     prune,
@@ -24,7 +26,7 @@ from mosaic.commands.repo import (
 )
 
 HELP = "work on a repository directly (on the agent's host)"
-TOOLS = (backup, keys, verify, export, catalog, prune, locks, repair, replicate)
+TOOLS = (backup, keys, verify, export, diff, find, catalog, prune, locks, repair, replicate)
 
 
 def register(p: argparse.ArgumentParser) -> None:
