@@ -50,14 +50,14 @@ def version() -> str:
 async def target_space(name: str, cfg: AgentConfig, target: Target | None) -> TargetSpace:
     """One target's tags from the config, and its space where the target can tell."""
     tc = cfg.targets[name]
-    total = free = None
+    total = free = used = None
     space = getattr(target, "space", None)  # optional: a wrapped target may lack it
     if space is not None:
         try:
             with anyio.fail_after(SPACE_TIMEOUT_S):
                 info = await space()
             if info is not None:
-                total, free = info.total, info.free
+                total, free, used = info.total, info.free, info.used
         except (MosaicError, OSError, TimeoutError) as exc:
             log.warning("target %s: free space unknown: %s", name, exc)
     return TargetSpace(
@@ -68,6 +68,7 @@ async def target_space(name: str, cfg: AgentConfig, target: Target | None) -> Ta
         tier=tc.tier,
         total=total,
         free=free,
+        used=used,
         append_only=(
             target.capabilities.append_only
             if target is not None

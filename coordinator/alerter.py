@@ -77,6 +77,7 @@ async def read_snapshots(
     catalog: Catalog,
     datasets: Mapping[str, DatasetConfig],
     history: HistoryCache | None = None,
+    first_seen: Mapping[str, datetime] | None = None,
 ) -> list[DatasetSnapshot]:
     """What the rules need about each configured dataset, from the catalog, in a fixed
     number of queries whatever the number of datasets: the per-(dataset, target)
@@ -110,6 +111,7 @@ async def read_snapshots(
                 last_failure=fail.updated_at if fail else None,
                 failure=failure.rstrip(": "),
                 recent=recent.get(name, ()),
+                first_seen=(first_seen or {}).get(name),
             )
         )
     return out
@@ -130,6 +132,7 @@ class Alerter:
         self.clock = clock
         self.state = AlertState()
         self.history = HistoryCache()
+        self.first_seen: dict[str, datetime] | None = None  # read once (datasets_seen)
         # More rule inputs read elsewhere (maintenance results: coordinator/maintenance.py),
         # each called with ``now`` on every evaluation.
         self.sources: list[Callable[[datetime], Awaitable[list[Finding]]]] = []
@@ -172,7 +175,11 @@ class Alerter:
         """One evaluation; returns (and sends) the transitions."""
         now = self.clock()
         try:
-            snapshots = await read_snapshots(self.catalog, self.cfg.datasets, self.history)
+            if self.first_seen is None:  # a dataset without a backup is pending until then
+                self.first_seen = await self.catalog.datasets_seen(sorted(self.cfg.datasets), now)
+            snapshots = await read_snapshots(
+                self.catalog, self.cfg.datasets, self.history, self.first_seen
+            )
             findings = evaluate(snapshots, self.cfg.alerts, now)
             for source in self.sources:
                 findings += await source(now)

@@ -15,7 +15,9 @@ Rules:
 - ``backup_failed``: the newest backup job of a dataset failed after its newest
   successful backup; resolves when a later backup succeeds.
 - ``backup_missing``: the dataset has schedules, and no backup succeeded since the
-  newest scheduled time that is more than the grace period ago.
+  newest scheduled time that is more than the grace period ago. A dataset that never
+  had a backup is pending, not missing, while that time is older than its first
+  appearance in the config (``first_seen``): a fresh install does not alert at once.
 - ``duration_anomaly``: the newest backup took more than ``factor`` × the average of the
   previous ones of the same type (a weekly full is not compared with daily incrementals),
   looking at up to :data:`DURATION_WINDOW` of them and only when there are at least
@@ -36,6 +38,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -92,6 +95,7 @@ class DatasetSnapshot:
     last_failure: datetime | None = None  # when the newest failed backup job failed
     failure: str = ""  # that job's id, code and message
     recent: Sequence[RecentBackup] = ()  # successful backups, newest first
+    first_seen: datetime | None = None  # first appearance in the config (None: unknown)
 
 
 # --- rules -----------------------------------------------------------------------------
@@ -126,6 +130,8 @@ def backup_missing(
     due = last_due(ds.schedules, now - timedelta(seconds=grace_s), times)
     if due is None or (ds.last_success is not None and ds.last_success >= due):
         return None
+    if ds.last_success is None and ds.first_seen is not None and due < ds.first_seen:
+        return None  # pending: its first scheduled run plus grace is still ahead
     since = ds.last_success.isoformat() if ds.last_success else "ever"
     return Finding(
         rule="backup_missing",
@@ -205,16 +211,19 @@ def replication_lag(
 def storage_low(
     dataset: str, target: str, free_ratio: float | None, min_free: float = STORAGE_MIN_FREE
 ) -> Finding | None:
-    """``free_ratio``: free space of ``target`` as a fraction 0…1 (None: unknown, as for
-    object stores without quotas)."""
+    """``free_ratio``: free space of ``target`` as a fraction 0…1 as ``df`` counts it,
+    available / (used + available) (coordinator/overview.py ``free_ratio``; None:
+    unknown, as for object stores without quotas). The summary shows 100 − df's Use%
+    (which df rounds up), so it never reads "20 % free" for a target under 20 %."""
     if free_ratio is None or free_ratio >= min_free:
         return None
+    shown = math.floor(round(free_ratio * 100, 6))  # round(): no 28.999… from float noise
     return Finding(
         rule="storage_low",
         dataset=dataset,
         target=target,
         severity="warning",
-        summary=f"target {target} of {dataset} has {free_ratio:.0%} free",
+        summary=f"target {target} of {dataset} has {shown}% free",
         description=f"less than {min_free:.0%} free",
     )
 

@@ -49,6 +49,11 @@ class BackupStatusDoc(msgspec.Struct, frozen=True, kw_only=True):
     datasets_failing: int = 0
     datasets_without_backup: int = 0
     datasets_not_compliant: int = 0
+    # never backed up, first run plus grace still ahead (not counted as without backup)
+    datasets_pending: int = 0
+    # the lease holder (name/instance) and since when; null: none known
+    active_coordinator: str | None = None
+    active_since: UtcTime | None = None
     offset: int = 0
     limit: int = 100
     datasets: list[DatasetStatus] = []

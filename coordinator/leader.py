@@ -15,6 +15,10 @@ after ``ttl`` (the bucket's max age), holding ``<name>/<instance id>``:
   refused, the work run under the lease is cancelled, before anyone else can create
   the key. Renewal errors (NATS unreachable) are retried until then.
 
+The holder also keeps the key ``leader-since`` (``<owner> <ISO time it took the
+lease>``), rewritten with each renewal so it expires with the lease: status on any
+coordinator shows who is active and since when (:meth:`Leader.holder`).
+
 Fail-over therefore takes at most ``ttl`` (expiry) plus one poll, about 8 s with the
 default 6 s ttl. The lease is an optimisation of who does the work, not the only guard
 against doing it twice: scheduled jobs have deterministic ids, JetStream drops a
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -35,10 +40,12 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 
 from shared import subjects
 from shared.errors import BusError
+from shared.vocab import utcnow
 
 log = logging.getLogger(__name__)
 
 KEY = "leader"
+SINCE_KEY = "leader-since"  # "<owner> <ISO time>": when the holder took the lease
 RETRY_S = 0.5  # pause between renewal attempts after an error
 
 # Long-running work started under the lease: signals readiness like any anyio service.
@@ -62,6 +69,8 @@ class Leader:
         self.ttl_s = ttl_s
         self._revision: int | None = None
         self._valid_until = 0.0  # anyio.current_time() at which the lease counts as lost
+        self.since: datetime | None = None  # when this process last took the lease
+        self._kv: Any = None
 
     @property
     def renew_s(self) -> float:
@@ -103,7 +112,39 @@ class Leader:
                 ttl,
             )
             self.ttl_s = ttl
+        self._kv = kv
         return kv
+
+    async def holder(self) -> tuple[str, datetime | None] | None:
+        """Who holds the lease (``name/instance``) and since when (None: not known, e.g.
+        a holder that predates ``leader-since``); None if nobody does or NATS cannot
+        tell. Needs :meth:`open` (``run_when_leader``) to have run."""
+        if self.is_leader:
+            return self.owner, self.since
+        if self._kv is None:
+            return None
+        try:
+            owner = bytes((await self._kv.get(KEY)).value or b"").decode()
+        except (NatsError, TimeoutError):  # KeyNotFoundError: nobody holds it now
+            return None
+        since: datetime | None = None
+        try:
+            raw = bytes((await self._kv.get(SINCE_KEY)).value or b"").decode()
+            who, _, at = raw.rpartition(" ")
+            since = datetime.fromisoformat(at) if who == owner else None
+        except (NatsError, TimeoutError, ValueError):
+            pass  # the holder did not say (an older coordinator): who, but not since when
+        return owner, since
+
+    async def _announce(self, kv: Any) -> None:
+        """Write ``leader-since``; best effort (status only), a failure is retried with
+        the next renewal."""
+        assert self.since is not None
+        with anyio.move_on_after(self.renew_s / 2):
+            try:
+                await kv.put(SINCE_KEY, f"{self.owner} {self.since.isoformat()}".encode())
+            except (NatsError, TimeoutError) as exc:
+                log.debug("lease %s: %s not written: %r", self.bucket, SINCE_KEY, exc)
 
     async def run_when_leader(
         self, body: Body, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -145,8 +186,11 @@ class Leader:
                 return False
             self._revision = revision
             self._valid_until = sent + self.ttl_s - self._margin_s
-            return True
-        return False
+            self.since = utcnow()
+        if self._revision is None:
+            return False
+        await self._announce(kv)
+        return True
 
     async def _lead(self, kv: Any, body: Body, ready: TaskStatus[None]) -> bool:
         """Run ``body`` until the lease is lost; return whether ``ready`` was signalled.
@@ -188,6 +232,7 @@ class Leader:
                 else:
                     self._valid_until = sent + self.ttl_s - self._margin_s
                     next_at = sent + self.renew_s
+                    await self._announce(kv)
                     continue
             next_at = min(anyio.current_time() + RETRY_S, self._valid_until)
 

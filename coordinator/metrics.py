@@ -101,7 +101,8 @@ def _heartbeat_families(st: StatusReply) -> Iterator[Metric]:
     """Series from heartbeats, replication and 3-2-1 (coordinator/status.py)."""
     used = GaugeMetricFamily(
         "backup_storage_used_percent",
-        "Used space of a target, as its agent's last heartbeat reported it.",
+        "Used space of a target as df counts it, 100 * used / (used + available) "
+        "(reserved blocks excluded), from its agent's last heartbeat.",
         labels=("agent", "target"),
     )
     for t in st.targets:

@@ -22,6 +22,7 @@ import msgspec
 from coordinator import alerts, compliance
 from coordinator.catalog.records import TargetSummary
 from coordinator.heartbeats import Seen
+from coordinator.schedule import FireTimes
 from shared.config.coordinator import DatasetConfig
 from shared.wire.monitoring import TargetSpace
 from shared.wire.records import JobRecord
@@ -102,6 +103,31 @@ class Overview:
     not_compliant: int
     backups_total: int
     newest_at: datetime | None
+    # never backed up, not failing, and no scheduled time since the dataset first
+    # appeared is more than the grace period ago: not a problem yet (:func:`pending`)
+    pending: frozenset[str] = frozenset()
+
+
+def pending(
+    rows: Iterable[Row],
+    datasets: Mapping[str, DatasetConfig],
+    first_seen: Mapping[str, datetime],
+    before: datetime,
+    times: FireTimes,
+) -> frozenset[str]:
+    """The rows without a backup (and not failing) of scheduled datasets whose newest
+    fire time at or before ``before`` (now − grace) is older than their first
+    appearance: their first run plus grace has not passed yet. The same test as the
+    ``backup_missing`` rule (alerts.py), so "pending" ends when that alert may fire."""
+    out: set[str] = set()
+    for r in rows:
+        seen = first_seen.get(r.name)
+        if r.newest is not None or r.failing or seen is None:
+            continue
+        due = alerts.last_due(datasets[r.name].schedules, before, times)
+        if due is not None and due < seen:
+            out.add(r.name)
+    return frozenset(out)
 
 
 def tags_of(
@@ -269,15 +295,45 @@ def agent_statuses(
     return out
 
 
+def df_space(t: TargetSpace) -> tuple[int, int] | None:
+    """(used, used + available) bytes of a heartbeat's target, as ``df`` counts them, so
+    used % = used / (used + available) and free share = available / (used + available)
+    (df's Use% is this, rounded up). Blocks reserved for root are in neither: on an ext4
+    with 5 % reserved, (total − free) / total would read far higher than ``df``.
+    None: unknown (no statvfs, or an empty file system)."""
+    if t.free is None:
+        return None
+    if t.used is not None:
+        used, whole = t.used, t.used + t.free
+    elif t.total:
+        # Fallback ONLY for an agent older than the ``used`` field: it sent total and
+        # free alone, so reserved blocks count as used here (reads high on ext4).
+        used, whole = t.total - t.free, t.total
+    else:
+        return None
+    return (used, whole) if whole > 0 else None
+
+
+def used_percent(t: TargetSpace) -> float | None:
+    """``backup_storage_used_percent``: 100 × used / (used + available), unrounded (so
+    rounding it up gives df's Use%)."""
+    space = df_space(t)
+    return None if space is None else 100.0 * space[0] / space[1]
+
+
+def free_ratio(t: TargetSpace) -> float | None:
+    """What ``storage_low`` compares with ``storage_min_free``: available / (used +
+    available), 0…1, the complement of :func:`used_percent`."""
+    space = df_space(t)
+    return None if space is None else (space[1] - space[0]) / space[1]
+
+
 def target_statuses(
     heartbeats: Mapping[str, Seen], catalog_bytes: Mapping[tuple[str, str], int]
 ) -> list[TargetSpaceStatus]:
     out: dict[tuple[str, str], TargetSpaceStatus] = {}
     for agent, seen in heartbeats.items():
         for t in seen.heartbeat.targets:
-            used = None
-            if t.total and t.free is not None:
-                used = round(100.0 * (t.total - t.free) / t.total, 2)
             out[agent, t.name] = TargetSpaceStatus(
                 agent=agent,
                 target=t.name,
@@ -287,7 +343,7 @@ def target_statuses(
                 tier=t.tier,
                 total=t.total,
                 free=t.free,
-                used_percent=used,
+                used_percent=used_percent(t),
                 catalog_bytes=catalog_bytes.get((agent, t.name), 0),
             )
     for (agent, target), n in catalog_bytes.items():

@@ -15,6 +15,11 @@ Rules:
   ``*/2``) fires in both hours, because they are different real hours. Clocks going
   forward over a fire time: it fires once, at the first valid time after the gap.
 - A fire time older than ``now - grace_s`` is missed: reported, never run.
+- Of the runs of one schedule of one dataset that are due in one pass, only the newest
+  runs; the older ones are skipped (:func:`collapse`). After an outage a schedule that
+  fires every minute runs once, not once per minute of the grace window. A run older
+  than the dataset's first appearance in the config is skipped too: a new dataset
+  never "catches up" on times when it did not exist.
 - A run's job id is derived from the dataset, the tier, the backup type and the fire
   time in UTC, never from the position of the schedule in the file (reordering the file
   must not fire a run again). The same run always has the same id, so the catalog and
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -49,7 +54,14 @@ class Run:
     schedule: ScheduleConfig
     fire_time: datetime  # UTC
     job_id: str
-    missed: bool = False  # older than the grace window: report, do not run
+    missed: bool = False  # not run: report why (``skipped``), do not run
+    skipped: str = ""  # why not: one of the SKIP_* reasons
+
+
+# Why a due run is not run (``Run.skipped``).
+SKIP_MISSED = "missed"  # older than its schedule's grace window
+SKIP_SUPERSEDED = "superseded"  # a newer run of the same schedule is due in the same pass
+SKIP_BEFORE_DATASET = "before_dataset"  # older than the dataset's first appearance
 
 
 def _aware(name: str, t: datetime) -> datetime:
@@ -101,7 +113,7 @@ def _runs_of(dataset: str, s: ScheduleConfig, after: datetime, now: datetime) ->
     if after < cutoff:
         # Missed fire times: strictly older than the cutoff, at most MAX_MISSED_LISTED.
         for t in _fire_times(s, after, cutoff - _ONE_US):
-            out.append(Run(dataset, s, t, job_id(dataset, s, t), missed=True))
+            out.append(Run(dataset, s, t, job_id(dataset, s, t), True, SKIP_MISSED))
             if len(out) >= MAX_MISSED_LISTED:
                 break
         start = cutoff - _ONE_US
@@ -132,6 +144,32 @@ def due_runs(
                     runs.append(run)
     runs.sort(key=lambda r: (r.fire_time, r.dataset, r.job_id))
     return runs
+
+
+def collapse(runs: Sequence[Run], first_seen: Mapping[str, datetime] | None = None) -> list[Run]:
+    """``runs`` (of :func:`due_runs`) as one pass of the scheduler acts on them, order
+    kept: a run older than its dataset's ``first_seen`` is skipped (``before_dataset``);
+    of the other runs inside the grace window of one schedule of one dataset only the
+    newest is run, the older ones are skipped (``superseded``)."""
+    floors = first_seen or {}
+
+    def early(r: Run) -> bool:
+        floor = floors.get(r.dataset)
+        return floor is not None and r.fire_time < floor
+
+    newest: dict[tuple[str, ScheduleConfig], datetime] = {}
+    for r in runs:
+        if not r.missed and not early(r):
+            key = (r.dataset, r.schedule)
+            newest[key] = max(newest.get(key, r.fire_time), r.fire_time)
+    out: list[Run] = []
+    for r in runs:
+        if early(r):
+            r = replace(r, missed=True, skipped=SKIP_BEFORE_DATASET)
+        elif not r.missed and newest[r.dataset, r.schedule] != r.fire_time:
+            r = replace(r, missed=True, skipped=SKIP_SUPERSEDED)
+        out.append(r)
+    return out
 
 
 def next_run(schedule: ScheduleConfig, now: datetime) -> datetime:

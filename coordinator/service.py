@@ -94,7 +94,12 @@ class Coordinator:
         self.events = EventRecorder(catalog, self.audit)
         self.heartbeats = HeartbeatStore()
         self.status_builder = StatusBuilder(
-            cfg, catalog, self.heartbeats, clock=clock, active=self._is_active
+            cfg,
+            catalog,
+            self.heartbeats,
+            clock=clock,
+            active=self._is_active,
+            lease=self._lease_holder,
         )
         self.alerter = Alerter(cfg, catalog, clock=clock)
         # heartbeat lost, storage low, replication lag, 3-2-1 (coordinator/status.py)
@@ -259,3 +264,6 @@ class Coordinator:
 
     def _is_active(self) -> bool | None:
         return self.leader.is_leader if self.leader is not None else None
+
+    async def _lease_holder(self) -> tuple[str, datetime | None] | None:
+        return await self.leader.holder() if self.leader is not None else None

@@ -22,6 +22,15 @@ Choices that matter at scale (10,000 datasets, a million backups):
   count like backups on their target: a replica holding the newest backup is a real
   copy, not an estimate; the replicate result's lag is used only for a replica without
   catalog copies of the dataset (its event carried no backup ids, an older agent).
+- A dataset that never had a backup is "pending" (not a problem, not a reason for
+  "degraded", no 3-2-1 finding) until its first scheduled time after its first
+  appearance in the config (``Catalog.datasets_seen``) plus ``missing_grace_s`` has
+  passed: a fresh install is healthy. First appearances are read once per process.
+- Skipped scheduled runs (coordinator/scheduler.py writes them as ``schedule_skipped``
+  audit entries) are shown per dataset of the page, the newest per schedule, from the
+  newest :data:`SKIPPED_SCAN` entries (one query).
+- Who holds the coordinators' lease and since when comes from ``lease``
+  (coordinator/leader.py ``Leader.holder``), so a standby answers it too.
 - 3-2-1 counts production plus each target that holds the dataset's newest backup, with
   the media/location tags its agent reports in heartbeats; a target whose tags no
   heartbeat has reported yet makes the result unknown (None), not a violation.
@@ -30,7 +39,7 @@ Choices that matter at scale (10,000 datasets, a million backups):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -47,20 +56,28 @@ from coordinator.overview import (
     Row,
     agent_statuses,
     compute,
+    free_ratio,
+    pending,
     tags_of,
     target_statuses,
 )
 from coordinator.schedule import FireTimes
+from coordinator.scheduler import SKIPPED_ACTION
 from shared.config.coordinator import CoordinatorConfig, ScheduleConfig
 from shared.vocab import utcnow
 from shared.wire.events import ReplicateCompleted
 from shared.wire.monitoring import TargetSpace
 from shared.wire.records import BackupRecord, JobRecord
-from shared.wire.status import DatasetStatus, StatusReply, TargetCopy
+from shared.wire.status import DatasetStatus, SkippedRuns, StatusReply, TargetCopy
 
 # Replication results read per status (newest first; one per source → destination is used).
 REPLICATE_SCAN = 200
+# Audit entries of skipped runs read per status (newest first).
+SKIPPED_SCAN = 500
 _replicate_decoder = msgspec.json.Decoder(ReplicateCompleted)
+_skipped_decoder = msgspec.json.Decoder(SkippedRuns)
+# who holds the lease (``name/instance``) and since when; None: nobody, or unknown
+Lease = Callable[[], Awaitable[tuple[str, datetime | None] | None]]
 
 
 class NextRuns:
@@ -100,12 +117,16 @@ class StatusBuilder:
         *,
         clock: Callable[[], datetime] = utcnow,
         active: Callable[[], bool | None] = lambda: None,
+        lease: Lease | None = None,
     ) -> None:
         self.cfg = cfg
         self.catalog = catalog
         self.heartbeats = heartbeats
         self.clock = clock
         self.active = active
+        self.lease = lease
+        self._first_seen: dict[str, datetime] | None = None  # read once (datasets_seen)
+        self._times = FireTimes()
         self.next_runs = NextRuns({n: d.schedules for n, d in cfg.datasets.items()})
         self._names = sorted(cfg.datasets)
         self._cache: tuple[object, Base] | None = None
@@ -151,10 +172,20 @@ class StatusBuilder:
         lagging = {
             id(r) for r in base.behind if any(t is not None and t < limit for t in r.since.values())
         }
+        grace = timedelta(seconds=self.cfg.alerts.missing_grace_s)
+        waiting = pending(
+            (r for r in base.rows if r.newest is None),
+            self.cfg.datasets,
+            await self.first_seen(now),
+            now - grace,
+            self._times,
+        )
         return Overview(
             now=now,
             rows=base.rows,
-            problems=[r for r in base.rows if r.problem or id(r) in lagging],
+            problems=[
+                r for r in base.rows if (r.problem and r.name not in waiting) or id(r) in lagging
+            ],
             heartbeats=heartbeats,
             agents=agent_statuses(
                 (d.agent for d in self.cfg.datasets.values()),
@@ -164,11 +195,20 @@ class StatusBuilder:
             ),
             targets=target_statuses(heartbeats, base.catalog_bytes),
             failing=base.failing,
-            without_backup=base.without_backup,
+            without_backup=base.without_backup - len(waiting),
             not_compliant=base.not_compliant,
             backups_total=base.backups_total,
             newest_at=base.newest_at,
+            pending=waiting,
         )
+
+    async def first_seen(self, now: datetime) -> dict[str, datetime]:
+        """Each dataset's first appearance in the config, recorded as ``now`` for the
+        ones the catalog has not seen; read once (the datasets do not change while the
+        process runs)."""
+        if self._first_seen is None:
+            self._first_seen = await self.catalog.datasets_seen(self._names, now)
+        return self._first_seen
 
     async def _replicas(self) -> dict[str, list[tuple[str, datetime, dict[str, float | None]]]]:
         """The newest replication result per source → destination target, by source
@@ -214,12 +254,35 @@ class StatusBuilder:
             b.backup_id: b for b in await self.catalog.get_backups(ids)
         }
         failures = await self.catalog.last_failures(datasets=[r.name for r in rows])
+        skipped = await self._skipped({r.name for r in rows})
+        appeared = self._first_seen or {}
         free = {
             (agent, t.name): t.free
             for agent, seen in ov.heartbeats.items()
             for t in seen.heartbeat.targets
         }
-        return [self._one(r, ov.now, found, failures, free) for r in rows]
+        return [
+            msgspec.structs.replace(
+                self._one(r, ov.now, found, failures, free),
+                pending=r.name in ov.pending,
+                first_seen=appeared.get(r.name),
+                skipped_runs=skipped.get(r.name, []),
+            )
+            for r in rows
+        ]
+
+    async def _skipped(self, names: set[str]) -> dict[str, list[SkippedRuns]]:
+        """The newest skip of each schedule (tier, type) of the datasets in ``names``."""
+        out: dict[str, dict[tuple[str, str], SkippedRuns]] = defaultdict(dict)
+        for e in await self.catalog.list_audit(limit=SKIPPED_SCAN, action=SKIPPED_ACTION):
+            if e.dataset not in names:
+                continue
+            try:
+                s = _skipped_decoder.decode(e.detail)
+            except msgspec.DecodeError:
+                continue  # not written by this version's scheduler
+            out[e.dataset].setdefault((s.tier, s.backup_type), s)  # newest first
+        return {d: list(by.values()) for d, by in out.items()}
 
     def _one(
         self,
@@ -268,6 +331,7 @@ class StatusBuilder:
             status = "failing"
         elif ov.failing or ov.without_backup:
             status = "degraded"
+        holder = await self.lease() if self.lease is not None else None
         return StatusReply(
             status=status,
             coordinator=self.cfg.name,
@@ -278,6 +342,9 @@ class StatusBuilder:
             datasets_total=len(ov.rows),
             datasets_failing=ov.failing,
             datasets_without_backup=ov.without_backup,
+            datasets_pending=len(ov.pending),
+            active_coordinator=holder[0] if holder else None,
+            active_since=holder[1] if holder else None,
             datasets_not_compliant=ov.not_compliant,
             next_backup=self.next_runs.soonest(ov.now),
             last_backup_at=ov.newest_at,
@@ -299,16 +366,14 @@ class StatusBuilder:
                     a.agent, a.last_heartbeat, interval, now, self.heartbeats.started_at
                 )
             )
-        out.extend(
-            alerts.storage_low(
-                t.agent, t.target, t.free / t.total, self.cfg.alerts.storage_min_free
-            )
-            for t in ov.targets
-            if t.total and t.free is not None
+        out.extend(  # df's figures (overview.free_ratio), straight from the heartbeats
+            alerts.storage_low(agent, t.name, free_ratio(t), self.cfg.alerts.storage_min_free)
+            for agent, seen in ov.heartbeats.items()
+            for t in seen.heartbeat.targets
         )
         for r in ov.rows:
             for target, lag in r.lags(now).items():
                 out.append(alerts.replication_lag(r.name, target, lag))
-            if r.compliance.compliant is False:
+            if r.compliance.compliant is False and r.name not in ov.pending:
                 out.append(alerts.not_compliant(r.name, r.compliance.reasons))
         return [f for f in out if f is not None]

@@ -183,8 +183,9 @@ def metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 
 
 async def test_silent_agent_alerts_and_resolves_and_low_storage_alerts(
-    nats_url: str, tmp_path: Path
+    private_nats_url: str, tmp_path: Path
 ) -> None:
+    nats_url = private_nats_url  # its silent agent must not alert in later tests
     # Any real disk has less than 99.9 % free: the storage rule must fire for "t".
     cfg = AlertsConfig(interval_s=0.1, storage_min_free=0.999, disabled=["not_compliant"])
     async with hb_stack(nats_url, tmp_path, alerts_cfg=cfg) as st:
@@ -235,8 +236,9 @@ async def _has(st: HbStack, fingerprint: str) -> Alert | None:
 
 
 async def test_status_shows_next_backup_replication_lag_and_321(
-    nats_url: str, tmp_path: Path
+    private_nats_url: str, tmp_path: Path
 ) -> None:
+    nats_url = private_nats_url  # its agent's last heartbeat must not reach later tests
     async with hb_stack(nats_url, tmp_path, alerts_cfg=AlertsConfig(interval_s=0.1)) as st:
         name, ds = st.agent.name, st.dataset
         done = await operator.backup(st.bus, ds, "full", QUIET, QUIET, timeout=60)

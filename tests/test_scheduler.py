@@ -105,6 +105,7 @@ def scheduler(catalog: Catalog, rec: Recorder, clock: Clock) -> Scheduler:
 
 async def test_start_catches_up_inside_grace_only(catalog: Catalog) -> None:
     # down since Saturday; now Sunday 02:10: 01:00 weekly is 70 min old (grace 1 h)
+    await catalog.datasets_seen(["db"], FIRE - timedelta(days=7))  # configured long ago
     rec = Recorder(catalog)
     s = scheduler(catalog, rec, Clock(FIRE + timedelta(minutes=10)))
     async with anyio.create_task_group() as tg:
@@ -196,6 +197,8 @@ async def test_scheduled_backup_runs_once_across_coordinator_restart(
     clock = Clock(FIRE + timedelta(seconds=30))
     first_id = job_id(dataset, DAILY, FIRE)
     catalog = await open_catalog(cfg.catalog.url)
+    # configured before 02:00 (a fresh dataset never runs times before it appeared)
+    await catalog.datasets_seen([dataset], FIRE - timedelta(days=1))
     bus = await Bus.connect(nats_url, name="test")
     try:
         async with anyio.create_task_group() as tg:

@@ -139,4 +139,8 @@ class Catalog(Protocol):
         before it of the same type, newest first, at most ``limit`` — what the duration
         alert rule compares. One query (SQLite: one per 400 datasets)."""
 
+    async def datasets_seen(self, datasets: Sequence[str], at: datetime) -> dict[str, datetime]:
+        """Record ``at`` as the first appearance of the ``datasets`` not seen before, and
+        return every one's first appearance (an earlier ``at`` never moves it back)."""
+
     async def aclose(self) -> None: ...

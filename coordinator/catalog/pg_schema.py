@@ -136,4 +136,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ON backup_copies (dataset, target, finished_at DESC, backup_id DESC)""",
         *summary_table("copy_summary", "backup_copies"),
     ),
+    # 6: when each dataset first appeared (see sqlite_schema.py); an upgraded catalog
+    # takes each dataset's oldest job or backup.
+    (
+        """CREATE TABLE datasets_seen (
+            dataset text PRIMARY KEY, first_seen timestamptz NOT NULL)""",
+        """INSERT INTO datasets_seen (dataset, first_seen)
+            SELECT dataset, min(at) FROM (
+                SELECT dataset, requested_at AS at FROM jobs
+                UNION ALL SELECT dataset, started_at FROM backups) AS a
+            GROUP BY dataset""",
+    ),
 )
+
+# Record the datasets not seen yet (at %s) and return every one's first appearance: the
+# main query does not see the rows its CTE inserts, hence the UNION.
+DATASETS_SEEN = """WITH new AS (
+        INSERT INTO datasets_seen (dataset, first_seen) SELECT unnest(%s::text[]), %s
+        ON CONFLICT (dataset) DO NOTHING RETURNING dataset, first_seen)
+    SELECT dataset, first_seen FROM new
+    UNION ALL SELECT dataset, first_seen FROM datasets_seen WHERE dataset = ANY(%s)"""

@@ -1,10 +1,9 @@
 """PostgreSQL catalog: the production backend, shared by active and standby coordinators.
 
 psycopg 3 async with a connection pool, so the event loop never blocks on the database.
-Migrations run under ``pg_advisory_xact_lock``: coordinators that start together then
-apply each version once, one after the other. A failed connection becomes a
-:class:`CatalogError` whose one-line message names user, host, port and database. The
-password is removed from it, because these messages go to logs and alert events.
+Migrations run under ``pg_advisory_xact_lock``: coordinators that start together apply
+each version once. A failed connection becomes a :class:`CatalogError` whose one-line
+message names user, host, port and database, never the password (it goes to logs, alerts).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from coordinator.catalog.pg_schema import MIGRATIONS
+from coordinator.catalog.pg_schema import DATASETS_SEEN, MIGRATIONS
 from coordinator.catalog.records import (
     AUDIT_COLUMNS,
     BACKUP_COLUMNS,
@@ -486,6 +485,10 @@ class PostgresCatalog:
         for row in rows:
             out.setdefault(row["dataset"], []).append(_decode(row, BackupRecord))
         return out
+
+    async def datasets_seen(self, datasets: Sequence[str], at: datetime) -> dict[str, datetime]:
+        rows = await self._fetch(DATASETS_SEEN, (list(datasets), _aware(at), list(datasets)))
+        return {r["dataset"]: _aware(r["first_seen"]) for r in rows}
 
     async def aclose(self) -> None:
         async with self._open_lock:

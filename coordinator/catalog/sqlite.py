@@ -446,6 +446,28 @@ class SqliteCatalog:
                 out.setdefault(row["dataset"], []).append(_decode(row, BackupRecord))
         return out
 
+    async def datasets_seen(self, datasets: Sequence[str], at: datetime) -> dict[str, datetime]:
+        names = list(dict.fromkeys(datasets))
+
+        def upsert(conn: sqlite3.Connection) -> dict[str, datetime]:
+            conn.execute("BEGIN IMMEDIATE")  # one transaction for all of them
+            try:
+                conn.executemany(
+                    "INSERT INTO datasets_seen (dataset, first_seen) VALUES (?, ?)"
+                    " ON CONFLICT (dataset) DO NOTHING",
+                    [(n, _to_us(at)) for n in names],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            rows = conn.execute("SELECT dataset, first_seen FROM datasets_seen").fetchall()
+            return {r[0]: _from_us(r[1]) for r in rows if r[0] in wanted}
+
+        wanted = set(names)
+        return await self._run(upsert)
+
     async def aclose(self) -> None:
         if self._closed:
             return

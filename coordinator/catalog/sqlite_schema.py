@@ -122,4 +122,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             bytes_stored INTEGER NOT NULL, PRIMARY KEY (dataset, target))""",
         *summary_triggers("copy_summary", "backup_copies"),
     ),
+    # 6: when each dataset first appeared (the scheduler never runs a time before it;
+    # a dataset without a backup is pending until its first due time plus grace). An
+    # upgraded catalog takes each dataset's oldest job or backup.
+    (
+        """CREATE TABLE datasets_seen (
+            dataset text PRIMARY KEY, first_seen INTEGER NOT NULL)""",
+        """INSERT INTO datasets_seen (dataset, first_seen)
+            SELECT dataset, min(at) FROM (
+                SELECT dataset, requested_at AS at FROM jobs
+                UNION ALL SELECT dataset, started_at FROM backups)
+            GROUP BY dataset""",
+    ),
 )

@@ -70,6 +70,7 @@ class Maintenance:
             interval_s=cfg.scheduler_interval_s,
             clock=clock,
             job_ids=self.job_id,
+            first_seen=False,  # keyed by task, not dataset: no first appearance
         )
 
     def _schedules(self) -> dict[str, list[ScheduleConfig]]:

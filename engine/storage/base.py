@@ -20,8 +20,23 @@ class ObjectInfo(msgspec.Struct, frozen=True):
 
 
 class SpaceInfo(msgspec.Struct, frozen=True):
+    """A target's space in bytes, counted as ``df`` counts it (:meth:`from_statvfs`).
+
+    - ``total``: the file system's size, f_blocks × f_frsize (df's "Size").
+    - ``free``: what a non-root writer may still use, f_bavail × f_frsize (df's "Avail").
+    - ``used``: f_blocks − f_bfree blocks (df's "Used"). Blocks reserved for root (5 % on
+      a default ext4) and file-system overhead are in neither ``used`` nor ``free``, so
+      ``used + free`` may be less than ``total``; "how full" is ``used / (used + free)``.
+      None only in values built before this field existed."""
+
     total: int
     free: int
+    used: int | None = None
+
+    @classmethod
+    def from_statvfs(cls, *, frsize: int, blocks: int, bfree: int, bavail: int) -> SpaceInfo:
+        """From statvfs figures (local ``os.statvfs``, or an SFTP server's statvfs)."""
+        return cls(total=blocks * frsize, free=bavail * frsize, used=(blocks - bfree) * frsize)
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):

@@ -379,8 +379,13 @@ class LocalTarget:
 
     async def space(self) -> SpaceInfo | None:
         def _space() -> SpaceInfo | None:
-            usage = shutil.disk_usage(self._existing_root())
-            return SpaceInfo(usage.total, usage.free)
+            vfs = os.statvfs(self._existing_root())
+            return SpaceInfo.from_statvfs(
+                frsize=vfs.f_frsize or vfs.f_bsize,
+                blocks=vfs.f_blocks,
+                bfree=vfs.f_bfree,
+                bavail=vfs.f_bavail,
+            )
 
         return await self._run(_space)
 

@@ -455,8 +455,12 @@ class SftpTarget:
                         raise
                     probe = parent
                     continue
-                unit = vfs.frsize or vfs.bsize
-                return SpaceInfo(vfs.blocks * unit, vfs.bavail * unit)
+                return SpaceInfo.from_statvfs(
+                    frsize=vfs.frsize or vfs.bsize,
+                    blocks=vfs.blocks,
+                    bfree=vfs.bfree,
+                    bavail=vfs.bavail,
+                )
 
         return await self._call("space", None, statvfs)
 

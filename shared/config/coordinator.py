@@ -36,7 +36,9 @@ class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     - ``timezone``: an IANA name (``Europe/Berlin``); DST is handled by the time zone.
     - ``tier``: the retention tier of the backups this schedule makes.
     - ``grace_s``: a run missed while the coordinator was down still runs at start if it
-      is at most this old; older ones are reported as missed and skipped.
+      is at most this old; older ones are reported as missed and skipped. Of several
+      such runs only the newest runs, and never one older than the dataset's first
+      appearance in the config. At least ``scheduler_interval_s`` (checked at load).
     """
 
     cron: str
@@ -147,7 +149,8 @@ class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     - ``prune_dry_run``: report what prune would remove, remove nothing.
     - ``gc_margin_s``: how long garbage collection waits before deleting (engine.maintenance.prune).
     - ``drill_scratch``: folder on the agent where drills restore (default: its temp dir).
-    - ``grace_s``: a run missed while the coordinator was down still runs if this recent.
+    - ``grace_s``: a run missed while the coordinator was down still runs if this recent
+      (the newest per task only); at least ``scheduler_interval_s`` (checked at load).
     """
 
     timezone: str = "UTC"
@@ -173,7 +176,8 @@ class CoordinatorConfig(NatsClientConfig, frozen=True, kw_only=True, forbid_unkn
     catalog: CatalogConfig = CatalogConfig()
     datasets: dict[Name, DatasetConfig] = {}
     retention: RetentionConfig = RetentionConfig()
-    # How often the scheduler looks for runs that came due (seconds).
+    # How often the scheduler looks for runs that came due (seconds); every grace_s must
+    # be at least this (shared/config/load.py).
     scheduler_interval_s: PositiveFloat = 30.0
     # The HTTP status API; off unless the file has an ``[http]`` table, so that
     # several coordinators (tests, quickstart) on one host never fight over a port.

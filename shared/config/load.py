@@ -239,6 +239,7 @@ def _check_schedules(p: Path, cfg: CoordinatorConfig) -> None:
                     f"config file {p}: field '{field}.timezone': unknown time zone "
                     f'{sched.timezone!r} (use an IANA name such as "UTC" or "Europe/Berlin")'
                 ) from None
+            _check_grace(p, f"{field}.grace_s", sched.grace_s, cfg.scheduler_interval_s)
             keeps = {t: cfg.retention.keep(sched.tier, t) for t in DEFAULT_RETENTION[sched.tier]}
             if all(int(v[:-1]) == 0 for v in keeps.values()):
                 raise ConfigError(
@@ -248,10 +249,23 @@ def _check_schedules(p: Path, cfg: CoordinatorConfig) -> None:
                 )
 
 
+def _check_grace(p: Path, field: str, grace_s: float, interval_s: float) -> None:
+    """A run is seen up to one scheduler pass after its time; a grace shorter than that
+    pass makes most runs "missed" before the scheduler looks, so they never run."""
+    if grace_s < interval_s:
+        raise ConfigError(
+            f"config file {p}: field '{field}': {grace_s:g} is shorter than "
+            f"'scheduler_interval_s' ({interval_s:g}), so the scheduler would find most runs "
+            f"already past their grace and never start them (set grace_s to at least "
+            f"{interval_s:g}, or lower scheduler_interval_s)"
+        )
+
+
 def _check_maintenance(p: Path, cfg: CoordinatorConfig) -> None:
     m = cfg.maintenance
     if m is None:
         return
+    _check_grace(p, "maintenance.grace_s", m.grace_s, cfg.scheduler_interval_s)
     for task in ("verify", "prune", "replicate", "drill"):
         expr: str = getattr(m, f"{task}_cron")
         problem = _cron_problem(expr) if expr else None

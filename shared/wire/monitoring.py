@@ -53,8 +53,12 @@ class TargetSpace(msgspec.Struct, frozen=True, kw_only=True):
     media: str
     location: str
     tier: str
+    # Bytes as ``df`` counts them (engine/storage/base.py SpaceInfo): ``total`` the size,
+    # ``free`` available to the agent (f_bavail), ``used`` f_blocks − f_bfree. Blocks
+    # reserved for root are in neither, so how full = used / (used + free).
     total: int | None = None  # None: unknown (object stores, servers without statvfs)
     free: int | None = None
+    used: int | None = None  # None also from agents older than this field
     append_only: bool = False  # this agent may not delete there (no prune jobs)
     # Why the agent cannot reach it now (one line; agent/target_health.py), None when
     # it answers. The agent runs its other targets' jobs meanwhile.

@@ -35,6 +35,21 @@ class Compliance321(msgspec.Struct, frozen=True, kw_only=True):
     reasons: list[str] = []
 
 
+class SkippedRuns(msgspec.Struct, frozen=True, kw_only=True):
+    """Scheduled runs of one schedule that the scheduler did not run in one pass, and why
+    (``reason``): ``missed`` (older than the schedule's ``grace_s``, the coordinator was
+    down) or ``superseded`` (a newer run of the same schedule was due: only that one
+    ran). Also the ``detail`` of the ``schedule_skipped`` audit entry."""
+
+    reason: str
+    tier: str = ""
+    backup_type: str = ""
+    count: int = 0
+    first: datetime | None = None  # the oldest skipped fire time
+    last: datetime | None = None  # the newest skipped fire time
+    at: datetime | None = None  # when the scheduler skipped them
+
+
 class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
     dataset: str
     agent: str
@@ -46,6 +61,11 @@ class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
     storage_free: int | None = None  # free bytes on its primary target (heartbeat)
     targets: list[TargetCopy] = []
     compliance: Compliance321 | None = None
+    # no backup yet, and its first scheduled time plus the grace period has not passed
+    # (not a problem yet); None from coordinators that predate it
+    pending: bool | None = None
+    first_seen: datetime | None = None  # when the dataset first appeared in the config
+    skipped_runs: list[SkippedRuns] = []  # the scheduler's newest skip per schedule
 
 
 class TargetSpaceStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,3 +111,10 @@ class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
     last_backup_at: datetime | None = None  # the newest backup of any dataset
     agents: list[AgentStatus] = []
     targets: list[TargetSpaceStatus] = []
+    # never backed up and not due yet (first due time plus grace still ahead); counted
+    # apart from datasets_without_backup, and not a reason for "degraded"
+    datasets_pending: int = 0
+    # the coordinator holding the lease (``name/instance``) and since when; None: unknown
+    # (no lease holder right now, or a coordinator that predates it)
+    active_coordinator: str | None = None
+    active_since: datetime | None = None
