@@ -41,7 +41,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from shared import subjects, tracing
 from shared.config.nats import NatsClientConfig
-from shared.errors import BusError
+from shared.errors import BusError, NoCoordinator
 from shared.nats_connect import open_nats, strip_credentials
 from shared.wire.api import ApiError, ApiReply, ApiRequest, reply_decoder, request_decoder
 from shared.wire.base import encode
@@ -460,7 +460,7 @@ class Bus:
         try:
             msg = await self.nc.request(subjects.api(verb), encode(req), timeout=timeout)
         except NoRespondersError:
-            raise BusError(f"no coordinator is answering on NATS at {self.url}") from None
+            raise NoCoordinator(f"no coordinator is answering on NATS at {self.url}") from None
         except NatsTimeout:
             raise BusError(f"the coordinator did not answer within {timeout:.0f}s") from None
         reply: ApiReply = reply_decoder.decode(msg.data)

@@ -46,6 +46,13 @@ class BusError(MosaicError):
     retryable = True
 
 
+class NoCoordinator(BusError):
+    """NATS answered, but nothing answers the operator API there (no coordinator, or a
+    NATS that is not mosaic-backup's bus)."""
+
+    code = "bus.no_coordinator"
+
+
 class TargetError(MosaicError):
     code = "target"
     retryable = True

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.config.nats import DEFAULT_NATS_URL, NatsClientConfig
-from shared.errors import ConfigError
+from shared.errors import ConfigError, NoCoordinator
 
 if TYPE_CHECKING:
     from shared.bus import Bus
@@ -173,8 +173,47 @@ async def operator_bus(args: argparse.Namespace) -> AsyncIterator[Bus]:
     bus = await Bus.connect_with(cfg, name="mosaic-cli", where=f"NATS options (--nats-…{also}): ")
     try:
         yield bus
+    except NoCoordinator as exc:  # say which URL, where it came from, and what answers there
+        raise NoCoordinator(f"{exc}{await _who_answers(bus)}; {url_origin(args)}") from None
     finally:
         await bus.aclose()
+
+
+def url_origin(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
+    """Where the NATS URL in use came from, and how to choose another."""
+    env = os.environ if environ is None else environ
+    if getattr(args, "nats", None) is not None:
+        return "the URL is --nats's"
+    if env.get("MOSAIC_NATS_URL"):
+        return "the URL is $MOSAIC_NATS_URL's"
+    profile, _ = profile_path(args, env)
+    if profile.is_file() and load_profile(profile, "--profile").nats_url != DEFAULT_NATS_URL:
+        return f"the URL is nats_url of profile {profile}"
+    return (
+        f"{DEFAULT_NATS_URL} is the default URL: name the coordinator's NATS with --nats, "
+        "$MOSAIC_NATS_URL or nats_url in an operator profile"
+    )
+
+
+async def _who_answers(bus: Bus) -> str:
+    """Whether the NATS that answered holds mosaic-backup's streams (ours, coordinator
+    down) or not (most likely another NATS on that address)."""
+    import anyio
+    from nats.js.errors import NotFoundError
+
+    from shared import subjects
+
+    try:
+        with anyio.fail_after(2.0):  # an operator account may not ask: no answer comes
+            await bus.js.stream_info(subjects.JOBS_STREAM)
+    except NotFoundError:
+        return (
+            f" (that NATS answers but holds no {subjects.JOBS_STREAM} stream: "
+            "it is not mosaic-backup's bus)"
+        )
+    except Exception:  # no JetStream, or this account may not look: nothing more to say
+        return ""
+    return " (mosaic-backup's streams are there: is `mosaic-backup coordinator run` up?)"
 
 
 def as_arg(p: argparse.ArgumentParser) -> None:
