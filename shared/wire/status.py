@@ -50,6 +50,21 @@ class SkippedRuns(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime | None = None  # when the scheduler skipped them
 
 
+class WindowStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The maintenance window of a dataset's newest scheduled run (``window = "02:00-04:00"``
+    on its schedule, in the schedule's time zone): whether that run stayed inside it.
+    ``exceeded_s``: how far past the window's end it finished (or, still running, has
+    run so far); 0 when inside. Filled by coordinator/windows.py."""
+
+    schedule: str = ""  # the schedule's tier (daily, weekly, monthly) or cron text
+    window: str = ""  # as configured, e.g. "02:00-04:00"
+    window_end: datetime | None = None  # the end of the window the run belonged to
+    job_id: str | None = None
+    running: bool = False
+    exceeded: bool = False
+    exceeded_s: float = 0.0
+
+
 class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
     dataset: str
     agent: str
@@ -66,6 +81,7 @@ class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
     pending: bool | None = None
     first_seen: datetime | None = None  # when the dataset first appeared in the config
     skipped_runs: list[SkippedRuns] = []  # the scheduler's newest skip per schedule
+    window: WindowStatus | None = None  # None: no schedule of it has a window
 
 
 class TargetSpaceStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,6 +97,30 @@ class TargetSpaceStatus(msgspec.Struct, frozen=True, kw_only=True):
     free: int | None = None
     used_percent: float | None = None
     catalog_bytes: int = 0  # bytes_stored of the catalogued backups on this target
+
+
+class UnprotectedItem(msgspec.Struct, frozen=True, kw_only=True):
+    """Something an agent's inventory found on its host that no configured dataset covers
+    (coordinator/coverage.py). ``ignored``: matched by the coordinator's ignore list
+    (listed, never dropped). ``kind`` is an inventory item kind (shared/wire/inventory.py)."""
+
+    agent: str
+    kind: str
+    key: str  # the item's identity on its host, e.g. a data directory or volume name
+    detail: str = ""  # one line for people (port, databases, compose project …)
+    ignored: bool = False
+    ignored_by: str = ""  # the ignore-list entry that matched
+
+
+class CertificateStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A TLS certificate an agent's inventory found, with its expiry."""
+
+    agent: str
+    path: str
+    subject: str = ""
+    not_after: datetime | None = None
+    days_left: float | None = None
+    expiring: bool = False  # within the alert's horizon (14 days)
 
 
 class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,3 +158,10 @@ class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
     # (no lease holder right now, or a coordinator that predates it)
     active_coordinator: str | None = None
     active_since: datetime | None = None
+    # coverage (coordinator/coverage.py): what agents' inventories found that no dataset
+    # covers, ignored items included and marked; None: no agent has sent an inventory
+    unprotected: list[UnprotectedItem] = []
+    unprotected_total: int = 0  # not ignored
+    inventories: int | None = None  # agents whose inventory the coordinator holds
+    certificates: list[CertificateStatus] = []  # expiring first
+    windows_exceeded: int = 0  # datasets whose newest scheduled run exceeded its window
