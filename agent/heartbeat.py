@@ -32,9 +32,11 @@ from shared.config.targets import LocalTargetConfig, SftpTargetConfig
 from shared.errors import MosaicError
 from shared.vocab import utcnow
 from shared.wire.base import encode
-from shared.wire.monitoring import Heartbeat, TargetSpace
+from shared.wire.monitoring import Heartbeat, KeyCheck, TargetSpace
 
 log = logging.getLogger(__name__)
+
+KeyChecks = Callable[[str], KeyCheck | None]  # target → the last key check (target_health.py)
 
 # A target that takes longer than this to report its space is reported without it.
 SPACE_TIMEOUT_S = 10.0
@@ -47,7 +49,9 @@ def version() -> str:
         return "unknown"
 
 
-async def target_space(name: str, cfg: AgentConfig, target: Target | None) -> TargetSpace:
+async def target_space(
+    name: str, cfg: AgentConfig, target: Target | None, key_checks: KeyChecks | None = None
+) -> TargetSpace:
     """One target's tags from the config, and its space where the target can tell."""
     tc = cfg.targets[name]
     total = free = used = None
@@ -75,6 +79,7 @@ async def target_space(name: str, cfg: AgentConfig, target: Target | None) -> Ta
             else isinstance(tc, LocalTargetConfig | SftpTargetConfig) and tc.append_only
         ),
         down=getattr(target, "down", None),  # a DownTarget's state, after its space() look
+        key_check=key_checks(name) if key_checks is not None else None,
     )
 
 
@@ -85,6 +90,7 @@ async def heartbeat(
     started: float,
     running_job: str | None,
     hostname: str | None = None,
+    key_checks: KeyChecks | None = None,
 ) -> Heartbeat:
     return Heartbeat(
         agent=cfg.name,
@@ -94,7 +100,9 @@ async def heartbeat(
         interval_s=cfg.heartbeat_interval_s,
         uptime_s=round(time.monotonic() - started, 3),
         running_job=running_job,
-        targets=[await target_space(n, cfg, targets.get(n)) for n in sorted(cfg.targets)],
+        targets=[
+            await target_space(n, cfg, targets.get(n), key_checks) for n in sorted(cfg.targets)
+        ],
     )
 
 
@@ -103,12 +111,15 @@ async def send_heartbeats(
     cfg: AgentConfig,
     targets: Mapping[str, Target],
     running_job: Callable[[], str | None],
+    key_checks: KeyChecks | None = None,
 ) -> None:
     """Publish a heartbeat now and then every ``heartbeat_interval_s``, until cancelled."""
     started = time.monotonic()
     subject = subjects.heartbeat(cfg.name)
     while True:
-        hb = await heartbeat(cfg, targets, started=started, running_job=running_job())
+        hb = await heartbeat(
+            cfg, targets, started=started, running_job=running_job(), key_checks=key_checks
+        )
         try:
             await bus.nc.publish(subject, encode(hb))
         except NatsError as exc:  # the next one may get through; jobs must keep running

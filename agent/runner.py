@@ -20,9 +20,12 @@ from typing import Any
 import anyio
 import msgspec
 
+from agent import priority
 from agent.heartbeat import send_heartbeats
+from agent.inventory import publish_inventories
 from agent.jobs.context import agent_context
 from agent.jobs.table import run_job
+from agent.target_health import KeyChecker
 from engine.backup.snapshot import cleanup_leftovers
 from engine.keys.files import RepoKey
 from engine.storage.base import Target
@@ -46,12 +49,15 @@ class AgentRunner:
         self.hostname = socket.gethostname()
         self.running_job: str | None = None  # reported by the heartbeat
         self.ack_wait_s = cfg.ack_wait_s  # of the bound consumer, once known
+        # proves now and then that the key opens each target's repository (heartbeat)
+        self.key_checker = KeyChecker(key, self.targets, cfg.key_file)
 
     async def aclose(self) -> None:
         for t in self.targets.values():
             await t.aclose()
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        priority.apply_to_agent(self.cfg.priority)  # nice/ionice, before any dump runs
         # snapshots a crashed run left behind are removed before any new job runs
         await anyio.to_thread.run_sync(cleanup_leftovers, self.cfg.state_dir, self.cfg.name)
         # An agent with its own NATS user runs in its own `nats-config` account: it sees
@@ -69,7 +75,16 @@ class AgentRunner:
                 await bus.ensure_streams()
             async with task_group() as tg:
                 # alive while it waits for the coordinator to create its consumer
-                tg.start_soon(send_heartbeats, bus, self.cfg, self.targets, self._running)
+                tg.start_soon(self.key_checker.run)
+                tg.start_soon(
+                    send_heartbeats,
+                    bus,
+                    self.cfg,
+                    self.targets,
+                    self._running,
+                    self.key_checker.get,
+                )
+                tg.start_soon(publish_inventories, bus, self.cfg)  # coverage discovery
                 sub = await bus.job_consumer(self.cfg.name, self.cfg.ack_wait_s)
                 # the coordinator's consumer may wait less long than this agent's setting
                 wait = bus.job_ack_wait or self.cfg.ack_wait_s

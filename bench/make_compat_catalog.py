@@ -43,7 +43,50 @@ async def _write(path: Path, version: int) -> dict[str, object]:
             for name, at in SEEN.items():
                 await cat.datasets_seen([name], at)
         out["datasets_seen"] = {k: v.isoformat() for k, v in SEEN.items()}
+    if version >= 7:
+        out["auth"] = await _auth_rows(path)
     return out
+
+
+async def _auth_rows(path: Path) -> dict[str, object]:
+    """Version 7's access-control rows (users, recovery codes, tokens, a session, login
+    failures), written through the catalog API; hashes stand in for real ones."""
+    from coordinator.catalog.auth_records import SessionRecord, TokenRecord, UserRecord
+
+    at = datetime(2026, 8, 1, 9, 30, tzinfo=UTC)
+    argon = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"
+    users = [
+        UserRecord(name="alice", role="admin", password_hash=argon, totp_secret="JBSWY3DPEHPK3PXP",
+                   totp_last_step=59_000_000, created_at=at, updated_at=at, last_login_at=at),
+        UserRecord(name="bob", role="viewer", password_hash=argon, disabled=True,
+                   created_at=at, updated_at=at),
+    ]  # fmt: skip
+    tokens = [
+        TokenRecord(token_id="0a1b2c3d4e5f", name="prometheus", role="viewer",
+                    secret_hash="5" * 64, created_by="root@host (tokens create CLI)",
+                    created_at=at, expires_at=datetime(2026, 10, 30, tzinfo=UTC), last_used_at=at),
+        TokenRecord(token_id="f5e4d3c2b1a0", name="prometheus", role="viewer",
+                    secret_hash="6" * 64, created_by="root@host (tokens create CLI)",
+                    created_at=at, expires_at=datetime(2026, 9, 1, tzinfo=UTC), revoked_at=at),
+    ]  # fmt: skip
+    session = SessionRecord(session_hash="7" * 64, user_name="alice", csrf_token="c" * 43,
+                            source="192.0.2.7", created_at=at, last_seen_at=at)  # fmt: skip
+    async with sqlite_catalog.SqliteCatalog(path) as cat:
+        for u in users:
+            await cat.add_user(u)
+        await cat.set_recovery_codes("alice", ["8" * 64, "9" * 64])
+        await cat.use_recovery_code("alice", "8" * 64, at)
+        for t in tokens:
+            await cat.add_token(t)
+        await cat.add_session(session)
+        await cat.count_login_failure("user:bob", at, window_start=at)
+    return {
+        "users": msgspec.to_builtins(users),
+        "tokens": msgspec.to_builtins(tokens),
+        "sessions": msgspec.to_builtins([session]),
+        "recovery_codes_left": {"alice": 1},
+        "login_failures": {"user:bob": 1},
+    }
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from coordinator.alerts import (
 )
 from coordinator.api_models import API_PREFIX
 from coordinator.catalog.base import Catalog
+from coordinator.notify import AppriseSink
 from shared.bus import Bus
 from shared.config.coordinator import CoordinatorConfig, DatasetConfig
 from shared.errors import MosaicError
@@ -166,6 +167,8 @@ class Alerter:
             if alerts.webhook_url:
                 hook = WebhookSink(alerts.webhook_url, generator_url=self._generator_url(http_port))
                 sinks.append(await stack.enter_async_context(hook))
+            if self.cfg.notify:  # Apprise routes (coordinator/notify.py)
+                sinks.append(AppriseSink(self.cfg.notify))
             task_status.started()
             while True:
                 await self.tick(sinks)

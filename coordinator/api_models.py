@@ -15,9 +15,17 @@ import msgspec
 
 from shared.wire.monitoring import Alert
 from shared.wire.records import BackupRecord, JobRecord
-from shared.wire.status import AgentStatus, DatasetStatus, TargetSpaceStatus
+from shared.wire.status import (
+    AgentStatus,
+    CertificateStatus,
+    DatasetStatus,
+    TargetSpaceStatus,
+    UnprotectedItem,
+)
 
 API_PREFIX = "/api/v1"
+DOCUMENT_VERSION = 2  # of BackupStatusDoc
+RECENT_FAILURES_S = 86400.0
 # Times are always UTC-aware; saying so makes the schema read ``format: date-time``.
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -28,9 +36,10 @@ class BackupStatusDoc(msgspec.Struct, frozen=True, kw_only=True):
     Totals and counters cover every dataset; ``datasets`` is one page of per-dataset
     detail (``?limit``, default 100, and ``?offset``), the datasets that need attention
     (failing, never backed up, not 3-2-1 compliant, replication over 1 h behind) first,
-    then the others by name; ``?dataset=NAME`` shows one. ``storage_used``: bytes the
-    catalogued backups take in their repositories; ``storage_free``: free bytes the
-    agents' targets report in heartbeats (null: none can tell, as for S3). The API has
+    then the others by name; ``?dataset=NAME`` shows one. ``storage_used``: what the
+    catalogued backups take in their repositories; ``storage_free``: free space the
+    agents' targets report in heartbeats (null: none can tell, as for S3); each as the
+    strategy writes it ("245GB") and in bytes (``*_bytes``). The API has
     no authentication, so failed jobs' ``error_message`` is a category and the message
     with paths, URLs and hosts replaced (``<path>``, ``<endpoint>``); the coordinator's
     log and the NATS ``status`` reply keep the full text.
@@ -38,13 +47,19 @@ class BackupStatusDoc(msgspec.Struct, frozen=True, kw_only=True):
 
     status: Literal["healthy", "degraded", "failing"]
     coordinator: str
+    # 2: recent_failures became a count and storage_* human strings, as the strategy's
+    # document shows them (1: a list and byte counts, now recent_failure_list and *_bytes)
+    document_version: int = DOCUMENT_VERSION
     last_backup: UtcTime | None = None
     # the soonest scheduled run of any dataset; null: nothing is scheduled
     next_backup: UtcTime | None = None
-    storage_used: int = 0
-    storage_free: int | None = None
+    storage_used: str = "0B"  # "245GB": decimal units, as the strategy writes them
+    storage_free: str | None = None  # null: no target reports its free space
+    storage_used_bytes: int = 0
+    storage_free_bytes: int | None = None
     backups_total: int = 0
-    recent_failures: list[JobRecord] = []
+    recent_failures: int = 0  # failed jobs in the last RECENT_FAILURES_S (24 h)
+    recent_failure_list: list[JobRecord] = []  # the newest failures, any age
     datasets_total: int = 0
     datasets_failing: int = 0
     datasets_without_backup: int = 0
@@ -54,11 +69,30 @@ class BackupStatusDoc(msgspec.Struct, frozen=True, kw_only=True):
     # the lease holder (name/instance) and since when; null: none known
     active_coordinator: str | None = None
     active_since: UtcTime | None = None
+    # coverage: what agents' inventories found that no dataset covers (ignored ones
+    # listed and marked); null: no agent has sent an inventory
+    unprotected_total: int | None = None
+    unprotected: list[UnprotectedItem] = []
+    certificates: list[CertificateStatus] = []
+    windows_exceeded: int = 0  # datasets whose newest scheduled run overran its window
     offset: int = 0
     limit: int = 100
     datasets: list[DatasetStatus] = []
     agents: list[AgentStatus] = []
     targets: list[TargetSpaceStatus] = []
+
+
+def human_bytes(n: int) -> str:
+    """``245GB``, ``1.5TB``, ``512B``: decimal units without a space, as the strategy's
+    status document writes them; one decimal below 10 of a unit."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if value < 1000 or unit == "PB":
+            break
+        value /= 1000
+    if unit == "B" or value >= 10:
+        return f"{value:.0f}{unit}"
+    return f"{value:.1f}{unit}"
 
 
 class AlertsDoc(msgspec.Struct, frozen=True, kw_only=True):

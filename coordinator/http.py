@@ -28,18 +28,22 @@ from aiohttp import web
 
 from coordinator.api_models import (
     API_PREFIX,
+    RECENT_FAILURES_S,
     AlertsDoc,
     BackupPage,
     BackupStatusDoc,
     ErrorBody,
     ErrorDoc,
+    human_bytes,
     openapi_document,
 )
 from coordinator.catalog.base import Catalog
+from coordinator.checklist import public, with_check_path
 from coordinator.metrics import CONTENT_TYPE, Metrics, read_snapshot
 from shared.config.coordinator import HttpConfig
 from shared.errors import ConfigError, MosaicError
 from shared.vocab import utcnow
+from shared.wire.check import CheckReport
 from shared.wire.monitoring import Alert
 from shared.wire.records import JobRecord
 from shared.wire.status import DatasetStatus, StatusReply
@@ -51,6 +55,7 @@ AlertsFn = Callable[[], list[Alert]]
 MAX_LIMIT = 10_000
 # Datasets detailed in one status document by default (problems first; ?limit, ?offset).
 STATUS_PAGE = 100
+RECENT_FAILURES_SCAN = 1000  # failures read to count the last day's (the count's cap)
 _enc = msgspec.json.Encoder()
 
 
@@ -193,7 +198,9 @@ class HttpApi:
             version = metadata.version("mosaic-backup")
         except metadata.PackageNotFoundError:
             version = "unknown"
-        self._openapi = _enc.encode(openapi_document(version))
+        self._openapi = _enc.encode(with_check_path(openapi_document(version), API_PREFIX))
+        # the checklist (coordinator/checklist.py), set by the service; None: not served
+        self.check: Callable[[], Awaitable[CheckReport]] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_errors])
@@ -203,6 +210,7 @@ class HttpApi:
         app.router.add_get(f"{API_PREFIX}/openapi.json", self.get_openapi)
         app.router.add_get("/metrics", self.get_metrics)
         app.router.add_get(f"{API_PREFIX}/alerts", self.get_alerts)
+        app.router.add_get(f"{API_PREFIX}/check", self.get_check)
         return app
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -243,15 +251,21 @@ class HttpApi:
         the free space the agents' targets report in heartbeats (None: none reports)."""
         st = await self._status(limit=limit, offset=offset, dataset=dataset)
         frees = [t.free for t in st.targets if t.free is not None]
+        used, free = sum(t.catalog_bytes for t in st.targets), sum(frees) if frees else None
+        since = utcnow() - timedelta(seconds=RECENT_FAILURES_S)
+        failures = await self.catalog.recent_failures(limit=RECENT_FAILURES_SCAN)
         return BackupStatusDoc(
             status=st.status,
             coordinator=st.coordinator,
             last_backup=st.last_backup_at,
             next_backup=st.next_backup,
-            storage_used=sum(t.catalog_bytes for t in st.targets),
-            storage_free=sum(frees) if frees else None,
+            storage_used=human_bytes(used),
+            storage_free=None if free is None else human_bytes(free),
+            storage_used_bytes=used,
+            storage_free_bytes=free,
             backups_total=st.backups_total,
-            recent_failures=[j for j in map(_public_job, st.recent_failures) if j is not None],
+            recent_failures=sum(1 for j in failures if j.updated_at >= since),
+            recent_failure_list=[j for j in map(_public_job, st.recent_failures) if j is not None],
             datasets_total=st.datasets_total,
             datasets_failing=st.datasets_failing,
             datasets_without_backup=st.datasets_without_backup,
@@ -259,6 +273,10 @@ class HttpApi:
             datasets_pending=st.datasets_pending,
             active_coordinator=st.active_coordinator,
             active_since=st.active_since,
+            unprotected_total=st.unprotected_total if st.inventories else None,
+            unprotected=st.unprotected,
+            certificates=st.certificates,
+            windows_exceeded=st.windows_exceeded,
             offset=offset,
             limit=limit,
             datasets=[_public_dataset(d) for d in st.datasets],
@@ -304,3 +322,9 @@ class HttpApi:
             for a in firing
         ]
         return _json(AlertsDoc(alerts=shown))
+
+    async def get_check(self, request: web.Request) -> web.Response:
+        """The validation checklist, as ``mosaic-backup check`` shows it (redacted)."""
+        if self.check is None:
+            return _error(404, "not_found", f"{request.path}: the checklist is not served here")
+        return _json(public(await self.check(), redact))

@@ -13,6 +13,9 @@ Limitation: ``backup_failure_total`` is counted from the newest
 :data:`FAILURE_SCAN_LIMIT` failed jobs (the catalog has no per-dataset failure count).
 Past that many failures in the catalog the oldest stop being counted, and the counter
 can go down; ``rate()`` over it is right as long as failures are fewer than that.
+``backup_window_exceeded_total`` counts the ``window_exceeded`` audit entries (one per
+run seen exceeding its maintenance window, coordinator/windows.py; the trail is
+append-only) over the newest :data:`WINDOW_SCAN_LIMIT` of them, the same way.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from coordinator.catalog.base import Catalog
+from coordinator.windows import WINDOW_ACTION, exceeded_counts
 from shared.wire.records import JobRecord
 from shared.wire.status import StatusReply
 
 FAILURE_SCAN_LIMIT = 10_000
+WINDOW_SCAN_LIMIT = 10_000
 # The classic text format, which every Prometheus version reads (what generate_latest
 # writes for our names; newer clients advertise version=1.0.0 for UTF-8 names).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,6 +45,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 
     status: StatusReply
     failures: list[JobRecord]
+    windows_exceeded: dict[str, int] = {}  # dataset → runs seen exceeding their window
 
 
 # Every dataset, not one page: metrics carry one series per dataset.
@@ -52,6 +58,9 @@ async def read_snapshot(
     return Snapshot(
         status=await status(limit=ALL_DATASETS),
         failures=await catalog.recent_failures(limit=FAILURE_SCAN_LIMIT),
+        windows_exceeded=dict(
+            exceeded_counts(await catalog.list_audit(limit=WINDOW_SCAN_LIMIT, action=WINDOW_ACTION))
+        ),
     )
 
 
@@ -89,7 +98,18 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     for name in sorted({r.dataset for r in snap.status.datasets} | set(failed)):
         failures.add_metric([name], failed[name])
     yield failures
+    exceeded = CounterMetricFamily(
+        "backup_window_exceeded",
+        "Scheduled backups seen running past, or finishing after, the end of their "
+        f"maintenance window (audit entries, counted over the newest {WINDOW_SCAN_LIMIT}).",
+        labels=["dataset"],
+    )
+    windowed = {r.dataset for r in snap.status.datasets if r.window is not None}
+    for name in sorted(windowed | set(snap.windows_exceeded)):
+        exceeded.add_metric([name], snap.windows_exceeded.get(name, 0))
+    yield exceeded
     yield from _heartbeat_families(snap.status)
+    yield _unprotected_family(snap.status)
     yield GaugeMetricFamily(
         "mosaic_catalog_backups_total",
         "Backups recorded in the catalog (a gauge: prune lowers it).",
@@ -133,6 +153,20 @@ def _heartbeat_families(st: StatusReply) -> Iterator[Metric]:
         if a.last_heartbeat is not None:
             heartbeat.add_metric([a.agent], a.last_heartbeat.timestamp())
     yield from (used, lag, compliant, heartbeat)
+
+
+def _unprotected_family(st: StatusReply) -> Metric:
+    """Inventory items no dataset covers, not ignored (coordinator/coverage.py); ``host``
+    is the agent's name. A host and kind without such items has no series."""
+    family = GaugeMetricFamily(
+        "backup_unprotected_items",
+        "Items an agent's inventory found that no dataset covers (ignored ones excluded).",
+        labels=("host", "kind"),
+    )
+    counts = Counter((u.agent, u.kind) for u in st.unprotected if not u.ignored)
+    for (host, kind), n in sorted(counts.items()):
+        family.add_metric([host, kind], n)
+    return family
 
 
 class CatalogCollector:

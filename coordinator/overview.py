@@ -345,6 +345,7 @@ def target_statuses(
                 free=t.free,
                 used_percent=used_percent(t),
                 catalog_bytes=catalog_bytes.get((agent, t.name), 0),
+                key_check=t.key_check,
             )
     for (agent, target), n in catalog_bytes.items():
         if (agent, target) not in out:  # known to the catalog, no heartbeat (yet)

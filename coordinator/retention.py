@@ -19,14 +19,22 @@ remote ones…). For one target tier, in this order:
 
 Backups are self-contained (an incremental only reuses its parent's chunks), so expiring
 one never breaks another.
+
+Every decision says why twice: ``reason``, the rule in a few words ("daily: newest 7
+days"), and ``why``, the line ``repo prune --dry-run`` prints, which also names the
+backup's place in its tier and the date ("kept: daily #3 (2026-11-30), within 7 days",
+"dropped: daily #9 (2026-11-20): beyond daily 7 days (cutoff 2026-11-26)"). ``#1`` is
+the newest backup of that dataset and tier. ``repo prune --keep-last`` and ``--forget``
+decide here too (:func:`keep_last`, :func:`named`), so a preview and the prune that
+follows it read the same decision.
 """
 
 from __future__ import annotations
 
 import calendar
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from shared.config.coordinator import KEEP_FORMAT, RetentionConfig, TargetTier
 from shared.vocab import Tier
@@ -49,6 +57,12 @@ class Decision:
     backup: Backup
     keep: bool
     reason: str  # "daily: newest 7 days", "expired: older than 14 days", …
+    rank: int = 0  # 1: the newest of its dataset and tier (keep_last: of its dataset)
+    detail: str = ""  # the whole line: rule, rank, date (see the module docstring)
+
+    @property
+    def why(self) -> str:
+        return self.detail or self.reason
 
 
 def parse_keep(value: str) -> tuple[int, str]:
@@ -97,15 +111,64 @@ def select(
         cur = newest.get(b.dataset)
         if cur is None or (b.finished_at, b.backup_id) > (cur.finished_at, cur.backup_id):
             newest[b.dataset] = b
+    ranks = _ranks(backups, lambda b: (b.dataset, b.tier))
     out: list[Decision] = []
     for b in backups:
         amount, unit = parse_keep(retention.keep(b.tier, target_tier))
+        window, rank = describe(amount, unit), ranks[id(b)]
+        place = f"{b.tier} #{rank} ({_day(b.finished_at)})"
+        edge = (cutoff(now, amount, unit) if amount else now).astimezone(UTC)
         if newest[b.dataset] is b:
-            out.append(Decision(b, True, f"newest backup of {b.dataset}: always kept"))
+            why = f"kept: {place}, the newest backup of {b.dataset}: always kept"
+            out.append(Decision(b, True, f"newest backup of {b.dataset}: always kept", rank, why))
         elif amount == 0:
-            out.append(Decision(b, False, f"expired: {b.tier} keeps none on {target_tier} targets"))
-        elif b.finished_at >= cutoff(now, amount, unit):
-            out.append(Decision(b, True, f"{b.tier}: newest {describe(amount, unit)}"))
+            none = f"{b.tier} keeps none on {target_tier} targets"
+            out.append(Decision(b, False, f"expired: {none}", rank, f"dropped: {place}: {none}"))
+        elif b.finished_at >= edge:
+            why = f"kept: {place}, within {window}"
+            out.append(Decision(b, True, f"{b.tier}: newest {window}", rank, why))
         else:
-            out.append(Decision(b, False, f"expired: older than {describe(amount, unit)}"))
+            why = f"dropped: {place}: beyond {b.tier} {window} (cutoff {edge:%Y-%m-%d %H:%M} UTC)"
+            out.append(Decision(b, False, f"expired: older than {window}", rank, why))
     return out
+
+
+def keep_last(backups: Sequence[Backup], n: int) -> list[Decision]:
+    """Keep the ``n`` newest backups of each dataset (``repo prune --keep-last``)."""
+    ranks = _ranks(backups, lambda b: b.dataset)
+    out: list[Decision] = []
+    for b in backups:
+        rank = ranks[id(b)]
+        place = f"keep_last #{rank} of {b.dataset} ({_day(b.finished_at)})"
+        if rank <= n:
+            reason = f"among the newest {n} of {b.dataset}"
+            out.append(Decision(b, True, reason, rank, f"kept: {place}, {reason}"))
+        else:
+            reason = f"older than the newest {n} of {b.dataset}"
+            out.append(Decision(b, False, reason, rank, f"dropped: {place}: {reason}"))
+    return out
+
+
+def named(backups: Sequence[Backup], forget: Collection[str]) -> list[Decision]:
+    """Forget exactly the backups named (``repo prune --forget``)."""
+    return [
+        Decision(b, False, "named by --forget", 0, "dropped: named by --forget")
+        if b.backup_id in forget
+        else Decision(b, True, "not named by --forget", 0, "kept: not named by --forget")
+        for b in backups
+    ]
+
+
+def _ranks(backups: Sequence[Backup], group: Callable[[Backup], object]) -> dict[int, int]:
+    """id(backup) → its place in its group, newest first (1 = the newest)."""
+    order = sorted(backups, key=lambda b: (b.finished_at, b.backup_id), reverse=True)
+    seen: dict[object, int] = {}
+    out: dict[int, int] = {}
+    for b in order:
+        key = group(b)
+        out[id(b)] = seen[key] = seen.get(key, 0) + 1
+    return out
+
+
+def _day(t: datetime) -> str:
+    return f"{t.astimezone(UTC):%Y-%m-%d}"

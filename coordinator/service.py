@@ -28,19 +28,24 @@ import anyio
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
+from coordinator import windows
 from coordinator.alerter import Alerter
 from coordinator.alerts import Finding
 from coordinator.api import CatalogQueries, OperatorApi
 from coordinator.audit import AuditTrail
 from coordinator.catalog.base import Catalog
+from coordinator.checklist import Checklist
+from coordinator.coverage import Coverage
 from coordinator.heartbeats import HeartbeatStore
 from coordinator.http import HttpApi
 from coordinator.jobs import SCHEDULER
 from coordinator.jobs.backup import BackupJobs
 from coordinator.jobs.dispatch import Dispatcher
+from coordinator.jobs.host_drill import HostDrills
 from coordinator.jobs.maintenance import Maintenance
 from coordinator.jobs.record import EventRecorder
 from coordinator.leader import Leader
+from coordinator.pings import Pinger
 from coordinator.scheduler import Scheduler
 from coordinator.status import StatusBuilder
 from shared import subjects
@@ -58,7 +63,10 @@ from shared.wire.api import (
     MaintenanceListRequest,
     RestoreRequest,
     StatusRequest,
+    VerifyRequest,
 )
+from shared.wire.check import CheckRequest
+from shared.wire.drills import HostDrillRequest
 from shared.wire.status import StatusReply
 
 log = logging.getLogger(__name__)
@@ -92,6 +100,8 @@ class Coordinator:
             clock=clock,
         )
         self.events = EventRecorder(catalog, self.audit)
+        self.pinger = Pinger(cfg.pings, catalog)  # dead-man's switch per dataset
+        self.events.listeners.append(self.pinger.on_event)
         self.heartbeats = HeartbeatStore()
         self.status_builder = StatusBuilder(
             cfg,
@@ -113,11 +123,21 @@ class Coordinator:
             append_only=self._append_only,
         )
         self.alerter.sources.append(self.maintenance.findings)
+        # whole-host drills: one drill per dataset in order, a summary, an alert rule
+        self.host_drills = HostDrills(
+            cfg, catalog, self.dispatcher.dispatch, agents=self._agents, clock=clock
+        )
+        self.alerter.sources.append(self.host_drills.findings)
+        self.checklist = Checklist(cfg, catalog, self.status, clock=clock)  # `check`
         self.api = self._operator_api()
         self.http = HttpApi(cfg.http, catalog, self.status, alerts=self.alerter.firing)
+        self.http.check = self.checklist.report  # GET /api/v1/check
         self.guard_interval_s = GUARD_INTERVAL_S
         self.repairs: list[tuple[datetime, Repair]] = []  # changes it did not make
         self.alerter.sources.append(self._repair_findings)
+        self.windows = windows.attach(cfg, self.status_builder, self.alerter)  # window_exceeded
+        # inventories → unprotected items in status, two alert rules (coordinator/coverage.py)
+        self.coverage = Coverage(cfg, self.status_builder, self.alerter, clock=clock)
 
     def _operator_api(self) -> OperatorApi:
         """The NATS operator API: verb, the request it takes, its handler."""
@@ -128,6 +148,9 @@ class Coordinator:
         api.add_endpoint("status", StatusRequest, self._status_request)
         api.add_endpoint("drill", DrillRequest, self.maintenance.start_drill)
         api.add_endpoint("maintenance", MaintenanceListRequest, queries.maintenance)
+        api.add_endpoint("check", CheckRequest, self.checklist.request)
+        api.add_endpoint("verify", VerifyRequest, self.maintenance.start_verify)
+        api.add_endpoint("drill_host", HostDrillRequest, self.host_drills.start)
         return api
 
     def _agents(self) -> set[str]:
@@ -167,7 +190,10 @@ class Coordinator:
                 tg.start_soon(self.events.consume, sub, self._check_or_say_why)
                 tg.start_soon(self._guard)
                 await tg.start(self.heartbeats.run, bus)
+                await tg.start(self.coverage.run, bus)
+                await tg.start(self.pinger.run)
                 await tg.start(self.http.serve)
+                await tg.start(self.host_drills.run)  # the host drills this one accepted
                 await tg.start(self.leader.run_when_leader, self._run_active)
                 log.info("coordinator %s ready on %s", self.cfg.name, bus.url)
                 task_status.started()
@@ -181,6 +207,7 @@ class Coordinator:
         async with task_group() as tg:
             await tg.start(self.scheduler.run)  # returns at once if nothing is scheduled
             await tg.start(self.maintenance.scheduler.run)
+            await tg.start(self.host_drills.schedule)
             await tg.start(self.alerter.run, self.bus, self.http_port)
             task_status.started()
 

@@ -130,6 +130,9 @@ class StatusBuilder:
         self.next_runs = NextRuns({n: d.schedules for n, d in cfg.datasets.items()})
         self._names = sorted(cfg.datasets)
         self._cache: tuple[object, Base] | None = None
+        # more parts of the reply, each given it and returning it completed
+        # (coordinator/coverage.py adds the unprotected items and certificates)
+        self.fillers: list[Callable[[StatusReply], Awaitable[StatusReply]]] = []
 
     # --- the read over all datasets ---------------------------------------------------
 
@@ -332,7 +335,7 @@ class StatusBuilder:
         elif ov.failing or ov.without_backup:
             status = "degraded"
         holder = await self.lease() if self.lease is not None else None
-        return StatusReply(
+        reply = StatusReply(
             status=status,
             coordinator=self.cfg.name,
             datasets=rows,
@@ -351,6 +354,9 @@ class StatusBuilder:
             agents=ov.agents,
             targets=ov.targets,
         )
+        for fill in self.fillers:
+            reply = await fill(reply)
+        return reply
 
     # --- alert findings (the rules are pure, in alerts.py) ----------------------------
 

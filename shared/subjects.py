@@ -132,7 +132,7 @@ def _js(api_call: str, *, streamed: bool = False) -> ServiceImport:
 def agent_imports(agent: str) -> list[ServiceImport]:
     """Everything an agent does on NATS (agent/runner.py, agent/heartbeat.py,
     mosaic/local_audit.py): pull and look up its own consumer, which the coordinator
-    creates, ack its jobs, publish its events and heartbeats. Nothing else exists in
+    creates, ack its jobs, publish its events, heartbeats and inventory. Nothing else exists in
     its account: no stream, no consumer creation, no stream info, no KV."""
     durable = agent_consumer(agent)
     return [
@@ -141,6 +141,7 @@ def agent_imports(agent: str) -> list[ServiceImport]:
         ServiceImport(f"$JS.ACK.{JOBS_STREAM}.{durable}.>"),
         ServiceImport(f"{PREFIX}.event.{check_token('agent name', agent)}.>"),
         ServiceImport(heartbeat(agent)),
+        ServiceImport(inventory(agent)),
     ]
 
 
@@ -225,3 +226,22 @@ def audit_all() -> str:
 
 def audit(action: str) -> str:
     return f"{PREFIX}.audit.{check_token('audit action', action)}"
+
+
+# --- inventory (added with agent/inventory/ and coordinator/coverage.py) ---------------
+#
+#     mosaic.inventory.<agent>                  what is on one host (stream MOSAIC_INVENTORY)
+#
+# Published by the agent with JetStream acks (retried until stored: it is sent only once
+# an hour); the stream keeps the newest message per agent, so every coordinator reads
+# every agent's last inventory at once. The coordinator creates the stream.
+
+INVENTORY_STREAM = "MOSAIC_INVENTORY"
+
+
+def inventories_all() -> str:
+    return f"{PREFIX}.inventory.*"
+
+
+def inventory(agent: str) -> str:
+    return f"{PREFIX}.inventory.{check_token('agent name', agent)}"

@@ -205,7 +205,7 @@ async def test_silent_agent_alerts_and_resolves_and_low_storage_alerts(
         assert t.total and t.free is not None and 0 < t.free < t.total
         assert t.used_percent is not None and 0 < t.used_percent < 100
         assert (targets["off"].media, targets["off"].location) == ("tape", "offsite")
-        assert doc.storage_free is not None and doc.storage_free >= t.free
+        assert doc.storage_free_bytes is not None and doc.storage_free_bytes >= t.free
 
         low = alerts.fingerprint("storage_low", name, "t")
         fired = await until("storage_low", lambda: _has(st, low))

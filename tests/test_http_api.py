@@ -6,6 +6,7 @@ HTTP client on the port the coordinator bound, on both catalog backends.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from coordinator.api_models import BackupPage, BackupStatusDoc, ErrorDoc
+from coordinator.api_models import BackupPage, BackupStatusDoc, ErrorDoc, human_bytes
 from coordinator.metrics import Metrics, Snapshot
 from mosaic import operator
 from mosaic.operator import OperatorError
@@ -82,9 +83,14 @@ async def test_status_backups_metrics_after_a_backup(
                 _, _, again = await get(f"{st.http_url}/api/v1/backup/status")
                 doc = msgspec.json.decode(again, type=BackupStatusDoc)
         assert 0 < free <= shutil.disk_usage(tmp_path).total
-        assert doc.storage_free is not None and doc.storage_free >= free
-        assert doc.storage_used == done.summary.bytes_stored > 0
-        assert doc.recent_failures == [] and doc.backups_total == 1
+        assert doc.storage_free_bytes is not None and doc.storage_free_bytes >= free
+        assert doc.storage_used_bytes == done.summary.bytes_stored > 0
+        # the strategy's document as written: "245GB" strings and a count of failures
+        assert doc.storage_used == human_bytes(doc.storage_used_bytes)
+        assert doc.storage_free == human_bytes(doc.storage_free_bytes)
+        assert re.fullmatch(r"\d+(\.\d)?[KMGTP]?B", doc.storage_free), doc.storage_free
+        assert doc.recent_failures == 0 and doc.recent_failure_list == []
+        assert doc.document_version == 2 and doc.backups_total == 1
         [row] = doc.datasets
         assert (row.dataset, row.agent, row.target) == (st.dataset, st.agent.name, "t")
         assert row.last_backup is not None and row.last_backup.backup_id == done.backup_id
@@ -153,7 +159,7 @@ async def test_errors_are_json(nats_url: str, tmp_path: Path) -> None:
         # no backup yet: degraded, and nothing invented
         _, _, body = await get(f"{st.http_url}/api/v1/backup/status")
         doc = msgspec.json.decode(body, type=BackupStatusDoc)
-        assert doc.status == "degraded" and doc.last_backup is None and doc.storage_used == 0
+        assert doc.status == "degraded" and doc.last_backup is None and doc.storage_used == "0B"
 
 
 async def test_failed_backup_shows_in_status_and_metrics(
@@ -170,11 +176,12 @@ async def test_failed_backup_shows_in_status_and_metrics(
                 _, _, body = await get(f"{st.http_url}/api/v1/backup/status")
                 doc = msgspec.json.decode(body, type=BackupStatusDoc)
                 # both parts of the document are read one after the other: wait for both
-                if doc.recent_failures and doc.datasets[0].last_failure is not None:
+                if doc.recent_failure_list and doc.datasets[0].last_failure is not None:
                     break
                 await anyio.sleep(0.05)
         assert doc.status in ("degraded", "failing")
-        [failure] = doc.recent_failures
+        [failure] = doc.recent_failure_list
+        assert doc.recent_failures == 1  # a count in the strategy's document
         assert failure.dataset == st.dataset and failure.status == "failed"
         assert doc.datasets[0].last_failure is not None
         # Unauthenticated: a category and the message without paths; the full text is
@@ -296,3 +303,52 @@ async def test_alerts_are_redacted_and_every_route_is_in_openapi(tmp_path: Path)
             tg.cancel_scope.cancel()
     finally:
         await catalog.aclose()
+
+
+def test_sizes_are_written_as_the_strategy_writes_them() -> None:
+    assert [human_bytes(n) for n in (0, 999, 1000, 1500, 245 * 10**9, 755 * 10**9)] == [
+        "0B",
+        "999B",
+        "1.0KB",
+        "1.5KB",
+        "245GB",
+        "755GB",
+    ]
+    assert human_bytes(12_345 * 10**15) == "12345PB"
+
+
+async def test_status_document_carries_coverage_and_windows(tmp_path: Path) -> None:
+    """What the NATS status reply says of coverage and windows, the HTTP document says."""
+    from coordinator.catalog import open_catalog
+    from coordinator.http import HttpApi
+    from shared.config.coordinator import HttpConfig
+    from shared.wire.status import CertificateStatus, UnprotectedItem
+
+    items = [
+        UnprotectedItem(agent="web1", kind="postgres", key="/var/lib/postgresql/15/main"),
+        UnprotectedItem(agent="web1", kind="redis", key="6379", ignored=True, ignored_by="web1:*"),
+    ]
+    cert = CertificateStatus(agent="web1", path="/etc/ssl/x.pem", days_left=3.0, expiring=True)
+
+    async def status(**_: Any) -> StatusReply:
+        return StatusReply(
+            status="degraded",
+            coordinator="c",
+            datasets=[],
+            recent_failures=[],
+            backups_total=0,
+            unprotected=items,
+            unprotected_total=1,
+            inventories=1,
+            certificates=[cert],
+            windows_exceeded=2,
+        )
+
+    catalog = await open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    api = HttpApi(HttpConfig(port=0), catalog, status)
+    try:
+        doc = await api.status_document()
+    finally:
+        await catalog.aclose()
+    assert doc.unprotected_total == 1 and doc.unprotected == items
+    assert doc.certificates == [cert] and doc.windows_exceeded == 2

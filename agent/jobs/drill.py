@@ -23,6 +23,11 @@ re-hashes its id), then checks the result the way its kind is used:
   member's data must lie inside the file as its header says (a truncated export fails);
 - a ``pg_dump`` file also gets ``pg_restore --list``.
 
+A host drill's job carries ``pitr``: a database dataset with archived logs is then
+restored through its log chain to that instant (:mod:`agent.jobs.pitr`) and, for
+PostgreSQL, first started once to replay its WAL (:mod:`agent.jobs.drill_pitr`) before
+the checks above; a log backup is always restored through its chain.
+
 RTO is the time from the drill's start until the data was restored and checked; RPO the
 age of the dataset's newest backup (known to the coordinator, sent in the job) at the
 start. The scratch folder is removed whatever happens, and a throwaway server is stopped.
@@ -42,6 +47,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from agent.jobs.context import JobContext
+from agent.jobs.drill_pitr import replay_postgres
 from agent.jobs.drill_servers import check_mariadb, check_postgres
 from agent.jobs.drill_tools import (
     ERROR_TAIL,
@@ -51,6 +57,7 @@ from agent.jobs.drill_tools import (
     socket_dir,
     tool_check,
 )
+from agent.jobs.pitr import needs_logs, restore_with_logs
 from agent.sources import restore_backup
 from engine.format.manifest import Manifest, Node
 from engine.repository import Repository
@@ -106,7 +113,11 @@ async def _restore_and_check(ctx: JobContext, job: DrillJob, scratch: Path) -> l
         repo = await ctx.open(ctx.target(job.target), create=False)
         manifest = await repo.load_manifest(job.backup_id)
         nodes = await repo.read_tree(manifest)
-        files, nbytes = await restore_backup(repo, manifest, dest)
+        replay = needs_logs(manifest, job.pitr, [])
+        if replay:  # a host drill's point in time, or a log backup: the whole chain
+            files, nbytes = await restore_with_logs(repo, manifest, dest, job.pitr)
+        else:
+            files, nbytes = await restore_backup(repo, manifest, dest)
     except PartialRestoreError as exc:
         # the damaged files first (their objects named), then how many: a tail cut
         # would keep only the advice
@@ -118,6 +129,12 @@ async def _restore_and_check(ctx: JobContext, job: DrillJob, scratch: Path) -> l
     src = manifest.source
     if _files_stay(src):
         checks.append(await anyio.to_thread.run_sync(rehash, repo, manifest, nodes, dest))
+    if replay and isinstance(src, PostgresSource):
+        checks.append(
+            await anyio.to_thread.run_sync(replay_postgres, dest / "pgdata", scratch, src.user)
+        )
+        if not checks[-1].ok:
+            return checks
     checks += await anyio.to_thread.run_sync(check_usable, src, dest, scratch)
     return checks
 

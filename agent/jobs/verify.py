@@ -5,6 +5,7 @@ packs downloaded and authenticated), with the same code as ``repo verify``
 from __future__ import annotations
 
 from agent.jobs.context import MAX_NAMES, JobContext
+from agent.jobs.verify_findings import findings
 from engine.maintenance.verify import verify
 from shared.errors import TargetUnavailable
 from shared.vocab import utcnow
@@ -15,7 +16,8 @@ from shared.wire.jobs import VerifyJob
 async def run_verify(ctx: JobContext, job: VerifyJob) -> VerifyCompleted:
     started = utcnow()
     repo = await ctx.open(ctx.target(job.target), create=False)
-    rep = await verify(repo, None, read_data=job.read_data, subset=job.subset, seed=job.seed)
+    wanted = list(job.backup_ids) or None  # None: every backup (the scheduled verify)
+    rep = await verify(repo, wanted, read_data=job.read_data, subset=job.subset, seed=job.seed)
     names = sorted(rep.problems)
     broken = sorted({b for p in rep.problems.values() for b in p.backups})
     if rep.unreadable and not names:
@@ -41,4 +43,6 @@ async def run_verify(ctx: JobContext, job: VerifyJob) -> VerifyCompleted:
         damaged_backups=broken[:MAX_NAMES],
         started_at=started,
         at=utcnow(),
+        findings=findings(rep)[:MAX_NAMES],
+        checked=rep.backups[: 10 * MAX_NAMES] if wanted else [],
     )

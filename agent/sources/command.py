@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import IO
 
+from agent import priority
 from shared.errors import SourceError
 
 PACKAGES = {
@@ -49,6 +50,7 @@ class CommandStream:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
         )
+        priority.adopt(self._proc.pid)  # the agent's [priority], by pid (no preexec_fn)
         assert self._proc.stdout is not None
         self.reader: IO[bytes] = self._proc.stdout
 

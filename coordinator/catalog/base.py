@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from coordinator.catalog.auth_base import AuthCatalog
 from coordinator.catalog.records import AuditEntry as AuditEntry
 from coordinator.catalog.records import CopyRecord as CopyRecord
 from coordinator.catalog.records import TargetSummary as TargetSummary
 from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
 
 
-class Catalog(Protocol):
+class Catalog(AuthCatalog, Protocol):
     """Contract:
 
     - All writes are idempotent: events can be redelivered, so recording the same job or

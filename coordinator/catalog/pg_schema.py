@@ -7,6 +7,9 @@ catalog has not seen yet, in order, and records each in ``schema_version``.
 
 from __future__ import annotations
 
+# Re-exported for postgres.py, which is at the 500-line limit (see pg_auth.py).
+from coordinator.catalog.pg_auth import PostgresAuthMixin as PostgresAuthMixin
+
 # Recomputes target_summary from the backups (migration 2; bench/catalog_scale.py after
 # a bulk load with the triggers disabled).
 REBUILD_TARGET_SUMMARY = """INSERT INTO target_summary
@@ -146,6 +149,35 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 SELECT dataset, requested_at AS at FROM jobs
                 UNION ALL SELECT dataset, started_at FROM backups) AS a
             GROUP BY dataset""",
+    ),
+    # 7: access control (coordinator/auth/): local users, their recovery codes, API
+    # tokens, console sessions, login failures. No secret in clear (hashes only; the
+    # TOTP seed excepted, see docs/security.md).
+    (
+        """CREATE TABLE auth_users (
+            name text PRIMARY KEY, role text NOT NULL
+                CHECK (role IN ('viewer', 'operator', 'admin')),
+            password_hash text NOT NULL, totp_secret text, totp_last_step bigint,
+            disabled boolean NOT NULL DEFAULT false, created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL, last_login_at timestamptz)""",
+        """CREATE TABLE auth_recovery_codes (
+            user_name text NOT NULL, code_hash text NOT NULL, used_at timestamptz,
+            PRIMARY KEY (user_name, code_hash))""",
+        """CREATE TABLE auth_tokens (
+            token_id text PRIMARY KEY, name text NOT NULL, role text NOT NULL
+                CHECK (role IN ('viewer', 'operator', 'admin')),
+            secret_hash text NOT NULL, created_by text NOT NULL, created_at timestamptz NOT NULL,
+            expires_at timestamptz NOT NULL, revoked_at timestamptz, last_used_at timestamptz)""",
+        """CREATE UNIQUE INDEX auth_tokens_active_name
+            ON auth_tokens (name) WHERE revoked_at IS NULL""",
+        """CREATE TABLE auth_sessions (
+            session_hash text PRIMARY KEY, user_name text NOT NULL, csrf_token text NOT NULL,
+            source text NOT NULL, created_at timestamptz NOT NULL,
+            last_seen_at timestamptz NOT NULL)""",
+        """CREATE INDEX auth_sessions_by_user ON auth_sessions (user_name)""",
+        """CREATE TABLE auth_login_failures (
+            key text PRIMARY KEY, failures integer NOT NULL, first_at timestamptz NOT NULL,
+            locked_until timestamptz)""",
     ),
 )
 

@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from coordinator.catalog.pg_schema import DATASETS_SEEN, MIGRATIONS
+from coordinator.catalog.pg_schema import DATASETS_SEEN, MIGRATIONS, PostgresAuthMixin
 from coordinator.catalog.records import (
     AUDIT_COLUMNS,
     BACKUP_COLUMNS,
@@ -69,7 +69,7 @@ async def _use_utc(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
 
 
-class PostgresCatalog:
+class PostgresCatalog(PostgresAuthMixin):
     """The catalog in a PostgreSQL database (see :class:`coordinator.catalog.base.Catalog`).
 
     ``conninfo`` is a libpq URL or key/value string. The pool opens on first use.

@@ -29,6 +29,7 @@ from coordinator.catalog.records import (
     CopyRecord,
     TargetSummary,
 )
+from coordinator.catalog.sqlite_auth import SqliteAuthMixin
 from coordinator.catalog.sqlite_schema import MIGRATIONS
 from shared.errors import CatalogError
 from shared.wire.records import BackupRecord, JobRecord, MaintenanceRecord
@@ -61,7 +62,7 @@ def _decode(row: sqlite3.Row, kind: type[_T]) -> _T:
     return msgspec.convert(fields, kind)
 
 
-class SqliteCatalog:
+class SqliteCatalog(SqliteAuthMixin):
     """The catalog in one SQLite file (see :class:`coordinator.catalog.base.Catalog`)."""
 
     def __init__(self, path: str | Path) -> None:

@@ -134,4 +134,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 UNION ALL SELECT dataset, started_at FROM backups)
             GROUP BY dataset""",
     ),
+    # 7: access control (coordinator/auth/): local users, their recovery codes, API
+    # tokens, console sessions, login failures. No secret in clear (hashes only; the
+    # TOTP seed excepted, see docs/security.md).
+    (
+        """CREATE TABLE auth_users (
+            name text PRIMARY KEY, role text NOT NULL
+                CHECK (role IN ('viewer', 'operator', 'admin')),
+            password_hash text NOT NULL, totp_secret text, totp_last_step INTEGER,
+            disabled INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL, last_login_at INTEGER)""",
+        """CREATE TABLE auth_recovery_codes (
+            user_name text NOT NULL, code_hash text NOT NULL, used_at INTEGER,
+            PRIMARY KEY (user_name, code_hash))""",
+        """CREATE TABLE auth_tokens (
+            token_id text PRIMARY KEY, name text NOT NULL, role text NOT NULL
+                CHECK (role IN ('viewer', 'operator', 'admin')),
+            secret_hash text NOT NULL, created_by text NOT NULL, created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL, revoked_at INTEGER, last_used_at INTEGER)""",
+        """CREATE UNIQUE INDEX auth_tokens_active_name
+            ON auth_tokens (name) WHERE revoked_at IS NULL""",
+        """CREATE TABLE auth_sessions (
+            session_hash text PRIMARY KEY, user_name text NOT NULL, csrf_token text NOT NULL,
+            source text NOT NULL, created_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL)""",
+        """CREATE INDEX auth_sessions_by_user ON auth_sessions (user_name)""",
+        """CREATE TABLE auth_login_failures (
+            key text PRIMARY KEY, failures INTEGER NOT NULL, first_at INTEGER NOT NULL,
+            locked_until INTEGER)""",
+    ),
 )

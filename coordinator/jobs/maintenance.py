@@ -32,11 +32,12 @@ from coordinator.schedule import Run
 from coordinator.scheduler import Scheduler, Send
 from shared.config.coordinator import CoordinatorConfig, MaintenanceConfig, ScheduleConfig
 from shared.vocab import utcnow
-from shared.wire.api import ApiError, ApiReply, DrillRequest
+from shared.wire.api import ApiError, ApiReply, DrillRequest, VerifyRequest
 from shared.wire.jobs import DrillJob, MaintenanceJob, PruneJob, ReplicateJob, VerifyJob
 
 DRILL_WINDOW = timedelta(days=7)  # a drill restores a backup of the past week
 HISTORY = 100_000  # backups read per dataset when prune applies retention
+VERIFY_IDS_MAX = 5_000  # more backups than this: an operator verify checks the whole target
 
 
 class Maintenance:
@@ -240,6 +241,76 @@ class Maintenance:
         job = await self.build(task, job_id, backup_id=req.backup_id, requested_by=req.requested_by)
         return job if isinstance(job, ApiError) else await self.send(job)
 
+    async def start_verify(self, req: VerifyRequest) -> ApiReply:
+        """``mosaic-backup verify``: one backup, or every backup of a dataset on its
+        target, checked now by the agent that verifies that target on schedule (it holds
+        the key). Recorded like a scheduled verify, under the dataset, so its outcome
+        raises or resolves ``verify_failed`` for that dataset only."""
+        if not 0 < req.subset <= 100:
+            return ApiError(
+                code="invalid", message=f"subset {req.subset:g}%: give a share from 0 to 100 %"
+            )
+        scope = await self._verify_scope(req)
+        if isinstance(scope, ApiError):
+            return scope
+        dataset, target, ids = scope
+        task = next(
+            (
+                t
+                for t in self.tasks.values()
+                if t.kind == "verify" and t.target == target and dataset in t.datasets
+            ),
+            None,
+        )
+        if task is None:
+            return ApiError(
+                code="unknown_dataset",
+                message=f"dataset '{dataset}' on target '{target}' is not in coordinator.toml "
+                "any more: nothing verifies it (see: mosaic-backup status)",
+            )
+        job_id = token("verify", dataset, f"{utcnow():%Y%m%dT%H%M%SZ}", random.randbytes(3).hex())
+        job = VerifyJob(
+            job_id=job_id,
+            dataset=dataset,
+            agent=task.agent,
+            target=target,
+            read_data=req.read_data,
+            subset=req.subset,
+            seed=int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big"),
+            requested_at=utcnow(),
+            requested_by=req.requested_by,
+            backup_ids=ids if len(ids) <= VERIFY_IDS_MAX else [],
+        )
+        return await self.send(job)
+
+    async def _verify_scope(self, req: VerifyRequest) -> tuple[str, str, list[str]] | ApiError:
+        """(dataset, target, backup ids) a verify request names."""
+        if req.backup_id is not None:
+            b = await self.catalog.get_backup(req.backup_id)
+            if b is None:
+                return ApiError(
+                    code="unknown_backup",
+                    message=f"no backup '{req.backup_id}' in the catalog (see: mosaic-backup list)",
+                )
+            return b.dataset, b.target, [b.backup_id]
+        ds = self.cfg.datasets.get(req.dataset or "")
+        if ds is None or req.dataset is None:
+            known = ", ".join(sorted(self.cfg.datasets)) or "none configured"
+            return ApiError(
+                code="unknown_dataset",
+                message=f"unknown dataset '{req.dataset or ''}' (known: {known}); "
+                "name a dataset or a backup id",
+            )
+        rows = await self.catalog.list_backups(dataset=req.dataset, limit=HISTORY)
+        ids = sorted(r.backup_id for r in rows if r.target == ds.target)
+        if not ids:
+            return ApiError(
+                code="no_backup",
+                message=f"no backup of {req.dataset} on target {ds.target} to verify "
+                "(run: mosaic-backup backup --dataset NAME)",
+            )
+        return req.dataset, ds.target, ids
+
     # --- alerts -----------------------------------------------------------------------
 
     async def findings(self, now: datetime) -> list[Finding]:
@@ -249,16 +320,19 @@ class Maintenance:
         for task in self.tasks.values():
             if task.kind == "verify":
                 rows = await self.catalog.list_maintenance(
-                    kind="verify", target=task.target, limit=20
+                    kind="verify", target=task.target, limit=50
                 )
-                last = next((r for r in rows if r.agent == task.agent), None)
-                passed = None if last is None else last.outcome == "passed"
-                detail = last.summary if last is not None else ""
-                out.extend(
-                    f
-                    for name in task.datasets
-                    if (f := verify_failed(name, task.target, passed, detail)) is not None
-                )
+                for name in task.datasets:
+                    # the newest verify of the whole target, or of this dataset alone
+                    last = next(
+                        (r for r in rows if r.agent == task.agent and r.dataset in ("", name)),
+                        None,
+                    )
+                    passed = None if last is None else last.outcome == "passed"
+                    detail = last.summary if last is not None else ""
+                    f = verify_failed(name, task.target, passed, detail)
+                    if f is not None:
+                        out.append(f)
             elif task.kind == "drill":
                 rows = await self.catalog.list_maintenance(
                     kind="drill", dataset=task.dataset, limit=1

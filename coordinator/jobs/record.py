@@ -57,6 +57,8 @@ class EventRecorder:
         self.catalog = catalog
         self.audit = audit
         self.next_event_seq = 0
+        # called with each event after it is recorded (dead-man's pings: coordinator/pings.py)
+        self.listeners: list[Callable[[Event], Awaitable[None]]] = []
         self.handlers: dict[type, Callable[[Any], Awaitable[object]]] = {
             JobStarted: self._started,
             JobProgress: self._progress,
@@ -140,6 +142,8 @@ class EventRecorder:
             log.debug("no handler for %s event of job %s", event_kind(ev), ev.job_id)
             return
         await handler(ev)
+        for listener in self.listeners:
+            await listener(ev)
 
     # --- one handler per event type -----------------------------------------------------
 

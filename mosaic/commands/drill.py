@@ -4,7 +4,9 @@
 of the dataset from the past week (or ``--backup``), the dataset's agent restores it into
 a scratch folder, checks it and removes it. The command follows the job's events and
 prints the checks, RTO and RPO; it exits 1 when the drill failed. ``report`` lists past
-drills from the catalog (``mosaic.api.maintenance``).
+drills from the catalog (``mosaic.api.maintenance``). ``host HOST`` drills every dataset
+of a host to one point in time (:mod:`mosaic.commands.drill_host`); ``report --host
+HOST`` prints its newest Markdown report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from mosaic.commands import drill_host
 from mosaic.commands._options import add_nats_args, as_arg, operator_bus, wait_args
+from mosaic.commands.restore import _instant
 from mosaic.ui.display import who
 from shared.errors import OperatorError
 from shared.wire.api import (
@@ -44,8 +48,31 @@ def register(p: argparse.ArgumentParser) -> None:
     as_arg(a)
     add_nats_args(a)
     a.set_defaults(func=run_cmd)
+    a = actions.add_parser(
+        "host", help="restore every dataset of a host to one point in time and check each"
+    )
+    a.add_argument("host", metavar="HOST", help="the agent that backs the datasets up")
+    a.add_argument(
+        "--pitr",
+        type=_instant,
+        default=None,
+        metavar="TIME",
+        help="the common point (ISO 8601 with a zone); default: the newest point every "
+        "point-in-time dataset reaches",
+    )
+    a.add_argument(
+        "--agent", default=None, help="restore there (default: [maintenance] agent, else HOST)"
+    )
+    a.add_argument("--report", default=None, metavar="FILE", help="write the Markdown report")
+    wait_args(a, timeout=3 * 3600.0)
+    as_arg(a)
+    add_nats_args(a)
+    a.set_defaults(func=drill_host.host_cmd)
     a = actions.add_parser("report", help="past drills: outcome, RTO, RPO, checks")
     a.add_argument("--dataset", default=None, help="only this dataset")
+    a.add_argument(
+        "--host", default=None, help="print the newest host drill's Markdown report of HOST"
+    )
     a.add_argument("--limit", type=int, default=50, help="newest N drills (default 50)")
     add_nats_args(a)
     a.set_defaults(func=report_cmd)
@@ -144,5 +171,8 @@ async def report(bus: Bus, out: Console, *, dataset: str | None, limit: int) -> 
 
 async def report_cmd(args: argparse.Namespace, out: Console, err: Console) -> int:
     async with operator_bus(args) as bus:
+        if args.host is not None:
+            res = await drill_host.print_report(bus, args.host, out)
+            return 0 if res.outcome == "passed" else 1
         await report(bus, out, dataset=args.dataset, limit=args.limit)
     return 0

@@ -21,7 +21,15 @@ def register(p: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from mosaic import operator
+    from mosaic.commands.status import window_notes
+    from shared.wire.api import StatusRequest
+    from shared.wire.status import StatusReply
 
     async with operator_bus(args) as bus:
         await operator.list_backups(bus, out, days=args.days, dataset=args.dataset)
+        # the newest scheduled run of each dataset that went past its window's end
+        st = await bus.request("status", StatusRequest())
+    if isinstance(st, StatusReply):
+        for line in window_notes(st, args.dataset):
+            out.print(line, markup=False, highlight=False)
     return 0

@@ -2,7 +2,8 @@
 
 Below the table (``mosaic.operator.status``): which coordinator is active and since when,
 the datasets still pending their first backup, and scheduled runs the scheduler skipped
-(missed while it was down, or superseded by a newer run of the same schedule)."""
+(missed while it was down, or superseded by a newer run of the same schedule), and
+scheduled runs that went past the end of their maintenance window."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mosaic.commands._options import add_nats_args, operator_bus
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from shared.wire.status import StatusReply
 
@@ -41,7 +43,7 @@ def notes(st: StatusReply) -> list[str]:
                 f"skipped: {d.dataset} {s.tier} {s.backup_type}: {s.count} run(s) due "
                 f"{first} .. {last} ({s.reason})"
             )
-    return lines
+    return lines + window_notes(st)
 
 
 async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -51,4 +53,57 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         st = await operator.status(bus, out)
     for line in notes(st):
         out.print(line, markup=False, highlight=False)
+    if st.unprotected:
+        out.print(unprotected_table(st))
+    for line in coverage_notes(st):
+        out.print(line, markup=False, highlight=False)
     return 0
+
+
+def unprotected_table(st: StatusReply) -> Table:
+    """What agents' inventories found that no dataset covers (coordinator/coverage.py);
+    ignored items are listed too, marked with the ignore entry that matched."""
+    from rich.table import Table
+
+    t = Table(title=f"Unprotected: {st.unprotected_total} (of {st.inventories or 0} host(s))")
+    for col in ("host", "kind", "item", "detail", "ignored"):
+        t.add_column(col)
+    for u in st.unprotected:
+        t.add_row(u.agent, u.kind, u.key, u.detail, f"yes ({u.ignored_by})" if u.ignored else "")
+    return t
+
+
+def coverage_notes(st: StatusReply) -> list[str]:
+    """Expiring certificates and ignore entries that match nothing, one line each."""
+    lines = [
+        f"certificate expiring: {c.agent} {c.path} ({c.subject}) in {c.days_left:.1f} days"
+        for c in st.certificates
+        if c.expiring and c.days_left is not None
+    ]
+    lines += [
+        f"coverage: ignore entry {e!r} matches nothing (remove it or fix it in "
+        "coordinator.toml [coverage] ignore)"
+        for e in st.ignore_unmatched
+    ]
+    return lines
+
+
+def window_notes(st: StatusReply, dataset: str | None = None) -> list[str]:
+    """A line per dataset (of ``dataset`` only, if given) whose newest scheduled run
+    went past the end of its maintenance window (coordinator/windows.py)."""
+    from coordinator.windows import overshoot
+
+    lines = []
+    for d in st.datasets:
+        w = d.window
+        if w is None or not w.exceeded or dataset not in (None, d.dataset):
+            continue
+        end = w.window_end.isoformat(timespec="minutes") if w.window_end else "?"
+        how = "still running" if w.running else "finished"
+        lines.append(
+            f"window exceeded: {d.dataset} {w.schedule} run {w.job_id}: {how} "
+            f"{overshoot(w.exceeded_s)} past the end of its window {w.window} ({end})"
+        )
+    if dataset is None and st.windows_exceeded > len(lines):
+        lines.append(f"window exceeded: {st.windows_exceeded} dataset(s) in all (see the API)")
+    return lines

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import msgspec
 
+from shared.config.inventory import InventoryConfig
 from shared.config.nats import NatsClientConfig
+from shared.config.priority import PriorityConfig
 from shared.config.targets import TargetConfig
 from shared.config.types import Name, PositiveFloat
 
@@ -58,3 +60,8 @@ class AgentConfig(
     # ``nats_url`` only over authenticated NATS (user + password file, NKEY, or TLS);
     # true allows plain, unauthenticated NATS too (a trusted server on loopback).
     audit_plain_nats: bool = False
+    # Coverage discovery: what the agent inventories on its host and how often
+    # (shared/config/inventory.py); off unless the file has an ``[inventory]`` table.
+    inventory: InventoryConfig | None = None
+    # ``[priority]``: nice / ionice of the agent and its dump processes (unset: unchanged)
+    priority: PriorityConfig = PriorityConfig()

@@ -7,8 +7,12 @@ import re
 from typing import Annotated, Literal
 
 import msgspec
+from croniter import CroniterError, croniter
 
+from shared.config.auth import AuthConfig
+from shared.config.inventory import CoverageConfig
 from shared.config.nats import NatsClientConfig
+from shared.config.notify import NotifyRoute, PingConfig
 from shared.config.types import Name, PositiveFloat
 from shared.vocab import BackupType, Tier
 from shared.wire.sources import Source
@@ -39,6 +43,12 @@ class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
       is at most this old; older ones are reported as missed and skipped. Of several
       such runs only the newest runs, and never one older than the dataset's first
       appearance in the config. At least ``scheduler_interval_s`` (checked at load).
+    - ``window``: the maintenance window, ``"HH:MM-HH:MM"`` in ``timezone`` (an end
+      before the start runs past midnight: ``"22:00-02:00"``). A run still going at its
+      window's end, or finished after it, raises ``window_exceeded``
+      (coordinator/windows.py). Every time the cron fires must lie inside it (checked
+      here, with the fix in the message): a window that starts after the run cannot be
+      kept.
     """
 
     cron: str
@@ -46,6 +56,88 @@ class ScheduleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     backup_type: BackupType
     tier: Tier = "daily"
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    window: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.window is None:
+            return
+        start, end = parse_window(self.window)
+        outside = _first_fire_outside(self.cron, start, end)
+        if outside is None:
+            return
+        shown, fires = _hhmm(outside), f"the run at {_hhmm(outside)} (cron {self.cron!r})"
+        if start < end:
+            raise ValueError(
+                f"field window: {self.window!r} does not contain {fires}, and a run must "
+                f"start inside its window (widen the window to include {shown}, or change "
+                "the cron)"
+            )
+        # written the wrong way round: the swapped window is the shorter one, and fits
+        swapped = f"{_hhmm(end)}-{_hhmm(start)}"
+        fix = (
+            f'did you mean "{swapped}"?'
+            if start - end < 12 * 60 and _first_fire_outside(self.cron, end, start) is None
+            else f"widen the window to include {shown}, or change the cron"
+        )
+        raise ValueError(
+            f"field window: {self.window!r} ends before it starts, so it runs from "
+            f"{_hhmm(start)} past midnight to {_hhmm(end)} the next day, and {fires} is "
+            f"outside it ({fix})"
+        )
+
+
+_WINDOW = re.compile(
+    r"^\s*([01]?[0-9]|2[0-3]):([0-5][0-9])\s*-\s*([01]?[0-9]|2[0-3]):([0-5][0-9])\s*$"
+)
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """A schedule's ``window`` as (start, end) minutes after midnight; end < start wraps
+    past midnight. Raises ValueError in the ``field window: …`` form that load reports."""
+    m = _WINDOW.match(text)
+    if m is None:
+        raise ValueError(
+            f'field window: {text!r} is not a time range; write "HH:MM-HH:MM" in the '
+            'schedule\'s time zone (window = "02:00-04:00"; "22:00-02:00" runs past midnight)'
+        )
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError(
+            f"field window: {text!r} starts and ends at {_hhmm(start)}, which leaves no time "
+            'at all (give it an end, window = "02:00-04:00", or leave window out for no limit)'
+        )
+    return start, end
+
+
+def in_window(minute: int, start: int, end: int) -> bool:
+    """Whether ``minute`` (after midnight) is inside ``[start, end)``, wrapping past
+    midnight when ``end < start``."""
+    return start <= minute < end if start < end else minute >= start or minute < end
+
+
+def _hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def _first_fire_outside(cron: str, start: int, end: int) -> int | None:
+    """The earliest wall-clock minute ``cron`` fires at that is outside the window, or
+    None. A cron that does not parse is left to load's check of ``cron``."""
+    try:
+        fields = croniter.expand(cron)[0]
+    except CroniterError:
+        return None
+    minutes = range(60) if fields[0] == ["*"] else [int(x) for x in fields[0]]
+    hours = range(24) if fields[1] == ["*"] else [int(x) for x in fields[1]]
+    return next(
+        (
+            h * 60 + m
+            for h in sorted(hours)
+            for m in sorted(minutes)
+            if not in_window(h * 60 + m, start, end)
+        ),
+        None,
+    )
 
 
 class TierRetention(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -151,6 +243,9 @@ class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     - ``drill_scratch``: folder on the agent where drills restore (default: its temp dir).
     - ``grace_s``: a run missed while the coordinator was down still runs if this recent
       (the newest per task only); at least ``scheduler_interval_s`` (checked at load).
+    - ``host_drill_cron``: a whole-host disaster-recovery drill of every host in turn
+      (``mosaic-backup drill host``), quarterly by default (the 1st of every third month,
+      04:00); ``""`` turns it off.
     """
 
     timezone: str = "UTC"
@@ -166,6 +261,18 @@ class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     drill_scratch: str = ""
     agent: Name | None = None
     target_tiers: dict[Name, TargetTier] = {}
+    host_drill_cron: str = "0 4 1 */3 *"
+
+    def __post_init__(self) -> None:
+        if not self.host_drill_cron:
+            return
+        try:
+            croniter(self.host_drill_cron)
+        except CroniterError as exc:
+            raise ValueError(
+                f"field host_drill_cron: {self.host_drill_cron!r} is not a valid cron "
+                f'expression ({exc}); see `man 5 crontab`, or "" to turn it off'
+            ) from None
 
 
 class CoordinatorConfig(NatsClientConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -191,3 +298,12 @@ class CoordinatorConfig(NatsClientConfig, frozen=True, kw_only=True, forbid_unkn
     # only its holder schedules and alerts. A standby takes over at most about this
     # long (plus one poll, a sixth of it) after the active one dies; between 1 and 60.
     leader_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=60)] = 6.0
+    # Coverage: what agents' inventories may leave without a dataset, certificate
+    # expiry warnings (shared/config/inventory.py, coordinator/coverage.py).
+    coverage: CoverageConfig = CoverageConfig()
+    # Alert notifications through Apprise, and dead-man's-switch pings per dataset
+    # (shared/config/notify.py); none unless the file has ``[[notify]]`` / ``[[pings]]``.
+    notify: list[NotifyRoute] = []
+    pings: list[PingConfig] = []
+    # Users, sessions, login lockout, MFA (shared/config/auth.py, coordinator/auth/).
+    auth: AuthConfig = AuthConfig()

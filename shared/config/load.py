@@ -24,6 +24,7 @@ from shared.config.coordinator import (
     CoordinatorConfig,
 )
 from shared.config.fields import UnknownField, check_unknown
+from shared.config.notify import check_routes
 from shared.config.targets import S3TargetConfig
 from shared.errors import ConfigError
 from shared.nats_credentials import check_nkey_seed, nats_tls
@@ -180,6 +181,11 @@ def _check(p: Path, cfg: object) -> None:
         for name in cfg.datasets:
             check_token("dataset name", name)
         _check_alerts(p, cfg.alerts)
+        if cfg.notify or cfg.pings:
+            try:
+                check_routes(cfg.notify, cfg.pings)
+            except ConfigError as exc:
+                raise ConfigError(f"config file {p}: {exc}") from None
         _check_maintenance(p, cfg)
         _check_schedules(p, cfg)
     if isinstance(cfg, AgentConfig) and not cfg.targets:

@@ -8,9 +8,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from shared.config.limits import TargetLimits
+
 
 class LocalTargetConfig(
-    msgspec.Struct,
+    TargetLimits,
     frozen=True,
     kw_only=True,
     forbid_unknown_fields=True,
@@ -30,6 +32,7 @@ class LocalTargetConfig(
     tier: Literal["local", "remote", "archive"] = "local"
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the rate limits
         if not self.path.strip():
             raise ValueError(
                 "field path: is empty; write the repository folder as an absolute path "
@@ -43,7 +46,7 @@ class LocalTargetConfig(
 
 
 class S3TargetConfig(
-    msgspec.Struct,
+    TargetLimits,
     frozen=True,
     kw_only=True,
     forbid_unknown_fields=True,
@@ -79,6 +82,7 @@ class S3TargetConfig(
     tier: Literal["local", "remote", "archive"] = "remote"
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the rate limits
         url = self.endpoint_url
         if url is not None and not re.match(r"^https?://[^/\s]", url):
             shown = re.sub(r"//[^/@]*@", "//", url)  # never echo credentials
@@ -90,7 +94,7 @@ class S3TargetConfig(
 
 
 class SftpTargetConfig(
-    msgspec.Struct,
+    TargetLimits,
     frozen=True,
     kw_only=True,
     forbid_unknown_fields=True,

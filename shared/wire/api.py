@@ -9,6 +9,8 @@ import msgspec
 
 from shared.vocab import BackupType, Tier
 from shared.wire.base import Msg as _Msg
+from shared.wire.check import CheckReport, CheckRequest
+from shared.wire.drills import HostDrillAccepted, HostDrillRequest
 from shared.wire.records import BackupRecord, MaintenanceRecord
 from shared.wire.status import StatusReply
 
@@ -72,6 +74,19 @@ class MaintenanceList(_Msg, frozen=True, kw_only=True, tag="maintenance_list"):
     results: list[MaintenanceRecord]
 
 
+class VerifyRequest(_Msg, frozen=True, kw_only=True, tag="verify_request"):
+    """Verify now (``mosaic-backup verify``): one backup (``backup_id``) or every backup
+    of ``dataset`` on its target, by the agent that verifies that target on schedule.
+    ``read_data`` downloads packs and authenticates every blob; ``subset`` (percent of
+    the packs, seeded) limits how many."""
+
+    backup_id: str | None = None
+    dataset: str | None = None
+    read_data: bool = False
+    subset: float = 100.0
+    requested_by: str = "operator"
+
+
 class ApiError(_Msg, frozen=True, kw_only=True, tag="error"):
     code: str
     message: str
@@ -84,8 +99,19 @@ ApiRequest = (
     | StatusRequest
     | DrillRequest
     | MaintenanceListRequest
+    | VerifyRequest
+    | CheckRequest
+    | HostDrillRequest
 )
-ApiReply = JobAccepted | BackupList | StatusReply | ApiError | MaintenanceList
+ApiReply = (
+    JobAccepted
+    | BackupList
+    | StatusReply
+    | ApiError
+    | MaintenanceList
+    | CheckReport
+    | HostDrillAccepted
+)
 
 
 request_decoder = msgspec.json.Decoder(ApiRequest)

@@ -68,6 +68,17 @@ class JobFailed(_Msg, frozen=True, kw_only=True, tag="failed"):
     at: datetime
 
 
+class VerifyFinding(msgspec.Struct, frozen=True, kw_only=True):
+    """One damaged object of a verify (``verify --detailed``): what is wrong with it,
+    the backups it breaks, how many of their files, and the command that repairs it."""
+
+    obj: str  # pack, manifest or index segment key (``index/`` for unindexed chunks)
+    messages: list[str] = []
+    backups: list[str] = []
+    files: int = 0
+    repair: str | None = None
+
+
 class VerifyCompleted(_Msg, frozen=True, kw_only=True, tag="verify_completed"):
     """``damaged`` objects (packs, manifests, index segments) by name, and the backups
     they break; zero damaged means the verify passed."""
@@ -84,6 +95,10 @@ class VerifyCompleted(_Msg, frozen=True, kw_only=True, tag="verify_completed"):
     damaged_backups: list[str] = []
     started_at: datetime | None = None
     at: datetime
+    # per damaged object (at most MAX_NAMES); empty from agents that predate it
+    findings: list[VerifyFinding] = []
+    # the backups checked when the job named them (VerifyJob.backup_ids); else empty
+    checked: list[str] = []
 
 
 class PruneCompleted(_Msg, frozen=True, kw_only=True, tag="prune_completed"):

@@ -65,6 +65,9 @@ class VerifyJob(_Msg, frozen=True, kw_only=True, tag="verify"):
     seed: int = 0
     requested_at: datetime
     requested_by: str = "scheduler"
+    # the backups to check (``mosaic-backup verify BACKUP_ID`` / ``--dataset``); empty:
+    # every backup in the repository (the scheduled verify)
+    backup_ids: list[str] = []
 
 
 class PruneJob(_Msg, frozen=True, kw_only=True, tag="prune"):
@@ -111,6 +114,9 @@ class DrillJob(_Msg, frozen=True, kw_only=True, tag="drill"):
     newest_at: datetime | None = None
     requested_at: datetime
     requested_by: str = "scheduler"
+    # a host drill's common point (shared/wire/drills.py): replay the archived logs of a
+    # database dataset up to this instant; None restores the backup as it is
+    pitr: datetime | None = None
 
 
 MaintenanceJob = VerifyJob | PruneJob | ReplicateJob | DrillJob

@@ -45,6 +45,19 @@ alert_decoder = msgspec.json.Decoder(Alert)
 # --- heartbeats (``mosaic.heartbeat.<agent>``, stream MOSAIC_HEARTBEATS) ----------------
 
 
+class KeyCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """The agent's last proof that its key works on one target (agent/target_health.py):
+    a full key opened the repository and its newest manifest; a write-only key was
+    found to belong to the repository (its index key opens the index). ``ok`` None:
+    nothing to prove yet (no repository there). ``detail``: one line, the reason when
+    not ok."""
+
+    ok: bool | None = None
+    detail: str = ""
+    at: datetime | None = None
+    write_only: bool = False
+
+
 class TargetSpace(msgspec.Struct, frozen=True, kw_only=True):
     """One of the agent's targets: its tags and, where the medium knows, its space."""
 
@@ -63,6 +76,7 @@ class TargetSpace(msgspec.Struct, frozen=True, kw_only=True):
     # Why the agent cannot reach it now (one line; agent/target_health.py), None when
     # it answers. The agent runs its other targets' jobs meanwhile.
     down: str | None = None
+    key_check: KeyCheck | None = None  # None: not checked yet, or an older agent
 
 
 class Heartbeat(_Msg, frozen=True, kw_only=True, tag="heartbeat"):

@@ -8,6 +8,7 @@ from typing import Literal
 import msgspec
 
 from shared.wire.base import Msg as _Msg
+from shared.wire.monitoring import KeyCheck
 from shared.wire.records import BackupRecord, JobRecord
 
 
@@ -97,6 +98,8 @@ class TargetSpaceStatus(msgspec.Struct, frozen=True, kw_only=True):
     free: int | None = None
     used_percent: float | None = None
     catalog_bytes: int = 0  # bytes_stored of the catalogued backups on this target
+    # the agent's last proof that its key works there (None: not reported yet)
+    key_check: KeyCheck | None = None
 
 
 class UnprotectedItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,4 +167,6 @@ class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
     unprotected_total: int = 0  # not ignored
     inventories: int | None = None  # agents whose inventory the coordinator holds
     certificates: list[CertificateStatus] = []  # expiring first
+    # [coverage] ignore entries that match no item of any inventory held (fix or remove)
+    ignore_unmatched: list[str] = []
     windows_exceeded: int = 0  # datasets whose newest scheduled run exceeded its window

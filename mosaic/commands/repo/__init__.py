@@ -19,6 +19,7 @@ from mosaic.commands.repo import (
     find,
     keys,
     locks,
+    mount,
     prune,
     repair,
     replicate,
@@ -26,7 +27,20 @@ from mosaic.commands.repo import (
 )
 
 HELP = "work on a repository directly (on the agent's host)"
-TOOLS = (backup, keys, verify, export, diff, find, catalog, prune, locks, repair, replicate)
+TOOLS = (
+    backup,
+    keys,
+    verify,
+    export,
+    diff,
+    find,
+    mount,
+    catalog,
+    prune,
+    locks,
+    repair,
+    replicate,
+)
 
 
 def register(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from coordinator.retention import Backup, select
+from coordinator.retention import Backup, Decision, keep_last, named, select
 from engine.format.manifest import Manifest
 from engine.maintenance.prune import (
     DEFAULT_MAX_UNUSED,
@@ -107,24 +107,11 @@ def _decide(
         unknown = sorted(set(args.forget) - {m.backup_id for m in manifests} - set(unreadable))
         if unknown:
             raise ConfigError(f"no backup {', '.join(unknown)} in this repository (repo list)")
-        return {
-            m.backup_id: (False, "named by --forget")
-            if m.backup_id in args.forget
-            else (True, "not named by --forget")
-            for m in manifests
-        }
+        return _by_id(named(_plain(manifests, "daily"), set(args.forget)))
     if args.keep_last is not None:
         if args.keep_last < 1:
             raise ConfigError(f"--keep-last {args.keep_last}: keep at least 1 per dataset")
-        out: dict[str, tuple[bool, str]] = {}
-        order = sorted(manifests, key=lambda m: (m.finished_at, m.backup_id), reverse=True)
-        seen: dict[str, int] = {}
-        for m in order:
-            n = seen[m.dataset] = seen.get(m.dataset, 0) + 1
-            keep = n <= args.keep_last
-            word = "among" if keep else "older than"
-            out[m.backup_id] = (keep, f"{word} the newest {args.keep_last} of {m.dataset}")
-        return out
+        return _by_id(keep_last(_plain(manifests, "daily"), args.keep_last))
     tier, _, target_tier = str(args.retention).partition(":")
     if not target_tier:
         cfg = load(args.config, AgentConfig)
@@ -135,12 +122,21 @@ def _decide(
             f"--retention {args.retention}: use TIER[:TARGET_TIER] with TIER one of "
             f"{', '.join(TIERS)} and TARGET_TIER one of {', '.join(TARGET_TIERS)}"
         )
-    backups = [
-        Backup(m.backup_id, m.dataset, _tier_of(m.backup_id, cast(Tier, tier)), m.finished_at)
+    backups = _plain(manifests, cast(Tier, tier))
+    return _by_id(select(backups, RetentionConfig(), cast(TargetTier, target_tier), _now()))
+
+
+def _plain(manifests: list[Manifest], default: Tier) -> list[Backup]:
+    """What retention needs of each manifest (its tier from the id, else ``default``)."""
+    return [
+        Backup(m.backup_id, m.dataset, _tier_of(m.backup_id, default), m.finished_at)
         for m in manifests
     ]
-    decisions = select(backups, RetentionConfig(), cast(TargetTier, target_tier), _now())
-    return {d.backup.backup_id: (d.keep, d.reason) for d in decisions}
+
+
+def _by_id(decisions: list[Decision]) -> dict[str, tuple[bool, str]]:
+    """backup id → (keep, the line the table prints); the prune forgets what is not kept."""
+    return {d.backup.backup_id: (d.keep, d.why) for d in decisions}
 
 
 def _now() -> datetime:
@@ -155,6 +151,16 @@ def _manifest_table(manifests: list[Manifest], decided: dict[str, tuple[bool, st
         keep, why = decided[m.backup_id]
         when = f"{m.finished_at:%Y-%m-%d %H:%M:%S}"
         t.add_row(m.backup_id, m.dataset, when, "keep" if keep else "forget", Text(why))
+    return t
+
+
+def _unreadable_rows(t: Table, unreadable: list[str], forget: Collection[str]) -> Table:
+    """Backups whose manifest cannot be read: kept (their age is unknown) unless named."""
+    for b in unreadable:
+        if b in forget:
+            t.add_row(b, "?", "?", "forget", Text("dropped: named by --forget"))
+        else:
+            t.add_row(b, "?", "?", "keep", Text("kept: manifest unreadable, its age is unknown"))
     return t
 
 
@@ -260,7 +266,7 @@ async def prune_cmd(args: argparse.Namespace, out: Console, err: Console) -> int
         where = (repo.target.name, repo.config.repository_id)
     if not out.is_terminal:
         out.width = max(out.width, 200)
-    out.print(_manifest_table(manifests, decided))
+    out.print(_unreadable_rows(_manifest_table(manifests, decided), unreadable, args.forget or ()))
     if rep.plan.garbage or rep.plan.repack:
         out.print(_pack_table(rep, args.dry_run))
     verb = "would remove" if args.dry_run else "removed"
