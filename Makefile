@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # server (sshd for the SFTP target), Redis server and tools, zstd (export tests), docker.io
 # and busybox-static (a private dockerd and an offline test image for the Docker sources);
 # fuse3, libfuse3-dev and pkg-config: fusermount3, and what pyfuse3 builds against (`repo mount`).
-APT_PACKAGES := postgresql-15 postgresql-client-15 openssh-server redis-server redis-tools zstd mariadb-server mariadb-backup mariadb-client systemd docker.io busybox-static fuse3 libfuse3-dev pkg-config
+APT_PACKAGES := postgresql-15 postgresql-client-15 openssh-server redis-server redis-tools zstd mariadb-server mariadb-backup mariadb-client systemd docker.io busybox-static fuse3 libfuse3-dev pkg-config chromium
 
 .PHONY: demo test lint typecheck pytest system-deps venv test-venv clean
 

@@ -21,6 +21,7 @@ import anyio
 import msgspec
 
 from agent import priority
+from agent.browse import BrowseService
 from agent.heartbeat import send_heartbeats
 from agent.inventory import publish_inventories
 from agent.jobs.context import agent_context
@@ -85,6 +86,7 @@ class AgentRunner:
                     self.key_checker.get,
                 )
                 tg.start_soon(publish_inventories, bus, self.cfg)  # coverage discovery
+                await self._serve_browse(bus)  # the console's file browser (agent API)
                 sub = await bus.job_consumer(self.cfg.name, self.cfg.ack_wait_s)
                 # the coordinator's consumer may wait less long than this agent's setting
                 wait = bus.job_ack_wait or self.cfg.ack_wait_s
@@ -98,6 +100,15 @@ class AgentRunner:
         finally:
             with anyio.CancelScope(shield=True):
                 await bus.aclose()
+
+    async def _serve_browse(self, bus: Bus) -> None:
+        """Answer ``mosaic.agentapi.<name>.>`` (a subscription whose callback runs on
+        nats-py's loop; ends with the connection). A write-only agent cannot read
+        trees: it does not subscribe."""
+        if not isinstance(self.key, bytes):  # a write-only key
+            return
+        ctx = agent_context(self.cfg, self.key, self.targets, bus.publish_event)
+        await BrowseService(ctx, sorted(self.targets)).subscribe(bus)
 
     async def handle(self, bus: Bus, msg: Any) -> None:
         try:

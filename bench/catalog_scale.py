@@ -129,7 +129,7 @@ def serve(url: str, datasets: int, agents: int, port_queue: Any) -> None:
             )
             for d in range(datasets)
         },
-        http=HttpConfig(port=0),
+        http=HttpConfig(port=0, anonymous=True),
     )
 
     async def main() -> None:

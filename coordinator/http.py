@@ -37,9 +37,13 @@ from coordinator.api_models import (
     human_bytes,
     openapi_document,
 )
+from coordinator.audit import AuditTrail
+from coordinator.auth.errors import TokenRefused
+from coordinator.auth.tokens import TokenStore
 from coordinator.catalog.base import Catalog
 from coordinator.checklist import public, with_check_path
 from coordinator.metrics import CONTENT_TYPE, Metrics, read_snapshot
+from coordinator.tls import server_context
 from shared.config.coordinator import HttpConfig
 from shared.errors import ConfigError, MosaicError
 from shared.vocab import utcnow
@@ -186,10 +190,12 @@ class HttpApi:
         status: StatusFn,
         *,
         alerts: AlertsFn | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.cfg = cfg
         self._alerts = alerts
         self.catalog = catalog
+        self.tokens = TokenStore(catalog, audit or AuditTrail(catalog))
         self._status = status
         self.metrics = Metrics()
         # The bound port while serving (the real one when the config says 0).
@@ -203,7 +209,8 @@ class HttpApi:
         self.check: Callable[[], Awaitable[CheckReport]] | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors])
+        guards = [] if self.cfg is None or self.cfg.anonymous else [self._token_guard]
+        app = web.Application(middlewares=[_errors, *guards])
         app.router.add_get(f"{API_PREFIX}/backup/status", self.get_status)
         app.router.add_get(f"{API_PREFIX}/backups", self.list_backups)
         app.router.add_get(f"{API_PREFIX}/backups/{{backup_id}}", self.get_backup)
@@ -222,7 +229,9 @@ class HttpApi:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, cfg.listen, cfg.port)
+            site = web.TCPSite(
+                runner, cfg.listen, cfg.port, ssl_context=server_context(cfg, "http")
+            )
             try:
                 await site.start()
             except OSError as exc:
@@ -231,13 +240,35 @@ class HttpApi:
                     "(choose another [http] listen/port, or stop what holds it)"
                 ) from exc
             self.port = int(runner.addresses[0][1])
-            log.info("HTTP API on http://%s:%d%s/", cfg.listen, self.port, API_PREFIX)
+            scheme = "https" if cfg.tls else "http"
+            log.info("HTTP API on %s://%s:%d%s/", scheme, cfg.listen, self.port, API_PREFIX)
             task_status.started()
             await anyio.sleep_forever()
         finally:
             self.port = None
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
+
+    @web.middleware
+    async def _token_guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Every request presents an API token (any role: all of this is viewer's reading);
+        one message for a missing, unknown, expired or revoked token."""
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and presented:
+            try:
+                await self.tokens.verify(presented)
+                return await handler(request)
+            except TokenRefused:
+                pass
+        return _error(
+            401,
+            "unauthorized",
+            "this API needs a valid token: send `Authorization: Bearer <token>` (make one "
+            "with `mosaic-backup tokens create NAME --role viewer`), or set [http] "
+            "anonymous = true",
+        )
 
     # --- handlers ----------------------------------------------------------------------
 

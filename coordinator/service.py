@@ -130,7 +130,9 @@ class Coordinator:
         self.alerter.sources.append(self.host_drills.findings)
         self.checklist = Checklist(cfg, catalog, self.status, clock=clock)  # `check`
         self.api = self._operator_api()
-        self.http = HttpApi(cfg.http, catalog, self.status, alerts=self.alerter.firing)
+        self.http = HttpApi(
+            cfg.http, catalog, self.status, alerts=self.alerter.firing, audit=self.audit
+        )
         self.http.check = self.checklist.report  # GET /api/v1/check
         self.guard_interval_s = GUARD_INTERVAL_S
         self.repairs: list[tuple[datetime, Repair]] = []  # changes it did not make

@@ -29,6 +29,7 @@ from shared.errors import MosaicError
 # In the order ``mosaic-backup --help`` lists them.
 COMMANDS = (
     "coordinator",
+    "console",
     "agent",
     "backup",
     "list",

@@ -125,3 +125,11 @@ async def run_agent(path: str, err: Console) -> None:
         await until_sigterm(runner.run)
     finally:
         await runner.aclose()
+
+
+async def run_console(path: str) -> None:
+    """The operators' console (``[web]`` in coordinator.toml), a process of its own."""
+    from coordinator.web.server import Console
+
+    cfg = load(path, CoordinatorConfig, credentials=credentials_dir())
+    await until_sigterm(Console(cfg).run)

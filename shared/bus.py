@@ -32,14 +32,13 @@ import anyio
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import (
-    NoRespondersError,
-)
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from shared import subjects, tracing
+from shared.asking import ask
 from shared.config.nats import NatsClientConfig
 from shared.errors import BusError, NoCoordinator
 from shared.nats_connect import open_nats, strip_credentials
@@ -90,7 +89,9 @@ def _consumer_problem(cfg: api.ConsumerConfig, filter_subject: str) -> str | Non
 
 
 class Bus:
-    def __init__(self, nc: NATS, url: str, js_prefix: str | None = None) -> None:
+    def __init__(
+        self, nc: NATS, url: str, js_prefix: str | None = None, user: str | None = None
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream(prefix=js_prefix) if js_prefix else nc.jetstream()
         self.js_prefix = js_prefix
@@ -98,6 +99,7 @@ class Bus:
         self.job_ack_wait: float | None = None  # of the agent's consumer, once bound
         self._agent_consumers: set[str] = set()  # agents whose consumer this bus ensured
         self._closed = False
+        self.user = user  # the NATS user name, for messages (shared/asking.py)
 
     @classmethod
     async def connect_with(
@@ -164,7 +166,7 @@ class Bus:
             tls=tls,
             nkeys_seed=nkeys_seed,
         )
-        return cls(nc, url, js_prefix)
+        return cls(nc, url, js_prefix, user)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -458,7 +460,7 @@ class Bus:
 
     async def request(self, verb: str, req: ApiRequest, timeout: float = 10.0) -> ApiReply:
         try:
-            msg = await self.nc.request(subjects.api(verb), encode(req), timeout=timeout)
+            msg = await ask(self.nc, subjects.api(verb), encode(req), timeout, self.user)
         except NoRespondersError:
             raise NoCoordinator(f"no coordinator is answering on NATS at {self.url}") from None
         except NatsTimeout:

@@ -245,3 +245,36 @@ def inventories_all() -> str:
 
 def inventory(agent: str) -> str:
     return f"{PREFIX}.inventory.{check_token('agent name', agent)}"
+
+
+# --- agent API (added with agent/browse.py, the console's file browser) ----------------
+#
+#     mosaic.agentapi.<agent>.<verb>            ask one agent      (core NATS request/reply)
+#
+# Served by the agent itself (it holds the key; the coordinator and the console never
+# decrypt). With ``nats-config`` accounts the agent's account exports exactly its own
+# ``mosaic.agentapi.<agent>.>`` to the coordinator's account, and the agent's user may
+# subscribe to nothing else: an agent can never answer another agent's requests.
+
+AGENT_API_VERBS = ("tree", "chunk")
+
+
+def agentapi(agent: str, verb: str) -> str:
+    return f"{PREFIX}.agentapi.{check_token('agent name', agent)}.{check_token('api verb', verb)}"
+
+
+def agentapi_all(agent: str) -> str:
+    """Every request to one agent (its subscription, its account's export)."""
+    return f"{PREFIX}.agentapi.{check_token('agent name', agent)}.>"
+
+
+def agent_api_subscribe_allow(agent: str) -> list[str]:
+    """What an agent's user may subscribe to beside its inboxes: its own agent API."""
+    return [agentapi_all(agent)]
+
+
+def operator_role_publish_allow(verbs: list[str]) -> list[str]:
+    """An operator-account user of one role (``nats-config --viewers/--operators``):
+    only the API verbs of its role (coordinator/auth/roles.py) and the read-only
+    events lookup, so NATS itself refuses a viewer's ``restore``."""
+    return [api(v) for v in verbs] + [_js(f"DIRECT.GET.{EVENTS_STREAM}").local]

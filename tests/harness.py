@@ -137,7 +137,7 @@ async def running_stack(
         nats_url=nats_url,
         catalog=CatalogConfig(url=catalog_url or f"sqlite:///{work / 'catalog.db'}"),
         datasets={dataset: DatasetConfig(agent=name, target="t", source=_source(source))},
-        http=HttpConfig(port=0) if http else None,
+        http=HttpConfig(port=0, anonymous=True) if http else None,
         nats_user=coordinator_user,
         nats_password_file=coordinator_password_file,
     )

@@ -121,7 +121,7 @@ async def alert_stack(
                 agent=name, target="t", source=FilesSource(path=str(work / "other"))
             ),
         },
-        http=HttpConfig(port=0),
+        http=HttpConfig(port=0, anonymous=True),
         # one local target is not 3-2-1: that rule is tested in tests/test_heartbeat.py
         alerts=AlertsConfig(webhook_url=webhook_url, interval_s=0.1, disabled=["not_compliant"]),
     )

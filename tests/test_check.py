@@ -202,7 +202,7 @@ async def estate(
         scheduler_interval_s=0.2,
         alerts=AlertsConfig(interval_s=0.2),
         maintenance=maintenance,
-        http=HttpConfig(port=0),
+        http=HttpConfig(port=0, anonymous=True),
     )
     catalog = await open_catalog(coord_cfg.catalog.url)
     try:

@@ -118,7 +118,7 @@ async def hb_stack(
                 schedules=[ScheduleConfig(cron="0 2 * * *", backup_type="incremental")],
             )
         },
-        http=HttpConfig(port=0),
+        http=HttpConfig(port=0, anonymous=True),
         alerts=alerts_cfg,
     )
     catalog = await open_catalog(cfg.catalog.url)

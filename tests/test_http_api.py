@@ -279,7 +279,7 @@ async def test_alerts_are_redacted_and_every_route_is_in_openapi(tmp_path: Path)
         )
 
     catalog = await open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
-    api = HttpApi(HttpConfig(port=0), catalog, status, alerts=lambda: [alert])
+    api = HttpApi(HttpConfig(port=0, anonymous=True), catalog, status, alerts=lambda: [alert])
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(api.serve)
@@ -352,3 +352,99 @@ async def test_status_document_carries_coverage_and_windows(tmp_path: Path) -> N
         await catalog.aclose()
     assert doc.unprotected_total == 1 and doc.unprotected == items
     assert doc.certificates == [cert] and doc.windows_exceeded == 2
+
+
+async def test_the_api_answers_only_a_valid_token_unless_anonymous(tmp_path: Path) -> None:
+    """[http] without ``anonymous``: no token, a wrong one, an expired or a revoked one get
+    the same 401; a viewer token reads the status document and /metrics; its first use
+    is audited."""
+    from datetime import timedelta
+
+    from coordinator.audit import AuditTrail
+    from coordinator.auth.tokens import TokenStore
+    from coordinator.catalog import open_catalog
+    from coordinator.http import HttpApi
+    from shared.config.coordinator import HttpConfig
+
+    async def status(**_: Any) -> StatusReply:
+        return StatusReply(
+            status="healthy", coordinator="c", datasets=[], recent_failures=[], backups_total=0
+        )
+
+    catalog = await open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    now = [utcnow()]
+    tokens = TokenStore(catalog, AuditTrail(catalog), clock=lambda: now[0])
+    _, viewer = await tokens.create("prom", "viewer", timedelta(days=1), actor="admin")
+    _, short = await tokens.create("short", "viewer", timedelta(minutes=1), actor="admin")
+    _, gone = await tokens.create("gone", "admin", timedelta(days=1), actor="admin")
+    await tokens.revoke("gone", actor="admin")
+    api = HttpApi(HttpConfig(port=0), catalog, status)
+    api.tokens.clock = lambda: now[0] + timedelta(minutes=5)  # "short" has expired
+
+    async def ask(path: str, token: str | None) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{api.port}{path}", headers=headers) as r,
+        ):
+            return r.status, await r.read()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(api.serve)
+            refused = set()
+            for token in (None, "", "mbk_nope_nope", viewer + "x", short, gone):
+                code, body = await ask("/api/v1/backup/status", token)
+                assert code == 401, (token, code)
+                refused.add(msgspec.json.decode(body, type=ErrorDoc).error.message)
+            assert len(refused) == 1 and "tokens create" in refused.pop()
+            code, body = await ask("/api/v1/backup/status", viewer)
+            assert code == 200 and msgspec.json.decode(body, type=BackupStatusDoc).status
+            code, body = await ask("/metrics", viewer)
+            assert code == 200 and b"# HELP" in body
+            tg.cancel_scope.cancel()
+        used = await catalog.list_audit(action="token_used")
+        assert [e.actor for e in used] == ["token prom"]  # once, though used twice
+    finally:
+        await catalog.aclose()
+
+
+async def test_the_api_serves_https_and_tls13_only_refuses_tls12(tmp_path: Path) -> None:
+    import ssl
+
+    from coordinator.catalog import open_catalog
+    from coordinator.http import HttpApi
+    from mosaic.setup.pki import init_ca, issue
+    from shared.config.coordinator import HttpConfig
+
+    ca, _ = init_ca(tmp_path / "pki")
+    crt, key = issue(tmp_path / "pki", "coordinator", server=True, hosts=["127.0.0.1"])
+
+    async def status(**_: Any) -> StatusReply:
+        return StatusReply(
+            status="healthy", coordinator="c", datasets=[], recent_failures=[], backups_total=0
+        )
+
+    def client(maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        if maximum is not None:
+            ctx.maximum_version = maximum
+        return ctx
+
+    cfg = HttpConfig(port=0, anonymous=True, tls_cert=str(crt), tls_key=str(key), tls13_only=True)
+    catalog = await open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    api = HttpApi(cfg, catalog, status)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(api.serve)
+            url = f"https://127.0.0.1:{api.port}/api/v1/backup/status"
+            async with aiohttp.ClientSession() as s, s.get(url, ssl=client()) as r:
+                assert r.status == 200 and r.url.scheme == "https"
+            with pytest.raises(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as s:
+                    await s.get(url, ssl=client(ssl.TLSVersion.TLSv1_2))
+            tg.cancel_scope.cancel()
+    finally:
+        await catalog.aclose()
+    with pytest.raises(ConfigError, match="tls13_only needs tls_cert"):
+        load(write_toml(tmp_path / "h.toml", "[http]\ntls13_only = true\n"), CoordinatorConfig)

@@ -93,7 +93,8 @@ def test_generated_files_are_private_and_hold_no_password(secure_nats: SecureNat
     assert len(users) == len(AGENTS) + 2
     assert all(u["password"].startswith("$2") for u in users)
     alpha = next(u for u in users if u["user"] == "alpha")["permissions"]
-    assert alpha["subscribe"]["allow"] == ["_INBOX_alpha.>"]
+    # its inboxes and its own agent API (agent/browse.py), nothing else
+    assert alpha["subscribe"]["allow"] == ["_INBOX_alpha.>", "mosaic.agentapi.alpha.>"]
     assert "mosaic.event.alpha.>" in alpha["publish"]["allow"]
     assert not any(p.startswith("$JS.API") for p in alpha["publish"]["allow"])
     # alpha's account, and only it, may import alpha's consumer

@@ -78,7 +78,9 @@ def test_config_holds_public_keys_and_seeds_are_private(nkey_nats: NkeyNats) -> 
         public = nkeys.from_seed(seed.encode()).public_key.decode()
         entry = next(u for u in users if u["nkey"] == public)
         if user == "alpha":
-            assert entry["permissions"]["subscribe"]["allow"] == ["_INBOX_alpha.>"]
+            # its inboxes and its own agent API (agent/browse.py)
+            allow = ["_INBOX_alpha.>", "mosaic.agentapi.alpha.>"]
+            assert entry["permissions"]["subscribe"]["allow"] == allow
 
 
 async def test_agents_with_seeds_keep_to_their_own_subjects(

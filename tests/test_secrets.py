@@ -249,7 +249,7 @@ async def test_no_secret_appears_anywhere(
         f'name = "coord"\nnats_url = "{url}"\nnats_user = "coordinator"\n'
         f'nats_password_file = "{creds / "coordinator.password"}"\n'
         f'[catalog]\nurl = "{catalog_url}"\n'
-        f"[http]\nport = {http_port}\n"
+        f"[http]\nport = {http_port}\nanonymous = true\n"
         f'[datasets.files]\nagent = "{AGENT}"\ntarget = "s3"\n'
         f'source = {{ type = "files", path = "{src}" }}\n'
         f'[datasets.cache]\nagent = "{AGENT}"\ntarget = "s3"\n'

@@ -240,7 +240,7 @@ async def agent_then_coordinator(
                 name=unique("coord"),
                 nats_url=nats_url,
                 catalog=CatalogConfig(url=f"sqlite:///{work / 'catalog.db'}"),
-                http=HttpConfig(port=0),
+                http=HttpConfig(port=0, anonymous=True),
                 alerts=AlertsConfig(
                     interval_s=0.1, storage_min_free=min_free, disabled=["not_compliant"]
                 ),

@@ -299,7 +299,7 @@ async def estate(
             for name, s in schedules.items()
         },
         scheduler_interval_s=0.2,
-        http=HttpConfig(port=0),
+        http=HttpConfig(port=0, anonymous=True),
     )
     catalog = await open_catalog(cfg.catalog.url)
     await catalog.datasets_seen(sorted(schedules), clock.now - timedelta(days=1))

@@ -19,6 +19,7 @@ password file, never a password: secrets stay in their own 0600 files.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.config.nats import DEFAULT_NATS_URL, NatsClientConfig
-from shared.errors import ConfigError, NoCoordinator
+from shared.errors import BusError, ConfigError, NoCoordinator
 
 if TYPE_CHECKING:
     from shared.bus import Bus
@@ -171,12 +172,41 @@ async def operator_bus(args: argparse.Namespace) -> AsyncIterator[Bus]:
     profile, _ = profile_path(args, os.environ)
     also = f" or profile {profile}" if profile.is_file() else ""
     bus = await Bus.connect_with(cfg, name="mosaic-cli", where=f"NATS options (--nats-…{also}): ")
+    # a refused API request is said in one line by PermissionRefused below, not twice
+    logging.getLogger("shared.bus").addFilter(_not_api_refusals)
     try:
         yield bus
     except NoCoordinator as exc:  # say which URL, where it came from, and what answers there
         raise NoCoordinator(f"{exc}{await _who_answers(bus)}; {url_origin(args)}") from None
+    except BusError as exc:
+        from shared.asking import PermissionRefused
+
+        if not isinstance(exc, PermissionRefused):
+            raise
+        # say which role may not, in one line
+        raise PermissionRefused(exc.subject, exc.user, role_refusal(exc.subject)) from None
     finally:
         await bus.aclose()
+
+
+def _not_api_refusals(record: logging.LogRecord) -> bool:
+    text = record.getMessage().lower()
+    return not (text.startswith("nats refused") and 'publish to "mosaic.api.' in text)
+
+
+def role_refusal(subject: str) -> str:
+    """Why NATS refuses ``mosaic.api.<verb>`` to a role user of ``nats-config``: the
+    roles below the verb's least role (coordinator/auth/roles.py) may not use it."""
+    from coordinator.auth.roles import VERB_ROLES
+    from shared.config.auth import ROLES
+
+    verb = subject.removeprefix("mosaic.api.")
+    needed = VERB_ROLES.get(verb)
+    if needed is None or verb == subject:
+        return "its NATS permissions do not allow it"
+    below = ROLES[: ROLES.index(needed)]
+    who = " and ".join(below)
+    return f"the {who} role{'s' if len(below) > 1 else ''} may not {verb}"
 
 
 def url_origin(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.config.auth import Role
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -20,6 +21,13 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agents", required=True, help="agent names, comma-separated: a1,a2")
     p.add_argument("--coordinator-user", default="coordinator", help="default: coordinator")
     p.add_argument("--operator-user", default="operator", help="user for CLIs (default: operator)")
+    for role in ("viewers", "operators", "admins"):
+        p.add_argument(
+            f"--{role}",
+            default="",
+            metavar="U1,U2",
+            help=f"CLI users of the {role[:-1]} role: NATS lets them publish only its API verbs",
+        )
     p.add_argument("--out", default=".", help="folder for nats-server.conf and creds/ (default: .)")
     p.add_argument("--listen", default="0.0.0.0", help="address nats-server binds (default: all)")
     p.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
@@ -36,6 +44,27 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="NKEY users instead of passwords: one seed per user in DIR/<user>.nk (0600)",
     )
+
+
+def _role_users(args: argparse.Namespace) -> dict[str, Role]:
+    """``--viewers a,b --operators c`` → {"a": "viewer", "b": "viewer", "c": "operator"}."""
+    out: dict[str, Role] = {}
+    wanted: tuple[tuple[str, Role], ...] = (
+        ("viewers", "viewer"),
+        ("operators", "operator"),
+        ("admins", "admin"),
+    )
+    for flag, role in wanted:
+        for name in (n.strip() for n in getattr(args, flag).split(",")):
+            if not name:
+                continue
+            if name in out:
+                raise ConfigError(
+                    f"nats-config: user {name!r} is given as {out[name]} and as {role}; "
+                    "give each user one role"
+                )
+            out[name] = role
+    return out
 
 
 async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -61,6 +90,7 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         store_dir=Path(args.store_dir) if args.store_dir else None,
         tls=tls,
         nkeys_dir=Path(args.nkeys) if args.nkeys else None,
+        role_users=_role_users(args),
     )
     where = args.nkeys if args.nkeys else conf.parent / "creds"
     what = "NKEY seeds" if args.nkeys else "passwords"

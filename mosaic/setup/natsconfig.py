@@ -36,7 +36,9 @@ from pathlib import Path
 
 import bcrypt
 
+from coordinator.auth.roles import verbs_of
 from shared import nkeys, subjects
+from shared.config.auth import Role
 from shared.errors import ConfigError
 
 DEFAULT_COORDINATOR_USER = "coordinator"
@@ -56,6 +58,9 @@ class NatsUser:
     account: str = subjects.COORDINATOR_ACCOUNT
     imports: tuple[subjects.ServiceImport, ...] = ()  # what its account imports
     publish_deny: tuple[str, ...] = ()
+    # subjects this user's account exports to the coordinator's account as services it
+    # answers (an agent's ``mosaic.agentapi.<agent>.>``); its user may then reply
+    serves: tuple[str, ...] = ()
 
     def entry(self) -> dict[str, object]:
         publish: dict[str, list[str]] = {"allow": self.publish}
@@ -65,8 +70,9 @@ class NatsUser:
             "publish": publish,
             "subscribe": {"allow": self.subscribe},
         }
-        if self.account == subjects.COORDINATOR_ACCOUNT:
+        if self.account == subjects.COORDINATOR_ACCOUNT or self.serves:
             # API replies go to the ``_R_.…`` subjects of the operators' service import
+            # (an agent's: of the coordinator account's import of its agent API)
             permissions["allow_responses"] = True
         if self.nkey is not None:
             return {"nkey": self.nkey, "permissions": permissions}
@@ -78,12 +84,17 @@ def plan_users(
     agents: list[str],
     coordinator_user: str = DEFAULT_COORDINATOR_USER,
     operator_user: str = DEFAULT_OPERATOR_USER,
+    role_users: dict[str, Role] | None = None,
 ) -> list[NatsUser]:
-    """Users and their permissions; agents' users carry the agents' names."""
+    """Users and their permissions; agents' users carry the agents' names.
+    ``role_users`` (name → role, ``--viewers``/``--operators``/``--admins``) are
+    operator-account users that may publish only the API verbs of their role."""
     if not agents:
         raise ConfigError("nats-config: no agent given (pass --agents NAME[,NAME…])")
+    roles = dict(role_users or {})
     names = [subjects.check_token("agent name", a) for a in agents]
     names += [subjects.check_token("user name", u) for u in (coordinator_user, operator_user)]
+    names += [subjects.check_token("user name", u) for u in roles]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(
@@ -112,12 +123,24 @@ def plan_users(
     )
     users += [
         NatsUser(
+            name,
+            secrets.token_urlsafe(32),
+            subjects.operator_role_publish_allow(verbs_of(role)),
+            subjects.operator_subscribe_allow(),
+            account=subjects.OPERATOR_ACCOUNT,
+            imports=tuple(subjects.operator_imports()),
+        )
+        for name, role in roles.items()
+    ]
+    users += [
+        NatsUser(
             a,
             secrets.token_urlsafe(32),
             subjects.agent_publish_allow(a),
-            subjects.agent_subscribe_allow(a),
+            subjects.agent_subscribe_allow(a) + subjects.agent_api_subscribe_allow(a),
             account=subjects.agent_account(a),
             imports=tuple(subjects.agent_imports(a)),
+            serves=(subjects.agentapi_all(a),),
         )
         for a in agents
     ]
@@ -132,6 +155,7 @@ def accounts_block(users: list[NatsUser]) -> dict[str, dict[str, object]]:
         subjects.COORDINATOR_ACCOUNT: {"jetstream": "enabled", "users": [], "exports": []}
     }
     exports: list[dict[str, object]] = []
+    imported: set[tuple[str, str]] = set()
     for u in users:
         acc = accounts.setdefault(u.account, {"users": [], "imports": []})
         users_of = acc["users"]
@@ -141,7 +165,18 @@ def accounts_block(users: list[NatsUser]) -> dict[str, dict[str, object]]:
             continue
         imports = acc["imports"]
         assert isinstance(imports, list)
+        for subject in u.serves:
+            # the agent answers, the coordinator account (console, coordinator) asks
+            own_exports = acc.setdefault("exports", [])
+            assert isinstance(own_exports, list)
+            own_exports.append({"service": subject, "accounts": [subjects.COORDINATOR_ACCOUNT]})
+            coord_imports = accounts[subjects.COORDINATOR_ACCOUNT].setdefault("imports", [])
+            assert isinstance(coord_imports, list)
+            coord_imports.append({"service": {"account": u.account, "subject": subject}})
         for imp in u.imports:
+            if (u.account, imp.subject) in imported:
+                continue  # several users of one account (operators of each role)
+            imported.add((u.account, imp.subject))
             export: dict[str, object] = {"service": imp.subject, "accounts": [u.account]}
             if imp.streamed:
                 export["response_type"] = "stream"
@@ -237,10 +272,11 @@ def write_config(
     store_dir: Path | None = None,
     tls: TlsFiles | None = None,
     nkeys_dir: Path | None = None,
+    role_users: dict[str, Role] | None = None,
 ) -> Path:
     """Write the server config and one password file per user (or, with ``nkeys_dir``,
     one NKEY seed file per user there); return the config path."""
-    users = plan_users(agents, coordinator_user, operator_user)
+    users = plan_users(agents, coordinator_user, operator_user, role_users)
     if tls is not None:
         tls.block()  # check the files before anything is written
     if nkeys_dir is not None:

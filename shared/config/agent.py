@@ -65,3 +65,14 @@ class AgentConfig(
     inventory: InventoryConfig | None = None
     # ``[priority]``: nice / ionice of the agent and its dump processes (unset: unchanged)
     priority: PriorityConfig = PriorityConfig()
+    # Folders a restore job may write into (the destination must be one of them or
+    # inside one); empty: anywhere, as before this field existed (docs/security.md).
+    restore_roots: list[str] = []
+
+    def __post_init__(self) -> None:
+        for root in self.restore_roots:
+            if not root.startswith("/"):
+                raise ValueError(
+                    f"field restore_roots: {root!r} is not an absolute path; write folders "
+                    'like restore_roots = ["/srv/restore"]'
+                )

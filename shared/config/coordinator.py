@@ -14,6 +14,7 @@ from shared.config.inventory import CoverageConfig
 from shared.config.nats import NatsClientConfig
 from shared.config.notify import NotifyRoute, PingConfig
 from shared.config.types import Name, PositiveFloat
+from shared.config.web import TlsListener, WebConfig
 from shared.vocab import BackupType, Tier
 from shared.wire.sources import Source
 
@@ -184,16 +185,19 @@ class CatalogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     url: str = "sqlite:///var/lib/mosaic-backup/catalog.db"
 
 
-class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class HttpConfig(TlsListener, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[http]``: the read-only status API and Prometheus ``/metrics``.
 
-    - ``listen``: the address to bind; the default keeps it on loopback, because the API
-      has no authentication (put a reverse proxy in front to expose it).
+    - ``listen``: the address to bind; loopback by default.
     - ``port``: TCP port, 1 to 65535; 0 picks a free port (tests).
+    - ``anonymous``: answer without an API token. Off by default: every request presents
+      ``Authorization: Bearer <token>`` (``mosaic-backup tokens create``; any role).
+    - ``tls_cert`` / ``tls_key`` / ``tls13_only``: HTTPS, as for ``[web]``.
     """
 
     listen: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8470
+    anonymous: bool = False
 
 
 class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -305,5 +309,8 @@ class CoordinatorConfig(NatsClientConfig, frozen=True, kw_only=True, forbid_unkn
     # (shared/config/notify.py); none unless the file has ``[[notify]]`` / ``[[pings]]``.
     notify: list[NotifyRoute] = []
     pings: list[PingConfig] = []
+    # The operators' console (coordinator/web/, ``mosaic-backup console run``); off unless
+    # the file has a ``[web]`` table.
+    web: WebConfig | None = None
     # Users, sessions, login lockout, MFA (shared/config/auth.py, coordinator/auth/).
     auth: AuthConfig = AuthConfig()
