@@ -389,3 +389,12 @@ def test_auth_config_section_is_checked_at_load(tmp_path: Path) -> None:
     path.write_text("[auth]\nmfa_required_roles = ['root']\n")
     with pytest.raises(ConfigError, match="mfa_required_roles"):
         load(path, CoordinatorConfig)
+
+
+async def test_a_login_deletes_the_sessions_that_timed_out(auth: Auth) -> None:
+    await auth.users.add("bob", "viewer", PASSWORD, mfa=False, actor=ADMIN)
+    _, abandoned = await auth.sessions.start("bob", "ip1")  # never used again
+    auth.clock.advance(seconds=CFG.session_idle_s + 1)
+    _, fresh = await auth.sessions.start("bob", "ip2")
+    assert await auth.catalog.get_session(abandoned.session_hash) is None
+    assert await auth.catalog.get_session(fresh.session_hash) is not None

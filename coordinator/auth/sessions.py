@@ -57,7 +57,9 @@ class Sessions:
         self.catalog, self.cfg, self.clock = catalog, cfg, clock
 
     async def start(self, user_name: str, source: str) -> tuple[str, SessionRecord]:
-        """A new session for a user who just logged in: (the cookie's id, its row)."""
+        """A new session for a user who just logged in: (the cookie's id, its row). Each
+        login also deletes every session that timed out, so abandoned ones never pile up."""
+        await self.purge()
         session_id = secrets.token_urlsafe(32)
         now = self.clock()
         rec = SessionRecord(
