@@ -28,7 +28,7 @@ import anyio
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
-from coordinator import windows
+from coordinator import host_drill_status, windows
 from coordinator.alerter import Alerter
 from coordinator.alerts import Finding
 from coordinator.api import CatalogQueries, OperatorApi
@@ -138,6 +138,7 @@ class Coordinator:
         self.repairs: list[tuple[datetime, Repair]] = []  # changes it did not make
         self.alerter.sources.append(self._repair_findings)
         self.windows = windows.attach(cfg, self.status_builder, self.alerter)  # window_exceeded
+        host_drill_status.attach(self.status_builder)  # the newest host drill per host
         # inventories → unprotected items in status, two alert rules (coordinator/coverage.py)
         self.coverage = Coverage(cfg, self.status_builder, self.alerter, clock=clock)
 

@@ -183,6 +183,10 @@ async def test_drill_host_restores_every_dataset_to_one_point_and_reports(
         drills = await st.catalog.list_maintenance(kind="drill")
         again = functools.partial(cli, "drill", "report", "--host", st.host, "--nats", nats_url)
         printed = await anyio.to_thread.run_sync(again)
+        shown = await anyio.to_thread.run_sync(functools.partial(cli, "status", "--nats", nats_url))
+    # a passing host drill shows in status too (coordinator/host_drill_status.py)
+    line = next(ln for ln in shown.stdout.splitlines() if ln.startswith(f"host drill {st.host}:"))
+    assert "PASSED" in line and rec.job_id in line and "RTO" in line
 
     res = host_drill_result_decoder.decode(rec.detail)
     assert (res.outcome, res.agent, res.point) == ("passed", st.maint, point)
@@ -263,6 +267,8 @@ async def test_the_scheduled_host_drill_of_a_damaged_dataset_fails_and_alerts(
     shown = [f for f in status.recent_failures if f.job_kind == "host_drill"]
     assert [f.job_id for f in shown] == [rec.job_id]
     assert "files: failed" in (shown[0].error_message or "")
+    [hd] = [h for h in status.host_drills if h.host == st.host]
+    assert (hd.outcome, hd.job_id) == ("failed", rec.job_id)
 
 
 # --- the plan (pure) -------------------------------------------------------------------

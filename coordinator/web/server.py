@@ -17,7 +17,7 @@ import anyio
 import jinja2
 from aiohttp import web
 
-from coordinator import windows
+from coordinator import host_drill_status, windows
 from coordinator.catalog import open_catalog
 from coordinator.coverage import Coverage
 from coordinator.heartbeats import HeartbeatStore
@@ -86,6 +86,7 @@ class Console:
         win = windows.Windows(self.cfg, catalog, heartbeats, clock=status.clock)
         status.fillers.append(win.fill)
         coverage = Coverage(self.cfg, status)
+        host_drill_status.attach(status)
         ctx = self.ctx = WebContext(self.cfg, catalog, bus, heartbeats, status, templates())
         runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
         await runner.setup()

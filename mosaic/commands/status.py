@@ -3,7 +3,8 @@
 Below the table (``mosaic.operator.status``): which coordinator is active and since when,
 the datasets still pending their first backup, and scheduled runs the scheduler skipped
 (missed while it was down, or superseded by a newer run of the same schedule), and
-scheduled runs that went past the end of their maintenance window."""
+scheduled runs that went past the end of their maintenance window, and the newest
+whole-host drill of each host."""
 
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def notes(st: StatusReply) -> list[str]:
                 f"skipped: {d.dataset} {s.tier} {s.backup_type}: {s.count} run(s) due "
                 f"{first} .. {last} ({s.reason})"
             )
+    for h in st.host_drills:
+        rto = f"RTO {h.rto_s:.1f} s" if h.rto_s is not None else "RTO ?"
+        rpo = f"RPO {h.rpo_s:.0f} s" if h.rpo_s is not None else "RPO ?"
+        when = h.finished_at.isoformat(timespec="minutes")
+        lines.append(f"host drill {h.host}: {h.outcome.upper()} {when}, {rto}, {rpo} ({h.job_id})")
     return lines + window_notes(st)
 
 

@@ -126,6 +126,18 @@ class CertificateStatus(msgspec.Struct, frozen=True, kw_only=True):
     expiring: bool = False  # within the alert's horizon (14 days)
 
 
+class HostDrillStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The newest whole-host drill of one host (``drill host``, coordinator/jobs/host_drill.py)."""
+
+    host: str
+    job_id: str
+    outcome: str  # passed / failed
+    finished_at: datetime
+    rto_s: float | None = None  # every dataset restored and checked
+    rpo_s: float | None = None  # the largest of the datasets' RPOs
+    summary: str = ""
+
+
 class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     agent: str
     hostname: str = ""
@@ -170,3 +182,4 @@ class StatusReply(_Msg, frozen=True, kw_only=True, tag="status"):
     # [coverage] ignore entries that match no item of any inventory held (fix or remove)
     ignore_unmatched: list[str] = []
     windows_exceeded: int = 0  # datasets whose newest scheduled run exceeded its window
+    host_drills: list[HostDrillStatus] = []  # the newest per host, hosts by name
