@@ -34,9 +34,8 @@ import msgspec
 import yarl
 from nats.errors import Error as NatsError
 from nats.js import api
-from nats.js.errors import BadRequestError
 
-from shared import subjects
+from shared import replicas, subjects
 from shared.bus import Bus
 from shared.errors import BusError
 from shared.wire.base import encode
@@ -70,10 +69,7 @@ class NatsSink:
             duplicate_window=120.0,
         )
         try:
-            try:
-                await self.bus.js.add_stream(cfg)
-            except BadRequestError:
-                await self.bus.js.update_stream(cfg)
+            await replicas.ensure_stream(self.bus.js, cfg)  # R copies (shared/replicas.py)
         except (NatsError, TimeoutError) as exc:
             raise BusError(f"stream {subjects.ALERTS_STREAM} could not be set up: {exc!r}") from exc
 

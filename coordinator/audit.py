@@ -44,11 +44,10 @@ import os
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js import api
-from nats.js.errors import BadRequestError
 
 from coordinator.catalog.base import Catalog
 from coordinator.catalog.records import AuditEntry
-from shared import subjects
+from shared import replicas, subjects
 from shared.bus import Bus
 from shared.config.coordinator import CoordinatorConfig
 from shared.vocab import utcnow
@@ -93,10 +92,7 @@ class AuditTrail:
             max_age=AUDIT_MAX_AGE_S,
             duplicate_window=3600.0,
         )
-        try:
-            await self.bus.js.add_stream(cfg)
-        except BadRequestError:
-            await self.bus.js.update_stream(cfg)
+        await replicas.ensure_stream(self.bus.js, cfg)  # R copies (shared/replicas.py)
 
     async def record(
         self,

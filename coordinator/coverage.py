@@ -54,10 +54,9 @@ import anyio
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js import api
-from nats.js.errors import BadRequestError
 
 from coordinator.alerts import Finding
-from shared import subjects
+from shared import replicas, subjects
 from shared.bus import Bus
 from shared.config.coordinator import CoordinatorConfig, DatasetConfig
 from shared.config.inventory import split_ignore
@@ -329,10 +328,7 @@ class InventoryStore:
             discard=api.DiscardPolicy.OLD,
         )
         try:
-            try:
-                await bus.js.add_stream(cfg)
-            except BadRequestError:
-                await bus.js.update_stream(cfg)
+            await replicas.ensure_stream(bus.js, cfg)  # R copies (shared/replicas.py)
         except (NatsError, TimeoutError) as exc:
             raise BusError(
                 f"stream {subjects.INVENTORY_STREAM} could not be set up: {exc!r}"

@@ -25,9 +25,8 @@ import anyio
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js import api
-from nats.js.errors import BadRequestError
 
-from shared import subjects
+from shared import replicas, subjects
 from shared.bus import Bus
 from shared.errors import BusError
 from shared.vocab import utcnow
@@ -84,10 +83,7 @@ class HeartbeatStore:
             discard=api.DiscardPolicy.OLD,
         )
         try:
-            try:
-                await bus.js.add_stream(cfg)
-            except BadRequestError:
-                await bus.js.update_stream(cfg)
+            await replicas.ensure_stream(bus.js, cfg)  # R copies (shared/replicas.py)
         except (NatsError, TimeoutError) as exc:
             raise BusError(
                 f"stream {subjects.HEARTBEATS_STREAM} could not be set up: {exc!r}"

@@ -38,7 +38,7 @@ from anyio.abc import TaskStatus
 from nats.errors import Error as NatsError
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 
-from shared import subjects
+from shared import replicas, subjects
 from shared.errors import BusError
 from shared.vocab import utcnow
 
@@ -90,10 +90,17 @@ class Leader:
         """The bucket, created with ``history=1`` and ``ttl`` if it does not exist."""
         try:
             try:
-                kv = await self.js.create_key_value(bucket=self.bucket, history=1, ttl=self.ttl_s)
+                kv = await self.js.create_key_value(
+                    bucket=self.bucket,
+                    history=1,
+                    ttl=self.ttl_s,
+                    replicas=replicas.replicas(self.js),  # shared/replicas.py
+                )
             except BadRequestError:
-                # exists with another config (another coordinator's ttl): use it as it is
+                # exists with another config (another coordinator's ttl): use it as it is,
+                # with the copies the coordinators' stream_replicas says (an R1 → R3)
                 kv = await self.js.key_value(self.bucket)
+                await replicas.ensure_bucket_replicas(self.js, self.bucket)
             ttl = (await kv.status()).ttl
         except (NatsError, TimeoutError) as exc:
             raise BusError(f"lease bucket {self.bucket}: {exc!r}", retryable=True) from exc

@@ -29,6 +29,20 @@ before these fields existed — is *unknown*, and only its ``expires`` can end i
 rebooted host is not called dead: a cloned container may share the machine id and host
 name with a different boot id, and a false "dead" could let GC delete a running
 backup's packs, while waiting ``ttl`` only costs time.
+
+Takeover from another host (issue 14): a holder renews its lease every ``renew_every``
+seconds (``ttl/3``, at most 60 s on full-rights targets; append-only targets keep
+``ttl/3`` so a lease does not grow a record a minute) and records when (``renewed``).
+A lease whose holder is not provably dead (another host, container or boot) is
+**stale** when its last renewal is more than ``STALE_RENEWALS`` renewal intervals before
+GC's cutoff (``now - margin``, the same margin that covers clock skew for expiry): four
+renewals in a row missed, plus the margin, is what a dead holder looks like from
+anywhere. A lease written before these fields existed (``renew_every == 0``) is never
+stale; only its expiry ends it. The holder's side of the bargain: its renewal loop
+measures, on its own monotonic clock, the time since its last *successful* renewal, and
+when that exceeds the stale window (a suspended process, a storage outage) it fails the
+lease with :class:`LeaseLost`, which cancels the body, so a writer GC may have taken
+over from stops instead of committing. A failed renewal fails the body too.
 """
 
 from __future__ import annotations
@@ -49,10 +63,12 @@ import msgspec
 from engine.format import spec as fmt
 from engine.format.crypto import Keyring, open_sealed, seal
 from engine.storage.base import Target
-from shared.errors import MosaicError
+from shared.errors import MosaicError, RepositoryError
 from shared.tasks import task_group
 
 DEFAULT_TTL = timedelta(minutes=15)
+MAX_RENEW_EVERY = timedelta(seconds=60)  # full-rights targets renew at least this often
+STALE_RENEWALS = 4  # renewals missed in a row (beyond GC's margin) that make a lease stale
 # ``expires`` of a released lease's last record (append-only targets): over for any clock
 # and any GC margin, exactly like a deleted lease.
 _RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
@@ -72,6 +88,16 @@ class LeaseInfo(msgspec.Struct, frozen=True, kw_only=True):
     pid_ns: str = ""
     pid: int = 0
     pid_start: int = 0  # clock ticks since boot (/proc/<pid>/stat field 22)
+    # Renewals (see "Takeover from another host"); absent in older leases: never stale.
+    renewed: datetime | None = None  # the holder's clock at this record's write
+    renew_every: float = 0.0  # seconds between renewals
+
+
+class LeaseLost(RepositoryError):
+    """The holder could not renew its lease within the stale window: GC may have taken
+    it over, so the work under it must not be committed."""
+
+    code = "repository.lease_lost"
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -124,13 +150,33 @@ def liveness(info: LeaseInfo) -> tuple[Liveness, str]:
         return "unknown", "the lease does not name its process"
     if theirs != mine:
         other = "another host" if info.host != mine[0] else "another boot or container"
-        return "unknown", f"held on {other}; only its expiry ends it"
+        return "unknown", f"held on {other}; it ends when its renewals stop or it expires"
     start = _pid_start(info.pid)
     if start is None:
         return "dead", f"pid {info.pid} is not running on this host"
     if start not in (-1, info.pid_start):
         return "dead", f"pid {info.pid} is now another process (different start time)"
     return "alive", f"pid {info.pid} is running"
+
+
+def renew_interval(ttl: timedelta, append_only: bool) -> timedelta:
+    """How often a lease with this ``ttl`` is renewed on this kind of target."""
+    every = ttl / 3
+    return every if append_only else min(every, MAX_RENEW_EVERY)
+
+
+def stale(info: LeaseInfo, cutoff: datetime) -> str | None:
+    """Why the lease's renewals have stopped (GC's ``cutoff`` is ``now - margin``), or
+    None: renewed recently enough, or a lease that does not say how often it renews."""
+    if info.renew_every <= 0 or info.renewed is None:
+        return None
+    window = timedelta(seconds=info.renew_every * STALE_RENEWALS)
+    if info.renewed + window >= cutoff:
+        return None
+    return (
+        f"not renewed since {info.renewed:%Y-%m-%d %H:%M:%S} UTC "
+        f"(it renews every {info.renew_every:g} s; {STALE_RENEWALS} renewals missed)"
+    )
 
 
 def _key(info: LeaseInfo) -> str:
@@ -155,6 +201,8 @@ async def lease(
     now = datetime.now(UTC)
     host, machine_id, boot_id, pid_ns = _host_identity()
     pid = os.getpid()
+    append_only = _append_only(target)
+    every = renew_interval(ttl, append_only).total_seconds()
     info = LeaseInfo(
         lease_id=f"{now:%Y%m%dT%H%M%SZ}-{os.urandom(6).hex()}",
         holder=holder,
@@ -167,20 +215,30 @@ async def lease(
         pid_ns=pid_ns,
         pid=pid,
         pid_start=max(_pid_start(pid) or 0, 0),
+        renewed=now,
+        renew_every=every,
     )
     await _store(target, keys, info)
-    append_only = _append_only(target)
     current = info
+    last_ok = anyio.current_time()
 
     async def renew() -> None:
-        nonlocal current
+        nonlocal current, last_ok
         while True:
-            await anyio.sleep(ttl.total_seconds() / 3)
+            await anyio.sleep(every)
+            _check_held(anyio.current_time() - last_ok, every, info)
             # seq is taken before the write, so a release never reuses a record's name
+            at = datetime.now(UTC)
             current = msgspec.structs.replace(
-                current, expires=datetime.now(UTC) + ttl, seq=current.seq + 1 if append_only else 0
+                current, expires=at + ttl, renewed=at, seq=current.seq + 1 if append_only else 0
             )
-            await _store(target, keys, current)
+            # a store that hangs past the stale window fails the lease as well
+            left = every * STALE_RENEWALS - (anyio.current_time() - last_ok)
+            with anyio.move_on_after(max(left, 0.0)) as scope:
+                await _store(target, keys, current)
+            if scope.cancelled_caught:
+                _check_held(float("inf"), every, info)
+            last_ok = anyio.current_time()
 
     try:
         async with task_group() as tg:
@@ -197,6 +255,17 @@ async def lease(
                     await target.delete(_key(info))
             except MosaicError:
                 pass  # it expires by itself; GC ignores it after ``ttl``
+
+
+def _check_held(since_ok: float, every: float, info: LeaseInfo) -> None:
+    """Raise LeaseLost when the last successful renewal is a stale window ago."""
+    if since_ok > every * STALE_RENEWALS:
+        took = "longer than that" if since_ok == float("inf") else f"{since_ok:.0f} s"
+        raise LeaseLost(
+            f"lease {info.lease_id} ({info.purpose}): not renewed for {took} "
+            f"(more than {STALE_RENEWALS} renewals of {every:g} s); garbage collection may "
+            "have taken it over, so this run stops without committing; run it again"
+        )
 
 
 @dataclass(frozen=True, slots=True)

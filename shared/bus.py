@@ -35,12 +35,14 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
-from shared import subjects, tracing
+from shared import replicas, subjects, tracing
 from shared.asking import ask
 from shared.config.nats import NatsClientConfig
 from shared.errors import BusError, NoCoordinator
+from shared.js_publish import fetch_one as fetch_one  # moved; re-exported for callers
+from shared.js_publish import publish_stored
 from shared.nats_connect import open_nats, strip_credentials
 from shared.wire.api import ApiError, ApiReply, ApiRequest, reply_decoder, request_decoder
 from shared.wire.base import encode
@@ -118,7 +120,7 @@ class Bus:
         from shared.nats_credentials import check_nkey_seed, nats_password, nats_tls
 
         check_nkey_seed(cfg.nats_nkey_seed_file, where=where)
-        return await cls.connect(
+        bus = await cls.connect(
             cfg.nats_url,
             name=name,
             timeout=cfg.connect_timeout_s if timeout is None else timeout,
@@ -129,6 +131,9 @@ class Bus:
             nkeys_seed=cfg.nats_nkey_seed_file,
             js_prefix=js_prefix,
         )
+        if hasattr(cfg, "stream_replicas"):  # a coordinator's config: it owns the replicas
+            replicas.manage(bus.nc, cfg.stream_replicas)
+        return bus
 
     @classmethod
     async def connect(
@@ -178,10 +183,7 @@ class Bus:
     # --- streams and consumers -------------------------------------------------------
 
     async def _ensure_stream(self, cfg: api.StreamConfig) -> None:
-        try:
-            await self.js.add_stream(cfg)
-        except BadRequestError:
-            await self.js.update_stream(cfg)
+        await replicas.ensure_stream(self.js, cfg)  # with R copies (shared/replicas.py)
 
     @staticmethod
     def stream_configs() -> list[api.StreamConfig]:
@@ -326,7 +328,7 @@ class Bus:
             if found != sorted(cfg.subjects or []) or (
                 cfg.allow_direct and not stream.config.allow_direct
             ):
-                await self.js.update_stream(cfg)
+                await replicas.update_stream(self.js, cfg)
                 repairs.append(Repair(f"stream {cfg.name}", f"subjects {found}", "set back"))
         want = self.events_consumer_config(durable, next_event_seq)
         repair = await self._check_consumer(
@@ -401,7 +403,8 @@ class Bus:
         """Publish a job; return True if JetStream dropped it as a duplicate. The agent's
         consumer is made first: agents of a ``nats-config`` account cannot make it."""
         await self.ensure_agent_consumer(job.agent)
-        ack = await self.js.publish(
+        ack = await publish_stored(  # through a stream leader change (shared/js_publish.py)
+            self.js,
             subjects.job(job.agent),
             encode(job),
             stream=subjects.JOBS_STREAM,
@@ -413,8 +416,8 @@ class Bus:
         """Publish and wait until the events stream has stored it (with the current
         span's ``traceparent``, so recording it joins the job's trace)."""
         subject = subjects.event(ev.agent, ev.job_id, event_kind(ev))
-        await self.js.publish(
-            subject, encode(ev), stream=subjects.EVENTS_STREAM, headers=tracing.inject({}) or None
+        await publish_stored(  # retried, stored once (shared/js_publish.py)
+            self.js, subject, encode(ev), stream=subjects.EVENTS_STREAM, headers=tracing.inject({})
         )
 
     async def watch_job(self, job_id: str, timeout: float) -> AsyncGenerator[Event, None]:
@@ -485,14 +488,3 @@ class Bus:
         return await self.nc.subscribe(
             subjects.api(verb), queue=subjects.COORDINATOR_QUEUE, cb=on_msg
         )
-
-
-async def fetch_one(sub: Any, timeout: float) -> Msg | None:
-    """One message from a pull subscription, or None when none arrived in ``timeout``."""
-    try:
-        msgs = await sub.fetch(1, timeout=timeout)
-    except (NatsTimeout, TimeoutError):
-        return None
-    except (NotFoundError, APIError) as exc:
-        raise BusError(f"consumer vanished: {exc}") from exc
-    return msgs[0] if msgs else None

@@ -2,6 +2,13 @@
 that says in one line what to fix (unreachable, refused credentials, TLS handshake).
 
 :class:`shared.bus.Bus` builds on the connection; nothing else opens one.
+
+``nats_url`` may list the servers of one cluster, comma-separated: nats-py gets them as
+its server pool, connects to any that answers, and (``max_reconnect_attempts=-1``: per
+server, forever) moves to another one when its server dies, one second between rounds
+over the pool (``reconnect_time_wait``). The pool also learns the cluster's other members
+from the server's INFO. So a daemon rides out one server's death at once and a
+whole-cluster restart as soon as any member is back.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import anyio
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 
+from shared.config.nats import nats_servers
 from shared.errors import BusError
 from shared.nkeys import provide_for_nats_py
 
@@ -55,7 +63,8 @@ async def open_nats(
     nkeys_seed: str | None,
 ) -> NATS:
     """A connected client, retrying until ``timeout``; BusError naming the URL if it never
-    works (see :meth:`shared.bus.Bus.connect`)."""
+    works (see :meth:`shared.bus.Bus.connect`). ``url``: one URL or a cluster's list."""
+    servers = _servers(url)
     nc = NATS()
     auth: dict[str, Any] = {}
     if user is not None:
@@ -87,7 +96,7 @@ async def open_nats(
     with scope:
         try:
             await nc.connect(
-                url,
+                servers=servers,
                 name=name,
                 **auth,
                 connect_timeout=2,
@@ -116,6 +125,15 @@ async def open_nats(
         "start nats-server or fix nats_url",
         retryable=True,
     )
+
+
+def _servers(url: str) -> list[str]:
+    try:
+        return nats_servers(url)
+    except ValueError as exc:
+        raise BusError(
+            str(exc).replace("field nats_url: ", "nats_url: "), retryable=False
+        ) from None
 
 
 def _refused(url: str, user: str | None, nkeys_seed: str | None) -> BusError:

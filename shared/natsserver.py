@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import BusError
@@ -29,6 +30,17 @@ def nats_server_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class ClusterSettings:
+    """One member of a loopback JetStream cluster: its name, its route port, and the
+    route URLs of every member (``nats-route://127.0.0.1:PORT``, itself included)."""
+
+    server_name: str
+    cluster_name: str
+    route_port: int
+    routes: tuple[str, ...]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,26 +50,40 @@ def free_port() -> int:
 class NatsServer:
     """A nats-server process with JetStream storage in ``store_dir``."""
 
-    def __init__(self, store_dir: str | Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: str | Path,
+        port: int | None = None,
+        *,
+        cluster: ClusterSettings | None = None,
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _args(self) -> list[str]:
+        args = ["-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.cluster is not None:
+            c = self.cluster
+            args += [
+                "--server_name",
+                c.server_name,
+                "--cluster_name",
+                c.cluster_name,
+                "--cluster",
+                f"nats://127.0.0.1:{c.route_port}",
+                "--routes",
+                ",".join(c.routes),
+            ]
+        return args
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.store_dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-js",
-                "-sd",
-                str(self.store_dir),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-            ],
+            [nats_server_binary(), *self._args()],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -83,6 +109,13 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the cluster, no flush (a crashed host)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         self.proc = None
 
     def __enter__(self) -> NatsServer:

@@ -9,4 +9,6 @@ pytest_plugins = [
     "tests.fixtures.sftp",
     "tests.fixtures.docker",
     "tests.fixtures.console",
+    "tests.fixtures.nats_cluster",
+    "tests.fleet.topology",
 ]

@@ -16,7 +16,9 @@ run in between: call that gap W). The sweep therefore goes:
 1. store GC's own lease (purpose "gc"), then list leases: if any other live one exists,
    delete nothing ("deferred"); expired ones are ignored (and removed), so a crashed
    writer delays GC by at most its ttl — and not at all when its holder is provably
-   dead (same host, pid gone: lease.py's liveness), which is said in the report;
+   dead (same host, pid gone: lease.py's liveness), or by a few renewal intervals when
+   it is on another host and its renewals stopped (lease.py's ``stale``); the report
+   says which;
 2. mark: read every index segment, the data/ listing and every kept manifest's tree. If
    a kept manifest or tree cannot be read, its chunks are unknown: GC is *held back*
    (no pack deleted or repacked, the reason reported), forgetting still happened;
@@ -65,7 +67,7 @@ from engine.format import spec as fmt
 from engine.format.manifest import Manifest
 from engine.format.pack import PackEntry
 from engine.index import ChunkIndex, IndexEntry
-from engine.lease import DEFAULT_TTL, LeaseInfo, lease, liveness, read_leases
+from engine.lease import DEFAULT_TTL, LeaseInfo, lease, liveness, read_leases, stale
 from engine.maintenance.repack import DEFAULT_MAX_UNUSED, Pack, Repacker, Usage, decide
 from engine.repository import Repository
 from engine.storage.base import TemporaryInfo
@@ -175,6 +177,9 @@ async def _leases(
             gone += r.keys
             continue
         state, why = liveness(r.info)
+        if state == "unknown":  # another host or container: its renewals speak for it
+            late = stale(r.info, cutoff)
+            state, why = ("dead", late) if late else (state, why)
         if state == "dead":
             dead.append((r.info, why))
             gone += r.keys

@@ -65,7 +65,8 @@ def add_nats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--nats",
         default=None,
-        help="NATS URL of the coordinator's bus (default: $MOSAIC_NATS_URL, the profile's "
+        help="NATS URL of the coordinator's bus, or the servers of a NATS cluster separated "
+        "by commas (default: $MOSAIC_NATS_URL, the profile's "
         f"nats_url, or {DEFAULT_NATS_URL})",
     )
     p.add_argument(
@@ -153,7 +154,11 @@ def nats_client_config(
             chosen[field] = env[var]
     if args.connect_timeout is not None:
         chosen["connect_timeout_s"] = args.connect_timeout
-    return replace(cfg, **chosen)
+    try:
+        return replace(cfg, **chosen)
+    except ValueError as exc:  # a bad server list (shared/config/nats.py says which entry)
+        origin = "--nats" if args.nats is not None else "$MOSAIC_NATS_URL"
+        raise ConfigError(f"{origin}: {str(exc).removeprefix('field nats_url: ')}") from None
 
 
 def resolve_nats(args: argparse.Namespace) -> None:
@@ -212,17 +217,25 @@ def role_refusal(subject: str) -> str:
 def url_origin(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
     """Where the NATS URL in use came from, and how to choose another."""
     env = os.environ if environ is None else environ
-    if getattr(args, "nats", None) is not None:
-        return "the URL is --nats's"
+    flag = getattr(args, "nats", None)
+    if flag is not None:
+        return f"the {_url_or_list(flag)} --nats's"
     if env.get("MOSAIC_NATS_URL"):
-        return "the URL is $MOSAIC_NATS_URL's"
+        return f"the {_url_or_list(env['MOSAIC_NATS_URL'])} $MOSAIC_NATS_URL's"
     profile, _ = profile_path(args, env)
-    if profile.is_file() and load_profile(profile, "--profile").nats_url != DEFAULT_NATS_URL:
-        return f"the URL is nats_url of profile {profile}"
+    if profile.is_file():
+        url = load_profile(profile, "--profile").nats_url
+        if url != DEFAULT_NATS_URL:
+            return f"the {_url_or_list(url)} nats_url of profile {profile}"
     return (
         f"{DEFAULT_NATS_URL} is the default URL: name the coordinator's NATS with --nats, "
         "$MOSAIC_NATS_URL or nats_url in an operator profile"
     )
+
+
+def _url_or_list(url: str) -> str:
+    """``URL is`` for one server, ``server list is`` for a cluster's members."""
+    return "server list is" if "," in url else "URL is"
 
 
 async def _who_answers(bus: Bus) -> str:

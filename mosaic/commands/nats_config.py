@@ -14,6 +14,8 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from mosaic.setup.natsconfig import TlsFiles as _Tls
+
 HELP = "write a nats-server config with one user per agent and subject permissions"
 
 
@@ -38,6 +40,38 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tls-verify", action="store_true", help="require a client certificate from every client"
     )
+    c = p.add_argument_group(
+        "cluster", "a NATS cluster: every member gets the same users (docs/operations.md)"
+    )
+    c.add_argument(
+        "--servers",
+        default=None,
+        metavar="N1,N2,N3",
+        help="write one config per server, OUT/<name>/nats-server.conf (with --cluster-hosts)",
+    )
+    c.add_argument(
+        "--cluster-hosts",
+        default=None,
+        metavar="H1,H2,H3",
+        help="host[:route port] of each --servers member, in order (route port default 6222)",
+    )
+    c.add_argument(
+        "--client-ports",
+        default=None,
+        metavar="P1,P2,P3",
+        help="client port of each --servers member (default: --port for all)",
+    )
+    c.add_argument("--server-name", default=None, help="write one member's config: its name")
+    c.add_argument(
+        "--cluster-routes",
+        default=None,
+        metavar="H1:6222,…",
+        help="with --server-name: every member's host:route port (itself included)",
+    )
+    c.add_argument(
+        "--cluster-port", type=int, default=6222, help="with --server-name: its route port"
+    )
+    c.add_argument("--cluster-name", default="mosaic", help="cluster name (default: mosaic)")
     p.add_argument(
         "--nkeys",
         default=None,
@@ -80,6 +114,8 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             ca=Path(args.tls_ca) if args.tls_ca else None,
             verify=args.tls_verify,
         )
+    if args.servers or args.server_name:
+        return _run_cluster(args, tls, out)
     conf = write_config(
         Path(args.out),
         [a.strip() for a in args.agents.split(",") if a.strip()],
@@ -95,4 +131,42 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     where = args.nkeys if args.nkeys else conf.parent / "creds"
     what = "NKEY seeds" if args.nkeys else "passwords"
     out.print(f"wrote {conf} and {what} in {where} (mode 0600)")
+    return 0
+
+
+def _run_cluster(args: argparse.Namespace, tls: _Tls | None, out: Console) -> int:
+    from mosaic.setup.natscluster import ClusterRequest, client_urls, write_cluster, write_member
+
+    if bool(args.servers) == bool(args.server_name):
+        raise ConfigError("nats-config: give --servers (all members) or --server-name (one)")
+    req = ClusterRequest(
+        agents=[a.strip() for a in args.agents.split(",") if a.strip()],
+        coordinator_user=args.coordinator_user,
+        operator_user=args.operator_user,
+        role_users=_role_users(args),
+        listen=args.listen,
+        port=args.port,
+        store_dir=Path(args.store_dir) if args.store_dir else None,
+        tls=tls,
+        nkeys_dir=Path(args.nkeys) if args.nkeys else None,
+        cluster_name=args.cluster_name,
+    )
+    root = Path(args.out)
+    what = f"NKEY seeds in {args.nkeys}" if args.nkeys else f"passwords in {root / 'creds'}"
+    if args.server_name:
+        if not args.cluster_routes:
+            raise ConfigError("nats-config: --server-name needs --cluster-routes H1:6222,…")
+        conf = write_member(root, req, args.server_name, args.cluster_routes, args.cluster_port)
+        out.print(f"wrote {conf} and {what} (mode 0600)")
+        return 0
+    if not args.cluster_hosts:
+        raise ConfigError("nats-config: --servers needs --cluster-hosts H1,H2,H3 (one per server)")
+    confs = write_cluster(root, req, args.servers, args.cluster_hosts, args.client_ports)
+    for conf in confs:
+        out.print(f"wrote {conf}: copy it to its host")
+    ports = [int(p) for p in args.client_ports.split(",")] if args.client_ports else []
+    scheme = "tls" if tls is not None else "nats"
+    urls = client_urls(args.cluster_hosts, ports or [args.port] * len(confs), scheme)
+    out.print(f"and {what} (mode 0600); for every client:")
+    out.print(f"nats_url = {urls!r}", markup=False, highlight=False, soft_wrap=True)
     return 0

@@ -229,11 +229,15 @@ def render(
     host: str,
     port: int,
     tls: TlsFiles | None = None,
+    cluster: list[str] | None = None,
 ) -> str:
     """The server config text. JSON values are valid in nats-server's config syntax,
-    and quoting every subject keeps ``$JS…`` from being read as a variable."""
+    and quoting every subject keeps ``$JS…`` from being read as a variable.
+    ``cluster``: the ``server_name`` and ``cluster`` lines of one member of a cluster
+    (:mod:`mosaic.setup.natscluster`)."""
     lines = [
         "# Written by `mosaic-backup nats-config`; regenerate rather than edit.",
+        *(cluster or []),
         f"listen: {json.dumps(f'{host}:{port}')}",
         f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
         *(tls.block() if tls is not None else []),
@@ -279,19 +283,25 @@ def write_config(
     users = plan_users(agents, coordinator_user, operator_user, role_users)
     if tls is not None:
         tls.block()  # check the files before anything is written
-    if nkeys_dir is not None:
-        users = _write_nkeys(nkeys_dir, users)
-    else:
-        creds = out / "creds"
-        creds.mkdir(parents=True, exist_ok=True)
-        os.chmod(creds, 0o700)
-        for u in users:
-            _write_private(creds / f"{u.name}.password", u.password + "\n")
+    users = write_credentials(out, users, nkeys_dir)
     out.mkdir(parents=True, exist_ok=True)
     conf = out / "nats-server.conf"
     store = store_dir if store_dir is not None else out / "jetstream"
     _write_private(conf, render(users, store_dir=store.resolve(), host=host, port=port, tls=tls))
     return conf
+
+
+def write_credentials(out: Path, users: list[NatsUser], nkeys_dir: Path | None) -> list[NatsUser]:
+    """One password file per user in ``out/creds`` (or an NKEY seed per user in
+    ``nkeys_dir``), all 0600; the users as the server config must list them."""
+    if nkeys_dir is not None:
+        return _write_nkeys(nkeys_dir, users)
+    creds = out / "creds"
+    creds.mkdir(parents=True, exist_ok=True)
+    os.chmod(creds, 0o700)
+    for u in users:
+        _write_private(creds / f"{u.name}.password", u.password + "\n")
+    return users
 
 
 def _write_nkeys(folder: Path, users: list[NatsUser]) -> list[NatsUser]:

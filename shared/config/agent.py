@@ -70,6 +70,7 @@ class AgentConfig(
     restore_roots: list[str] = []
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # nats_url: every server of the list is a NATS URL
         for root in self.restore_roots:
             if not root.startswith("/"):
                 raise ValueError(

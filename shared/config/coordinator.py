@@ -302,6 +302,11 @@ class CoordinatorConfig(NatsClientConfig, frozen=True, kw_only=True, forbid_unkn
     # only its holder schedules and alerts. A standby takes over at most about this
     # long (plus one poll, a sixth of it) after the active one dies; between 1 and 60.
     leader_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=60)] = 6.0
+    # Copies JetStream keeps of every stream and of the lease bucket (1..5; at most the
+    # servers in the NATS cluster). Unset: min(3, servers in the cluster of the server
+    # the coordinator connected to). An existing stream is raised or lowered to it at
+    # start (shared/replicas.py).
+    stream_replicas: int | None = None
     # Coverage: what agents' inventories may leave without a dataset, certificate
     # expiry warnings (shared/config/inventory.py, coordinator/coverage.py).
     coverage: CoverageConfig = CoverageConfig()
@@ -314,3 +319,12 @@ class CoordinatorConfig(NatsClientConfig, frozen=True, kw_only=True, forbid_unkn
     web: WebConfig | None = None
     # Users, sessions, login lockout, MFA (shared/config/auth.py, coordinator/auth/).
     auth: AuthConfig = AuthConfig()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # nats_url: every server of the list is a NATS URL
+        n = self.stream_replicas
+        if n is not None and not 1 <= n <= 5:
+            raise ValueError(
+                f"field stream_replicas: {n} is outside 1..5 (JetStream keeps 1 to 5 copies); "
+                "write 3 for a 3-server NATS cluster, or leave it unset"
+            )
